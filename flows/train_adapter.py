@@ -1,0 +1,45 @@
+"""The `train-adapter` flow: a workload's labelled data becomes a registered, evaluated LoRA adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from flywheel.config import load_settings
+from flywheel.tracking import mlflow_client
+from tasks.training import (
+    RegisteredAdapter,
+    evaluate_adapter,
+    prepare_training_data,
+    pull_base_model,
+    register_adapter_version,
+    train_adapter,
+)
+
+
+@flow(name="train-adapter")
+def train_adapter_flow(workload: str, config_path: str | None = None, max_examples: int | None = None) -> RegisteredAdapter:
+    """Train, evaluate on golden and register a LoRA adapter for `workload`.
+
+    1. prepare data: load the dataset, deterministic splits, sample the training set
+    2. pull the base model (materialized once)
+    3. train a LoRA adapter (peft + trl)
+    4. evaluate it on the golden split (never trained on)
+    5. log everything to MLflow and register the version: `champion` if there is none, else `challenger`
+    """
+    settings = load_settings(config_path)
+    config = settings.workload(workload)
+    if max_examples is not None:
+        config = config.model_copy(update={"training": config.training.model_copy(update={"max_examples": max_examples})})
+        settings = settings.model_copy(update={"workloads": {**settings.workloads, workload: config}})
+    # Data
+    data = prepare_training_data(settings, workload)
+    base_path = pull_base_model(settings)
+    # Train
+    output_dir = Path(settings.home).resolve() / "runs" / workload / data.summary.data_hash
+    trained = train_adapter(data, base_path, config, output_dir)
+    # Evaluate
+    golden = evaluate_adapter(data.spec, base_path, trained.adapter_dir, data.splits["golden"], config.eval_batch_size)
+    # Register
+    return register_adapter_version(mlflow_client(settings), settings, data, base_path, trained, golden)

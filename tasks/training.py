@@ -1,0 +1,193 @@
+"""Prefect tasks around `models/`: prepare data, train, evaluate, register."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from flywheel import progress
+from flywheel.config import Settings, WorkloadConfig
+from models.data import SplitSummary, sample_training_set, summarize_splits
+from models.evaluation import EvalResult, evaluate_predictions, plot_breakdown
+from models.training import TrainResult
+from models.workload import TaskSpec, build_task_spec, load_splits
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """A workload's spec, its splits, the sampled training set and what identifies the data."""
+
+    spec: TaskSpec
+    splits: DatasetDict
+    train_set: Dataset
+    summary: SplitSummary
+
+
+@dataclass(frozen=True)
+class RegisteredAdapter:
+    """The outcome of `train-adapter`: the registered version and its golden scores."""
+
+    workload: str
+    version: int
+    alias: str
+    run_id: str
+    data_hash: str
+    golden: dict[str, float]
+    train_seconds: float
+    tokens_per_second: float
+
+
+@task(cache_policy=NONE)
+def prepare_training_data(settings: Settings, workload: str) -> TrainingData:
+    """Load the workload's dataset, split it deterministically and sample the training set."""
+    config: WorkloadConfig = settings.workload(workload)
+    data_dir = settings.require_data_dir()
+    spec = build_task_spec(workload, config, data_dir)
+    splits = load_splits(spec, config, data_dir)
+    train_set = sample_training_set(
+        splits["train"], config.training.max_examples, config.training.seed, stratify=spec.task == "classification"
+    )
+    summary = summarize_splits(splits)
+    get_run_logger().info("%s: splits %s, training on %d examples, data hash %s", workload, summary.sizes, len(train_set), summary.data_hash)
+    return TrainingData(spec=spec, splits=splits, train_set=train_set, summary=summary)
+
+
+@task(cache_policy=NONE)
+def pull_base_model(settings: Settings) -> str:
+    """Materialize (once) and resolve the configured base model to a loadable path."""
+    from models.base_model import resolve_base_model
+
+    return resolve_base_model(settings.base_model, settings.models_dir)
+
+
+@task(cache_policy=NONE)
+def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, output_dir: Path) -> TrainResult:
+    """LoRA SFT on the sampled training set; the adapter is saved to `output_dir`."""
+    from models.training import train_lora
+
+    result = train_lora(
+        data.spec,
+        base_path,
+        data.train_set,
+        output_dir,
+        config.training,
+        progress=lambda done, total: progress.report(f"train {data.spec.name}", done, total),
+    )
+    get_run_logger().info(
+        "trained %s on %d examples in %.0f s (%.0f tokens/s, bf16=%s, final loss %.3f)",
+        data.spec.name, result.examples, result.seconds, result.tokens_per_second, result.bf16, result.final_loss,
+    )
+    return result
+
+
+@task(cache_policy=NONE)
+def evaluate_adapter(spec: TaskSpec, base_path: str, adapter_dir: Path | None, examples: Dataset, batch_size: int) -> EvalResult:
+    """Predict `examples` with base + adapter (None: the base model alone) and score them."""
+    from models.inference import Predictor, load_model, load_tokenizer
+
+    predictor = Predictor(load_model(base_path, adapter_dir), load_tokenizer(base_path), spec, batch_size)
+    predictions = []
+    texts = list(examples["text"])
+    for start in range(0, len(texts), batch_size):
+        predictions.extend(predictor.predict(texts[start : start + batch_size]))
+        progress.report(f"evaluate {spec.name}", min(start + batch_size, len(texts)), len(texts))
+    result = evaluate_predictions(spec, predictions, list(examples["label"]))
+    get_run_logger().info("%s golden: %s", spec.name, {k: round(v, 4) for k, v in result.metrics.items()})
+    return result
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def experiment_id(client: Any, settings: Settings, workload: str) -> str:
+    """The workload's MLflow experiment, created with artifacts under the state dir when new."""
+    name = f"slm-flywheel/{workload}"
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None if settings.tracking_uri else (settings.artifact_root / workload).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+@task(cache_policy=NONE)
+def register_adapter_version(
+    client: Any,
+    settings: Settings,
+    data: TrainingData,
+    base_path: str,
+    trained: TrainResult,
+    golden: EvalResult,
+) -> RegisteredAdapter:
+    """Log params, metrics and artifacts to an MLflow run, register the adapter, set its alias."""
+    from models.registry import assign_initial_alias, register_adapter
+
+    workload = data.spec.name
+    config = settings.workload(workload)
+    run = client.create_run(experiment_id(client, settings, workload), run_name=f"train-{workload}")
+    run_id = run.info.run_id
+    try:
+        params = {
+            "workload": workload,
+            "base_model": settings.base_model,
+            "data_hash": data.summary.data_hash,
+            "git_commit": _git_commit(),
+            "train_examples": trained.examples,
+            "bf16": trained.bf16,
+            **{f"split_{k}": v for k, v in data.summary.sizes.items()},
+            **{f"train_{k}": v for k, v in config.training.model_dump().items()},
+        }
+        for key, value in params.items():
+            client.log_param(run_id, key, str(value))
+        metrics = {
+            "train_seconds": trained.seconds,
+            "train_tokens_per_second": trained.tokens_per_second,
+            "train_loss": trained.final_loss,
+            **{f"golden_{k}": v for k, v in golden.metrics.items()},
+        }
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, float(value))
+        client.log_artifacts(run_id, str(trained.adapter_dir), "adapter")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            plot_breakdown(data.spec, golden, folder / "golden_breakdown.png")
+            (folder / "golden_eval_table.json").write_text(json.dumps(golden.table(), indent=1))
+            (folder / "config.json").write_text(
+                json.dumps({"workload": config.model_dump(), "spec": data.spec.to_dict(), "splits": asdict(data.summary)}, indent=1)
+            )
+            client.log_artifacts(run_id, str(folder), "evaluation")
+        tags = {
+            "workload": workload,
+            "data_hash": data.summary.data_hash,
+            "base_model": settings.base_model,
+            **{f"golden_{k}": f"{v:.4f}" for k, v in golden.metrics.items()},
+        }
+        version = register_adapter(client, workload, run_id, tags, description=f"trained on {trained.examples} examples")
+        alias = assign_initial_alias(client, workload, version.version)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    get_run_logger().info("registered %s version %d as @%s", workload, version.version, alias)
+    return RegisteredAdapter(
+        workload=workload,
+        version=version.version,
+        alias=alias,
+        run_id=run_id,
+        data_hash=data.summary.data_hash,
+        golden=golden.metrics,
+        train_seconds=trained.seconds,
+        tokens_per_second=trained.tokens_per_second,
+    )

@@ -1,0 +1,63 @@
+import json
+
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from flows.train_adapter import train_adapter_flow
+from flywheel.cli import app
+from flywheel.config import load_settings
+
+
+def test_train_adapter_registers_champion_then_challenger(tiny_config):
+    settings = load_settings(tiny_config)
+    first = train_adapter_flow(workload="banking-intent", config_path=str(tiny_config))
+    second = train_adapter_flow(workload="banking-intent", config_path=str(tiny_config), max_examples=16)
+    assert (first.version, first.alias) == (1, "champion")
+    assert (second.version, second.alias) == (2, "challenger")
+    assert 0.0 <= first.golden["accuracy"] <= 1.0 and "macro_f1" in first.golden
+
+    client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
+    champion = client.get_model_version_by_alias("banking-intent", "champion")
+    assert int(champion.version) == 1
+    assert champion.tags["data_hash"] == first.data_hash
+    assert champion.tags["base_model"] == settings.base_model
+    assert float(champion.tags["golden_accuracy"]) == round(first.golden["accuracy"], 4)
+    run = client.get_run(first.run_id)
+    for param in ("base_model", "data_hash", "git_commit", "train_seed", "train_lora_r", "split_golden"):
+        assert param in run.data.params, param
+    assert run.data.params["train_examples"] == "48" and client.get_run(second.run_id).data.params["train_examples"] == "16"
+    assert "golden_accuracy" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(first.run_id)} | {a.path for a in client.list_artifacts(first.run_id, "evaluation")}
+    assert {"adapter", "evaluation/golden_breakdown.png", "evaluation/golden_eval_table.json"} <= artifacts
+    table = json.loads(open(client.download_artifacts(first.run_id, "evaluation/golden_eval_table.json")).read())
+    assert len(table) == 77  # every intent has a golden row
+
+
+def test_train_and_predict_from_the_cli(tiny_config, tmp_path):
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "restaurant-slots", "--config", str(tiny_config)])
+    assert trained.exit_code == 0, trained.output
+    assert "slot_f1" in trained.output and "champion" in trained.output
+
+    one = runner.invoke(app, ["predict", "restaurant-slots", "Table for 4 at 7pm please", "--config", str(tiny_config)])
+    assert one.exit_code == 0, one.output
+    answer = json.loads(one.stdout.strip().splitlines()[-1])
+    assert answer["version"] == 1 and 0.0 <= answer["confidence"] <= 1.0
+
+    lines = [{"text": "Table for 2 tonight"}, {"text": "Book for Ann Lee"}, {"text": "8 people at noon"}]
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    batch = runner.invoke(app, ["predict", "restaurant-slots", "--input", str(source), "--output", str(target), "--alias", "champion", "--config", str(tiny_config)])
+    assert batch.exit_code == 0, batch.output
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [row["text"] for row in rows] == [line["text"] for line in lines]
+    for row in rows:
+        assert row["answer"] is None or isinstance(row["answer"], dict)
+
+
+def test_cli_rejects_unknown_workload_and_missing_version(tiny_config):
+    runner = CliRunner()
+    unknown = runner.invoke(app, ["train", "nope", "--config", str(tiny_config)])
+    assert unknown.exit_code == 2 and "unknown workload 'nope'" in unknown.output
+    missing = runner.invoke(app, ["predict", "banking-intent", "hi", "--version", "9", "--config", str(tiny_config)])
+    assert missing.exit_code == 1 and "no version 9" in missing.output

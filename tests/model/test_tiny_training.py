@@ -1,0 +1,108 @@
+"""Train the tiny model (real tokenizer) for a few steps: LoRA moves, base stays, reload is exact."""
+
+import json
+import random
+import string
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors.torch import load_file
+
+from flywheel.config import TrainingConfig
+from models.constrained import is_valid_extraction
+from models.inference import Predictor, load_model, load_tokenizer
+from models.training import train_lora
+from models.workload import TaskSpec
+
+LABELS = ("card_arrival", "card_linking", "exchange_rate", "top_up_failed")
+SLOTS = ("people", "time", "date", "first_name", "last_name")
+CLASSIFY = TaskSpec("tiny-intent", "classification", "Banking message: {text}\nIntent:", labels=LABELS)
+EXTRACT = TaskSpec("tiny-slots", "extraction", "Restaurant booking message: {text}\nSlots as JSON:", slots=SLOTS)
+CONFIG = TrainingConfig(max_examples=64, epochs=1, batch_size=8, learning_rate=5e-3, lora_r=4, lora_alpha=8, bf16=False, seed=3)
+
+
+def _classification_data(n: int = 32) -> Dataset:
+    rng = random.Random(0)
+    texts = [f"my card {rng.choice(['never came', 'link', 'rate', 'top up'])} {i}" for i in range(n)]
+    return Dataset.from_dict({"id": list(range(n)), "text": texts, "label": [LABELS[i % 4] for i in range(n)]})
+
+
+def _random_texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    alphabet = string.ascii_letters + string.digits + " ,.!?'\"{}:\\é€"
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapter")
+    result = train_lora(CLASSIFY, str(tiny_model_dir), _classification_data(), out, CONFIG)
+    return result
+
+
+def test_training_moves_adapter_weights_and_freezes_base(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    result = train_lora(CLASSIFY, str(tiny_model_dir), _classification_data(), tmp_path / "a", CONFIG)
+    adapter = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
+    assert lora_b, "no LoRA B matrices were saved"
+    # LoRA B starts at zero: any non-zero entry means training moved it.
+    assert all(v.abs().sum() > 0 for v in lora_b.values())
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(result.adapter_dir))
+    for name, tensor in reloaded.get_base_model().state_dict().items():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer", "")
+        assert torch.equal(tensor, base_before[key]), f"base weight {key} changed"
+    assert result.tokens > 0 and result.seconds > 0
+
+
+def test_lora_layers_limits_the_adapter_to_the_top_layers(tiny_model_dir, tmp_path):
+    config = CONFIG.model_copy(update={"lora_layers": 1})
+    result = train_lora(CLASSIFY, str(tiny_model_dir), _classification_data(16), tmp_path / "a", config)
+    keys = load_file(str(result.adapter_dir / "adapter_model.safetensors")).keys()
+    assert any(".layers.1." in k for k in keys)
+    assert not any(".layers.0." in k for k in keys)
+
+
+def test_saved_adapter_reloads_and_predicts_identically(trained, tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    texts = list(_classification_data(12)["text"]) + _random_texts(4, seed=1)
+    first = Predictor(load_model(str(tiny_model_dir), trained.adapter_dir, bf16=False), tokenizer, CLASSIFY, 5).predict(texts)
+    second = Predictor(load_model(str(tiny_model_dir), trained.adapter_dir, bf16=False), tokenizer, CLASSIFY, 16).predict(texts)
+    assert [p.answer for p in first] == [p.answer for p in second]
+    assert [p.confidence for p in first] == pytest.approx([p.confidence for p in second], rel=1e-4)
+
+
+def test_classification_answers_never_leave_the_label_set(tiny_model_dir, trained):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    for adapter in (None, trained.adapter_dir):
+        predictor = Predictor(load_model(str(tiny_model_dir), adapter, bf16=False), tokenizer, CLASSIFY, 16)
+        for prediction in predictor.predict(_random_texts(40, seed=2)):
+            assert prediction.valid and prediction.answer in LABELS
+            assert 0.0 < prediction.confidence <= 1.0
+
+
+def test_extraction_answers_are_valid_json_spans_or_flagged_invalid(tiny_model_dir, tmp_path):
+    rng = random.Random(5)
+    texts, labels = [], []
+    for i in range(24):
+        people, name = str(rng.randint(2, 9)), rng.choice(["Ann", "Bob", "Cy"])
+        texts.append(f"table for {people} please, I am {name}")
+        labels.append(json.dumps({"people": people, "first_name": name}))
+    data = Dataset.from_dict({"id": list(range(24)), "text": texts, "label": labels})
+    result = train_lora(EXTRACT, str(tiny_model_dir), data, tmp_path / "slots", CONFIG)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    inputs = texts[:8] + _random_texts(24, seed=3)
+    for adapter in (None, result.adapter_dir):
+        predictor = Predictor(load_model(str(tiny_model_dir), adapter, bf16=False), tokenizer, EXTRACT, 16)
+        for text, prediction in zip(inputs, predictor.predict(inputs)):
+            if prediction.valid:
+                assert isinstance(prediction.answer, dict)
+                assert is_valid_extraction(prediction.answer, SLOTS, text), (text, prediction)
+            else:
+                assert prediction.answer is None and prediction.confidence == 0.0
