@@ -19,10 +19,13 @@ from tasks.training import (
 
 
 @flow(name="train-adapter")
-def train_adapter_flow(workload: str, config_path: str | None = None, max_examples: int | None = None) -> RegisteredAdapter:
+def train_adapter_flow(
+    workload: str, config_path: str | None = None, max_examples: int | None = None, launch: bool = False
+) -> RegisteredAdapter:
     """Train, evaluate on golden and register a LoRA adapter for `workload`.
 
     1. prepare data: load the dataset, deterministic splits, sample the training set
+       (`launch=True`: the launch data, which under-represents what later traffic favours)
     2. pull the base model (materialized once)
     3. train a LoRA adapter (peft + trl)
     4. evaluate it on the golden split (never trained on)
@@ -34,7 +37,7 @@ def train_adapter_flow(workload: str, config_path: str | None = None, max_exampl
         config = config.model_copy(update={"training": config.training.model_copy(update={"max_examples": max_examples})})
         settings = settings.model_copy(update={"workloads": {**settings.workloads, workload: config}})
     # Data
-    data = prepare_training_data(settings, workload)
+    data = prepare_training_data(settings, workload, launch)
     base_path = pull_base_model(settings)
     # Train
     output_dir = Path(settings.home).resolve() / "runs" / workload / data.summary.data_hash

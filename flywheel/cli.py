@@ -55,6 +55,7 @@ def model_pull(config: ConfigOption = None) -> None:
 def train(
     workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")],
     max_examples: Annotated[Optional[int], typer.Option(help="Override training.max_examples.")] = None,
+    launch: Annotated[bool, typer.Option("--launch", help="Train on the launch data (late items under-represented).")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Run the `train-adapter` flow: train, evaluate on golden, register in MLflow."""
@@ -69,7 +70,7 @@ def train(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     with progress.progress_bar():
-        result = train_adapter_flow(workload=workload, config_path=str(config) if config else None, max_examples=max_examples)
+        result = train_adapter_flow(workload=workload, config_path=str(config) if config else None, max_examples=max_examples, launch=launch)
     table = Table(title=f"{workload} version {result.version} (@{result.alias})")
     table.add_column("golden metric")
     table.add_column("value", justify="right")
@@ -119,7 +120,7 @@ def predict(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     base_path = resolve_base_model(settings.base_model, settings.models_dir)
-    adapter = download_adapter(client, record, settings.home.resolve() / "adapters")
+    adapter = download_adapter(client, record, settings.adapters_dir)
     predictor = Predictor(load_model(base_path, adapter), load_tokenizer(base_path), spec, workload_config.eval_batch_size)
     if text is not None:
         (result,) = predictor.predict([text])
@@ -149,9 +150,56 @@ def predict(
 
 
 @app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default: serving.host).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: serving.port).")] = None,
+    replica_id: Annotated[Optional[str], typer.Option(help="This replica's id in captured samples.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Start the embedded serving tier (vLLM LoRA API); loads each workload's champion."""
+    _offline_defaults()
+    from serving.server import serve as run_server
+
+    run_server(_settings(config), host=host, port=port, replica_id=replica_id)
+
+
+@app.command()
+def simulate(
+    workload: Annotated[str, typer.Option("--workload", "-w", help="A workload name from flywheel.yaml.")],
+    requests: Annotated[int, typer.Option("--requests", "-n", help="How many requests to send.")] = 200,
+    scenario: Annotated[str, typer.Option("--scenario", "-s", help="steady | prior-shift | new-phrasing")] = "steady",
+    url: Annotated[str, typer.Option(help="The serving tier's base URL.")] = "http://127.0.0.1:8000",
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed for the request stream.")] = 0,
+    truth: Annotated[Optional[Path], typer.Option(help="Ground-truth JSONL (default: <home>/simulator/ground_truth.jsonl).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send simulated production traffic over HTTP; hidden gold answers go to a separate file."""
+    from flywheel import progress
+    from flywheel.simulate import simulate as run_simulation
+
+    settings = _settings(config)
+    try:
+        with progress.progress_bar():
+            result = run_simulation(
+                settings, workload, scenario, requests, url, truth_path=truth, concurrency=concurrency, seed=seed,
+                progress=lambda done, total: progress.report(f"simulate {scenario}", done, total),
+            )
+    except (ConfigError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"{result.sent} requests ({result.failed} failed) in {result.seconds:.1f} s; "
+        f"live accuracy vs hidden gold {result.live_accuracy:.3f}; ground truth appended to {result.truth_path}"
+    )
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(config: ConfigOption = None) -> None:
     """The end-to-end demo. For now: train and register the `banking-intent` adapter."""
-    train("banking-intent", None, config)
+    train("banking-intent", None, False, config)
 
 
 def main() -> None:

@@ -67,6 +67,15 @@ class GateConfig(_Strict):
     max_latency_factor: float = Field(1.5, ge=1)
 
 
+class LaunchConfig(_Strict):
+    """How the launch champion's data under-represents the items later traffic favours."""
+
+    late_count: int = Field(12, ge=1)  # classification: intents that are rare at launch
+    rare_cap: int = Field(3, ge=0)  # launch training examples per late intent (extraction: in all)
+    shift_share: float = Field(0.7, gt=0, le=1)  # share of prior-shift traffic on late items
+    seed: int = 7
+
+
 class WorkloadConfig(_Strict):
     """One narrow job served by one adapter, named after it."""
 
@@ -78,6 +87,7 @@ class WorkloadConfig(_Strict):
     splits: SplitConfig = SplitConfig()
     training: TrainingConfig = TrainingConfig()
     gates: GateConfig = GateConfig()
+    launch: LaunchConfig = LaunchConfig()
     eval_batch_size: int = Field(64, gt=0)
 
     @model_validator(mode="after")
@@ -96,6 +106,24 @@ class WorkloadConfig(_Strict):
         return self
 
 
+class ServingConfig(_Strict):
+    """The serving tier: the embedded server's own settings and the replicas that push targets."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    replicas: list[str] = ["http://127.0.0.1:8000"]  # base URLs of every replica (embedded or vLLM)
+    admin_token: str | None = None  # bearer token for load/unload/route; None = open (loopback dev)
+    adapter_roots: list[Path] = []  # extra folders adapters may be loaded from (the state dir always is)
+    max_batch: int = Field(32, gt=0)
+    batch_wait_ms: float = Field(5.0, ge=0)
+    max_inputs_per_request: int = Field(64, gt=0)
+    max_text_chars: int = Field(2000, gt=0)
+    max_body_bytes: int = Field(256 * 1024, gt=0)
+    capture_flush_records: int = Field(500, gt=0)
+    capture_flush_seconds: float = Field(5.0, gt=0)
+    capture_queue: int = Field(10_000, gt=0)
+
+
 class Settings(BaseSettings):
     """The whole configuration of one slm-flywheel installation."""
 
@@ -106,6 +134,7 @@ class Settings(BaseSettings):
     tracking_uri: str | None = None  # None = SQLite under `home`
     base_model: str = DEFAULT_BASE_MODEL
     torch_threads: int | None = None
+    serving: ServingConfig = ServingConfig()
     workloads: dict[str, WorkloadConfig] = {}
 
     @classmethod
@@ -134,6 +163,16 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return (self.home / "models").resolve()
+
+    @property
+    def samples_dir(self) -> Path:
+        """The production sample store (Parquet, partitioned by workload and date)."""
+        return (self.home / "samples").resolve()
+
+    @property
+    def adapters_dir(self) -> Path:
+        """Adapters downloaded from the registry, one folder per workload and version."""
+        return (self.home / "adapters").resolve()
 
     def workload(self, name: str) -> WorkloadConfig:
         try:

@@ -16,6 +16,7 @@ from prefect.cache_policies import NONE
 from flywheel import progress
 from flywheel.config import Settings, WorkloadConfig
 from models.data import SplitSummary, sample_training_set, summarize_splits
+from models.scenarios import launch_plan, launch_training_set
 from models.evaluation import EvalResult, evaluate_predictions, plot_breakdown
 from models.training import TrainResult
 from models.workload import TaskSpec, build_task_spec, load_splits
@@ -29,6 +30,7 @@ class TrainingData:
     splits: DatasetDict
     train_set: Dataset
     summary: SplitSummary
+    launch: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,25 @@ class RegisteredAdapter:
 
 
 @task(cache_policy=NONE)
-def prepare_training_data(settings: Settings, workload: str) -> TrainingData:
-    """Load the workload's dataset, split it deterministically and sample the training set."""
+def prepare_training_data(settings: Settings, workload: str, launch: bool = False) -> TrainingData:
+    """Load the workload's dataset, split it deterministically and sample the training set.
+
+    With `launch`, the training set is the launch data (late items capped; see models/scenarios.py).
+    """
     config: WorkloadConfig = settings.workload(workload)
     data_dir = settings.require_data_dir()
     spec = build_task_spec(workload, config, data_dir)
     splits = load_splits(spec, config, data_dir)
-    train_set = sample_training_set(
-        splits["train"], config.training.max_examples, config.training.seed, stratify=spec.task == "classification"
-    )
+    if launch:
+        plan = launch_plan(spec.task, spec.labels, config.launch)
+        train_set = launch_training_set(splits["train"], plan, config.training.max_examples, config.training.seed)
+    else:
+        train_set = sample_training_set(
+            splits["train"], config.training.max_examples, config.training.seed, stratify=spec.task == "classification"
+        )
     summary = summarize_splits(splits)
     get_run_logger().info("%s: splits %s, training on %d examples, data hash %s", workload, summary.sizes, len(train_set), summary.data_hash)
-    return TrainingData(spec=spec, splits=splits, train_set=train_set, summary=summary)
+    return TrainingData(spec=spec, splits=splits, train_set=train_set, summary=summary, launch=launch)
 
 
 @task(cache_policy=NONE)
@@ -145,6 +154,7 @@ def register_adapter_version(
             "data_hash": data.summary.data_hash,
             "git_commit": _git_commit(),
             "train_examples": trained.examples,
+            "launch_data": data.launch,
             "bf16": trained.bf16,
             **{f"split_{k}": v for k, v in data.summary.sizes.items()},
             **{f"train_{k}": v for k, v in config.training.model_dump().items()},
@@ -172,6 +182,7 @@ def register_adapter_version(
             "workload": workload,
             "data_hash": data.summary.data_hash,
             "base_model": settings.base_model,
+            "training_data": "launch" if data.launch else "standard",
             **{f"golden_{k}": f"{v:.4f}" for k, v in golden.metrics.items()},
         }
         version = register_adapter(client, workload, run_id, tags, description=f"trained on {trained.examples} examples")

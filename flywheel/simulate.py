@@ -1,0 +1,110 @@
+"""The traffic simulator: real HTTP requests built from the dataset's non-golden rows.
+
+Each request's hidden gold answer goes to a separate ground-truth file that the pipeline never
+reads (only the simulated teacher and report scorekeeping do).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from flywheel.config import Settings
+from models.scenarios import launch_plan, scenario_requests
+from models.workload import build_task_spec, load_splits
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    workload: str
+    scenario: str
+    sent: int
+    failed: int
+    correct: int  # scored against the hidden gold answers (exact label / exact slot object)
+    seconds: float
+    truth_path: Path
+
+    @property
+    def live_accuracy(self) -> float:
+        answered = self.sent - self.failed
+        return self.correct / answered if answered else 0.0
+
+
+def simulate(
+    settings: Settings,
+    workload: str,
+    scenario: str,
+    count: int,
+    url: str,
+    *,
+    truth_path: Path | None = None,
+    concurrency: int = 4,
+    seed: int = 0,
+    progress: object = None,
+) -> SimulationResult:
+    """Send `count` requests of `scenario` to `url`, one input each, `concurrency` at a time."""
+    import httpx
+    from datasets import concatenate_datasets
+
+    config = settings.workload(workload)
+    data_dir = settings.require_data_dir()
+    spec = build_task_spec(workload, config, data_dir)
+    splits = load_splits(spec, config, data_dir)
+    pool = concatenate_datasets([splits["train"], splits["validation"]])  # never golden
+    plan = launch_plan(spec.task, spec.labels, config.launch)
+    requests = scenario_requests(pool, plan, scenario, count, seed)
+    truth_path = truth_path or settings.home.resolve() / "simulator" / "ground_truth.jsonl"
+    truth_path.parent.mkdir(parents=True, exist_ok=True)
+    run = uuid.uuid4().hex[:8]
+    lock = threading.Lock()
+    counts = {"failed": 0, "correct": 0, "done": 0}
+    truth_rows: list[str] = []
+    cursor = iter(enumerate(requests))
+    started = time.perf_counter()
+
+    def worker() -> None:
+        with httpx.Client(base_url=url.rstrip("/"), timeout=120) as client:
+            while True:
+                with lock:
+                    item = next(cursor, None)
+                if item is None:
+                    return
+                index, request = item
+                request_id = f"sim-{scenario}-{run}-{index}"
+                ok, correct = False, False
+                try:
+                    response = client.post(f"/v1/workloads/{workload}/predict", json={"inputs": [request.text]}, headers={"x-request-id": request_id})
+                    if response.status_code == 200:
+                        ok = True
+                        answer = response.json()["predictions"][0]["answer"]
+                        correct = answer is not None and answer == spec.parse_label(request.gold)
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    counts["failed"] += not ok
+                    counts["correct"] += correct
+                    counts["done"] += 1
+                    truth_rows.append(json.dumps({"request_id": request_id, "workload": workload, "scenario": scenario, "gold": request.gold, "source_id": request.source_id}))
+                    if progress is not None:
+                        progress(counts["done"], len(requests))  # type: ignore[operator]
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, concurrency))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with truth_path.open("a") as handle:
+        handle.write("\n".join(truth_rows) + "\n")
+    return SimulationResult(workload, scenario, len(requests), counts["failed"], counts["correct"], time.perf_counter() - started, truth_path)
+
+
+def read_ground_truth(path: Path) -> dict[str, str]:
+    """request id -> gold answer (for the simulated teacher and report scorekeeping only)."""
+    if not path.exists():
+        return {}
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {row["request_id"]: row["gold"] for row in rows}

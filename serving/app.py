@@ -1,0 +1,305 @@
+"""The embedded serving tier: vLLM's dynamic-LoRA API, OpenAI chat completions, workload
+predictions with capture, health and Prometheus metrics.
+
+Endpoints
+  POST /v1/load_lora_adapter    {"lora_name", "lora_path"}   (vLLM; path or models:/ reference)
+  POST /v1/unload_lora_adapter  {"lora_name"}                (vLLM)
+  GET  /v1/models                                             (vLLM / OpenAI)
+  POST /v1/chat/completions     {"model": adapter or workload, "messages": [...]}
+  POST /v1/workloads/{workload}/predict  {"inputs": [...]}
+  POST /v1/workloads/{workload}/route    {"lora_name"}        (switch the served version)
+  GET  /v1/workloads                                          (workload -> served adapter)
+  GET  /health, GET /metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from serving.capture import Sample, SampleWriter, answer_to_text, now_utc
+from serving.engine import AdapterEngine, EngineError, ServedPrediction, workload_of
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ServingLimits:
+    max_body_bytes: int = 256 * 1024
+    max_inputs: int = 64
+    max_text_chars: int = 2000
+
+
+@dataclass
+class ServerState:
+    engine: AdapterEngine
+    writer: SampleWriter
+    replica_id: str
+    adapter_roots: list[Path]
+    admin_token: str | None = None
+    limits: ServingLimits = field(default_factory=ServingLimits)
+    resolve_reference: Callable[[str], Path] | None = None  # models:/name@alias -> local adapter dir
+    started: float = field(default_factory=time.time)
+
+
+class Metrics:
+    """Prometheus counters and a latency histogram, in a registry of the app's own."""
+
+    def __init__(self, writer: SampleWriter):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("flywheel_requests", "Prediction requests", ["workload", "adapter"], registry=self.registry)
+        self.predictions = Counter("flywheel_predictions", "Predicted inputs", ["workload", "adapter"], registry=self.registry)
+        self.errors = Counter("flywheel_errors", "Requests answered with an error", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "flywheel_request_latency_seconds", "Prediction request latency", ["workload", "adapter"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
+        drops = Gauge("flywheel_capture_dropped", "Samples dropped because the capture queue was full", registry=self.registry)
+        drops.set_function(lambda: writer.dropped)
+        written = Gauge("flywheel_capture_written", "Samples written to the sample store", registry=self.registry)
+        written.set_function(lambda: writer.written)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+async def _json_body(request: Request, limits: ServingLimits) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise ApiError(413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes}")
+    raw = await request.body()
+    if len(raw) > limits.max_body_bytes:
+        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {limits.max_body_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request body is not valid UTF-8 (byte {exc.start})") from exc
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+def _field(body: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in body:
+        raise ApiError(400, f"missing field {name!r}")
+    if not isinstance(body[name], kind):
+        raise ApiError(400, f"field {name!r} must be a {kind.__name__}")
+    return body[name]
+
+
+def _check_texts(texts: list[Any], limits: ServingLimits) -> list[str]:
+    if not texts:
+        raise ApiError(400, "'inputs' is empty")
+    if len(texts) > limits.max_inputs:
+        raise ApiError(413, f"{len(texts)} inputs in one request; the limit is {limits.max_inputs}")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ApiError(400, f"inputs[{index}] must be a string")
+        if not text.strip():
+            raise ApiError(400, f"inputs[{index}] is empty")
+        if len(text) > limits.max_text_chars:
+            raise ApiError(413, f"inputs[{index}] is {len(text)} characters; the limit is {limits.max_text_chars}")
+    return texts
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The FastAPI app over an engine and a sample writer (both owned by the caller)."""
+    app = FastAPI(title="slm-flywheel serving", version="1")
+    metrics = Metrics(state.writer)
+    app.state.flywheel = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        metrics.errors.labels(request.url.path, str(exc.status)).inc()
+        return JSONResponse({"error": {"message": exc.message, "code": exc.status}}, status_code=exc.status)
+
+    def _require_admin(request: Request) -> None:
+        if state.admin_token is None:
+            return
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Bearer "):
+            raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
+        if header.removeprefix("Bearer ").strip() != state.admin_token:
+            raise ApiError(403, "wrong bearer token")
+
+    def _confined(path_text: str) -> Path:
+        path = Path(path_text).expanduser().resolve()
+        for root in state.adapter_roots:
+            if path.is_relative_to(root.resolve()):
+                return path
+        raise ApiError(403, f"adapter path {path_text!r} is outside the allowed adapter roots")
+
+    async def _await(future: Any) -> Any:
+        try:
+            return await asyncio.wrap_future(future)
+        except EngineError as exc:
+            raise ApiError(exc.status, str(exc)) from exc
+
+    async def _served(workload: str, texts: list[str]) -> list[ServedPrediction]:
+        try:
+            future = state.engine.predict(workload, texts)
+        except EngineError as exc:
+            raise ApiError(exc.status, str(exc)) from exc
+        return await _await(future)
+
+    def _capture(workload: str, request_id: str, texts: list[str], served: list[ServedPrediction], latency_ms: float) -> None:
+        stamp = now_utc()
+        for index, (text, item) in enumerate(zip(texts, served)):
+            state.writer.append(
+                Sample(
+                    timestamp=stamp,
+                    request_id=f"{request_id}:{index}" if len(texts) > 1 else request_id,
+                    workload=workload,
+                    input=text,
+                    answer=answer_to_text(item.prediction.answer),
+                    valid=item.prediction.valid,
+                    confidence=float(item.prediction.confidence),
+                    adapter_version=item.adapter,
+                    latency_ms=latency_ms,
+                    replica_id=state.replica_id,
+                )
+            )
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> PlainTextResponse:
+        _require_admin(request)
+        body = await _json_body(request, state.limits)
+        name = _field(body, "lora_name", str)
+        source = _field(body, "lora_path", str)
+        if source.startswith("models:/"):
+            if state.resolve_reference is None:
+                raise ApiError(400, "this server has no registry configured to resolve models:/ references")
+            try:
+                path = state.resolve_reference(source)
+            except LookupError as exc:
+                raise ApiError(404, str(exc)) from exc
+        else:
+            path = _confined(source)
+        await _await(state.engine.load_adapter(name, path))
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> PlainTextResponse:
+        _require_admin(request)
+        body = await _json_body(request, state.limits)
+        name = _field(body, "lora_name", str)
+        await _await(state.engine.unload_adapter(name))
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
+
+    @app.post("/v1/workloads/{workload}/route")
+    async def route(workload: str, request: Request) -> dict[str, Any]:
+        _require_admin(request)
+        body = await _json_body(request, state.limits)
+        name = _field(body, "lora_name", str)
+        unload = body.get("unload_previous", True)
+        previous = await _await(state.engine.switch(workload, name, bool(unload)))
+        return {"workload": workload, "adapter": name, "previous": previous}
+
+    @app.get("/v1/workloads")
+    async def workloads() -> dict[str, Any]:
+        _, routes = state.engine.snapshot()
+        return {"workloads": {name: routes.get(name) for name in sorted(state.engine.specs)}}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        adapters, _ = state.engine.snapshot()
+        created = int(state.started)
+        data = [{"id": state.engine.base_path, "object": "model", "created": created, "owned_by": "slm-flywheel", "root": state.engine.base_path, "parent": None}]
+        data += [{"id": name, "object": "model", "created": created, "owned_by": "slm-flywheel", "root": path, "parent": state.engine.base_path} for name, path in sorted(adapters.items())]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/workloads/{workload}/predict")
+    async def predict(workload: str, request: Request) -> dict[str, Any]:
+        started = time.perf_counter()
+        body = await _json_body(request, state.limits)
+        texts = _check_texts(_field(body, "inputs", list), state.limits)
+        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+        served = await _served(workload, texts)
+        latency_ms = (time.perf_counter() - started) * 1000
+        _capture(workload, request_id, texts, served, latency_ms)
+        adapter = served[0].adapter
+        metrics.requests.labels(workload, adapter).inc()
+        metrics.predictions.labels(workload, adapter).inc(len(texts))
+        metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
+        return {
+            "request_id": request_id,
+            "workload": workload,
+            "predictions": [
+                {
+                    "answer": item.prediction.answer,
+                    "confidence": item.prediction.confidence,
+                    "valid": item.prediction.valid,
+                    "version": item.adapter,
+                    "latency_ms": latency_ms,
+                }
+                for item in served
+            ],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> dict[str, Any]:
+        started = time.perf_counter()
+        body = await _json_body(request, state.limits)
+        model = _field(body, "model", str)
+        messages = _field(body, "messages", list)
+        user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)]
+        if not user:
+            raise ApiError(400, "messages hold no user message with string content")
+        adapters, routes = state.engine.snapshot()
+        workload = workload_of(model)
+        if model not in adapters and model not in routes:
+            raise ApiError(404, f"model {model!r} does not exist (see GET /v1/models)")
+        if model in adapters and routes.get(workload) != model:
+            raise ApiError(409, f"adapter {model!r} is loaded but not serving; route {workload!r} to it first")
+        text = _check_texts([user[-1]["content"]], state.limits)
+        request_id = request.headers.get("x-request-id") or f"chatcmpl-{uuid.uuid4().hex}"
+        served = await _served(workload, text)
+        latency_ms = (time.perf_counter() - started) * 1000
+        _capture(workload, request_id, text, served, latency_ms)
+        item = served[0]
+        metrics.requests.labels(workload, item.adapter).inc()
+        metrics.predictions.labels(workload, item.adapter).inc()
+        metrics.latency.labels(workload, item.adapter).observe(latency_ms / 1000)
+        content = answer_to_text(item.prediction.answer) if item.prediction.valid else ""
+        return {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": item.adapter,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop" if item.prediction.valid else "length"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "flywheel": {"confidence": item.prediction.confidence, "valid": item.prediction.valid},
+        }
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        adapters, routes = state.engine.snapshot()
+        return {"status": "ok", "replica_id": state.replica_id, "base_model": state.engine.base_path, "adapters": sorted(adapters), "routes": routes}
+
+    @app.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render().decode(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,204 @@
+"""One base model, several LoRA adapters, one inference thread.
+
+Every model operation (load, unload, predict) runs on a single worker thread, in order. That is
+what makes switching atomic: a workload's route is read when its batch *runs*, an adapter is
+only routable once fully loaded, and an unload queued after a switch runs after every batch that
+was admitted before it. Requests for one workload that wait together are predicted as one batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.inference import Prediction, Predictor, load_tokenizer
+from models.workload import TaskSpec
+
+
+class EngineError(Exception):
+    """A request the engine cannot serve; `status` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ServedPrediction:
+    prediction: Prediction
+    adapter: str  # the versioned adapter name that answered, e.g. banking-intent@v3
+
+
+@dataclass
+class _Job:
+    kind: str  # "predict" | "call"
+    future: Future
+    workload: str = ""
+    texts: list[str] = field(default_factory=list)
+    fn: Callable[[], Any] | None = None
+
+
+def workload_of(adapter_name: str) -> str:
+    """`banking-intent@v3` -> `banking-intent`."""
+    return adapter_name.split("@", 1)[0]
+
+
+class AdapterEngine:
+    """Hosts the base model and its adapters; answers predictions in micro-batches."""
+
+    def __init__(self, base_path: str, specs: dict[str, TaskSpec], *, max_batch: int = 32, batch_wait_s: float = 0.005, bf16: bool | None = None):
+        from models.inference import load_model
+
+        self.base_path = base_path
+        self.specs = specs
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self.tokenizer = load_tokenizer(base_path)
+        self.model: Any = load_model(base_path, None, bf16=bf16)
+        self.adapters: dict[str, str] = {}  # name -> path
+        self.routes: dict[str, str] = {}  # workload -> adapter name
+        self._predictors: dict[str, Predictor] = {}
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._lock = threading.Lock()  # guards adapters/routes for readers on other threads
+        self._thread = threading.Thread(target=self._run, name="adapter-engine", daemon=True)
+        self._thread.start()
+
+    # -- public API (any thread) -------------------------------------------------------------
+
+    def predict(self, workload: str, texts: list[str]) -> Future:
+        if workload not in self.specs:
+            raise EngineError(f"unknown workload {workload!r} (configured: {', '.join(sorted(self.specs))})", 404)
+        future: Future = Future()
+        self._jobs.put(_Job("predict", future, workload=workload, texts=texts))
+        return future
+
+    def load_adapter(self, name: str, path: Path) -> Future:
+        return self._call(lambda: self._load(name, path))
+
+    def unload_adapter(self, name: str) -> Future:
+        return self._call(lambda: self._unload(name))
+
+    def switch(self, workload: str, name: str, unload_previous: bool = True) -> Future:
+        """Route `workload` to the loaded adapter `name`; the previous one is unloaded after."""
+        return self._call(lambda: self._switch(workload, name, unload_previous))
+
+    def snapshot(self) -> tuple[dict[str, str], dict[str, str]]:
+        with self._lock:
+            return dict(self.adapters), dict(self.routes)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=30)
+
+    # -- worker thread -----------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        self._jobs.put(_Job("call", future, fn=fn))
+        return future
+
+    def _run(self) -> None:
+        pending: list[_Job] = []
+        while True:
+            job = pending.pop(0) if pending else self._jobs.get()
+            if job is None:
+                return
+            if job.kind == "call":
+                self._resolve(job.future, job.fn)
+                continue
+            batch = [job]
+            size = len(job.texts)
+            deadline = time.monotonic() + self.batch_wait_s
+            # Gather more requests for the same workload, up to the batch size, for a few ms.
+            while size < self.max_batch:
+                try:
+                    nxt = self._jobs.get(timeout=max(deadline - time.monotonic(), 0))
+                except queue.Empty:
+                    break
+                if nxt is not None and nxt.kind == "predict" and nxt.workload == job.workload and size + len(nxt.texts) <= self.max_batch:
+                    batch.append(nxt)
+                    size += len(nxt.texts)
+                else:
+                    pending.append(nxt)  # keep order: it runs right after this batch
+                    break
+            self._predict_batch(job.workload, batch)
+
+    @staticmethod
+    def _resolve(future: Future, fn: Callable[[], Any] | None) -> None:
+        try:
+            future.set_result(fn() if fn else None)
+        except BaseException as exc:  # the caller gets the error; the engine keeps serving
+            future.set_exception(exc)
+
+    def _predict_batch(self, workload: str, batch: list[_Job]) -> None:
+        adapter = self.routes.get(workload)
+        if adapter is None:
+            for job in batch:
+                job.future.set_exception(EngineError(f"workload {workload!r} has no adapter loaded", 503))
+            return
+        try:
+            self.model.set_adapter(adapter)
+            predictor = self._predictor(workload)
+            texts = [text for job in batch for text in job.texts]
+            predictions = predictor.predict(texts)
+        except BaseException as exc:
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        start = 0
+        for job in batch:
+            chunk = predictions[start : start + len(job.texts)]
+            start += len(job.texts)
+            job.future.set_result([ServedPrediction(p, adapter) for p in chunk])
+
+    def _predictor(self, workload: str) -> Predictor:
+        if workload not in self._predictors:
+            self._predictors[workload] = Predictor(self.model, self.tokenizer, self.specs[workload], self.max_batch)
+        return self._predictors[workload]
+
+    def _load(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if workload_of(name) not in self.specs:
+            raise EngineError(f"adapter {name!r} names no configured workload (expected <workload>@v<N>)", 400)
+        if name in self.adapters:
+            raise EngineError(f"adapter {name!r} is already loaded", 400)
+        if not (path / "adapter_config.json").exists():
+            raise EngineError(f"{path} holds no adapter (adapter_config.json missing)", 400)
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(path), adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            self._predictors.clear()  # they held the bare model
+        self.model.eval()
+        with self._lock:
+            self.adapters[name] = str(path)
+            # The first adapter of a workload starts serving it at once; later ones wait for a switch.
+            self.routes.setdefault(workload_of(name), name)
+
+    def _unload(self, name: str) -> None:
+        if name not in self.adapters:
+            raise EngineError(f"adapter {name!r} is not loaded", 404)
+        if name in self.routes.values():
+            raise EngineError(f"adapter {name!r} is serving its workload; switch first", 409)
+        self.model.delete_adapter(name)
+        with self._lock:
+            del self.adapters[name]
+
+    def _switch(self, workload: str, name: str, unload_previous: bool) -> str | None:
+        if name not in self.adapters:
+            raise EngineError(f"adapter {name!r} is not loaded", 404)
+        if workload_of(name) != workload:
+            raise EngineError(f"adapter {name!r} does not belong to workload {workload!r}", 400)
+        with self._lock:
+            previous = self.routes.get(workload)
+            self.routes[workload] = name
+        if unload_previous and previous and previous != name:
+            self._unload(previous)
+        return previous

@@ -1,0 +1,95 @@
+"""Start the embedded serving tier for a configuration (`flywheel serve`)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+from flywheel.config import Settings
+from serving.app import ServerState, ServingLimits, create_app
+from serving.capture import SampleWriter
+from serving.engine import AdapterEngine
+
+log = logging.getLogger("flywheel.serving")
+
+
+def registry_resolver(settings: Settings) -> Any:
+    """`models:/<workload>@<alias>` or `models:/<workload>/<N>` -> the adapter's local folder."""
+    from flywheel.tracking import mlflow_client
+    from models.registry import download_adapter, get_version, parse_model_ref
+
+    def resolve(reference: str) -> Path:
+        name, version, alias = parse_model_ref(reference)
+        client = mlflow_client(settings)
+        return download_adapter(client, get_version(client, name, version=version, alias=alias), settings.adapters_dir)
+
+    return resolve
+
+
+def build_state(settings: Settings, replica_id: str | None = None, *, load_champions: bool = True, bf16: bool | None = None) -> ServerState:
+    """Load the base model, start capture and (optionally) load every workload's champion."""
+    from models.base_model import resolve_base_model
+    from models.workload import build_task_spec
+
+    serving = settings.serving
+    base_path = resolve_base_model(settings.base_model, settings.models_dir)
+    specs = {name: build_task_spec(name, config, settings.data_dir) for name, config in settings.workloads.items()}
+    engine = AdapterEngine(base_path, specs, max_batch=serving.max_batch, batch_wait_s=serving.batch_wait_ms / 1000, bf16=bf16)
+    replica = replica_id or f"{socket.gethostname()}-{serving.port}"
+    writer = SampleWriter(
+        settings.samples_dir,
+        replica,
+        max_queue=serving.capture_queue,
+        flush_records=serving.capture_flush_records,
+        flush_seconds=serving.capture_flush_seconds,
+    )
+    state = ServerState(
+        engine=engine,
+        writer=writer,
+        replica_id=replica,
+        adapter_roots=[settings.home.resolve(), *serving.adapter_roots],
+        admin_token=serving.admin_token,
+        limits=ServingLimits(serving.max_body_bytes, serving.max_inputs_per_request, serving.max_text_chars),
+        resolve_reference=registry_resolver(settings),
+    )
+    if load_champions:
+        load_registry_champions(settings, state)
+    return state
+
+
+def load_registry_champions(settings: Settings, state: ServerState) -> dict[str, str]:
+    """Load each workload's `champion` (if it has one) as `<workload>@v<N>` and route to it."""
+    from flywheel.tracking import mlflow_client
+    from models.registry import CHAMPION, alias_version, download_adapter
+
+    client = mlflow_client(settings)
+    loaded = {}
+    for workload in state.engine.specs:
+        record = alias_version(client, workload, CHAMPION)
+        if record is None:
+            log.info("%s has no champion yet; not serving it", workload)
+            continue
+        name = f"{workload}@v{record.version}"
+        path = download_adapter(client, record, settings.adapters_dir)
+        state.engine.load_adapter(name, path).result()
+        state.engine.switch(workload, name).result()
+        loaded[workload] = name
+        log.info("serving %s from %s", name, path)
+    return loaded
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None, replica_id: str | None = None) -> None:
+    """Run the server until interrupted; capture is flushed on shutdown."""
+    import uvicorn
+
+    if port is not None:
+        settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"port": port})})
+    state = build_state(settings, replica_id)
+    app = create_app(state)
+    try:
+        uvicorn.run(app, host=host or settings.serving.host, port=settings.serving.port, log_level="info")
+    finally:
+        state.engine.close()
+        state.writer.close()
