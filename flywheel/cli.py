@@ -33,6 +33,7 @@ def _offline_defaults() -> None:
     # The default base model and metrics are local; never wait on a hub that cannot be reached.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from an offline box
 
 
 @model_app.command("pull")

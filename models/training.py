@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -13,6 +13,8 @@ import torch
 from datasets import Dataset
 
 from models.workload import TaskSpec
+
+log = logging.getLogger("flywheel.training")
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ def train_lora(
         warm_start_adapter: continue from this adapter instead of a fresh LoRA init.
     """
     from peft import PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from models.inference import load_tokenizer
@@ -174,6 +176,10 @@ def train_lora(
             if progress is not None:
                 progress(state.global_step, state.max_steps)
 
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, float(logs["loss"]))
+
     args = SFTConfig(
         output_dir=str(output_dir / "trainer"),
         num_train_epochs=config.epochs,
@@ -186,7 +192,7 @@ def train_lora(
         bf16=use_bf16,
         use_cpu=not torch.cuda.is_available(),
         completion_only_loss=True,
-        gradient_checkpointing=False,  # trl turns it on by default; a 135M model fits easily, recompute costs ~30%
+        activation_checkpointing=False,  # trl turns it on by default; a 135M model fits easily, recompute costs ~30%
         max_length=config.max_length,
         seed=config.seed,
         data_seed=config.seed,
@@ -203,6 +209,7 @@ def train_lora(
         processing_class=tokenizer,
         callbacks=[_Progress()],
     )
+    trainer.remove_callback(PrinterCallback)  # progress goes through `progress`; no raw dicts on stdout
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started

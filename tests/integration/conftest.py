@@ -1,42 +1,9 @@
-import socket
-import threading
-import time
-
 import pytest
 import yaml
 
+from serving.server import BackgroundServer as LoopbackServer  # noqa: F401  (used by the teacher tests)
+from serving.server import free_port  # noqa: F401
 from tests.conftest import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LoopbackServer:
-    """A uvicorn server for an ASGI app on 127.0.0.1, in a thread of this process."""
-
-    def __init__(self, app, port: int | None = None):
-        import uvicorn
-
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from models.training import train_lora
 from models.workload import build_task_spec
 from serving.app import create_app
 from serving.capture import read_samples
-from serving.server import build_state
-from tests.integration.conftest import LoopbackServer
+from serving.server import BackgroundServer, build_state
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 TINY = TrainingConfig(max_examples=16, batch_size=8, lora_r=4, lora_alpha=8, bf16=False)
@@ -35,7 +34,7 @@ def _adapter(settings, workload, folder, seed):
 @pytest.fixture
 def server(serving_settings):
     state = build_state(serving_settings, "replica-a", load_champions=False, bf16=False)
-    srv = LoopbackServer(create_app(state))
+    srv = BackgroundServer(create_app(state))
     with srv:
         yield srv, state, serving_settings
     state.engine.close()
