@@ -1,0 +1,137 @@
+"""The human review queue for teacher labels.
+
+A share of every run's teacher labels (and every label the teacher could not give inside the
+schema) waits here for a person: `flywheel review list|accept|correct`. Reviewed labels are used
+from the next run on; the teacher-reviewer agreement rate is what lets a run trust the teacher.
+Stored as one JSON file per workload, rewritten atomically (review volumes are small).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from models.workload import TaskSpec
+
+SAMPLED = "spot_check"  # a random share of valid teacher labels
+OUT_OF_SCHEMA = "out_of_schema"  # the teacher could not answer inside the schema
+
+
+class ReviewError(ValueError):
+    """An unknown item, an item already reviewed, or a correction outside the schema."""
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    item_id: str
+    workload: str
+    text: str
+    teacher_label: str | None
+    teacher: str
+    reason: str  # SAMPLED or OUT_OF_SCHEMA
+    run_id: str
+    created_at: str
+    status: str = "pending"  # pending | accepted | corrected
+    final_label: str | None = None
+    reviewer: str | None = None
+    reviewed_at: str | None = None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ReviewQueue:
+    def __init__(self, root: Path, workload: str):
+        self.path = root / f"{workload}.json"
+        self.workload = workload
+
+    def items(self) -> list[ReviewItem]:
+        if not self.path.exists():
+            return []
+        return [ReviewItem(**row) for row in json.loads(self.path.read_text())]
+
+    def _save(self, items: list[ReviewItem]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([asdict(item) for item in items], indent=1, ensure_ascii=False))
+        os.replace(tmp, self.path)
+
+    def enqueue(self, new: list[ReviewItem]) -> int:
+        """Add items not queued before (by item id); returns how many were added."""
+        items = self.items()
+        known = {item.item_id for item in items}
+        fresh = [item for item in new if item.item_id not in known]
+        self._save(items + fresh)
+        return len(fresh)
+
+    def pending(self) -> list[ReviewItem]:
+        return [item for item in self.items() if item.status == "pending"]
+
+    def _review(self, item_id: str, reviewer: str, label: str | None, spec: TaskSpec) -> ReviewItem:
+        items = self.items()
+        for position, item in enumerate(items):
+            if item.item_id != item_id:
+                continue
+            if item.status != "pending":
+                raise ReviewError(f"{item_id} was already reviewed ({item.status} by {item.reviewer})")
+            if label is None:
+                if item.teacher_label is None:
+                    raise ReviewError(f"{item_id} has no teacher label to accept; use `correct` with a label")
+                updated = replace(item, status="accepted", final_label=item.teacher_label, reviewer=reviewer, reviewed_at=_now())
+            else:
+                check_label(spec, item.text, label)
+                status = "accepted" if label == item.teacher_label else "corrected"
+                updated = replace(item, status=status, final_label=label, reviewer=reviewer, reviewed_at=_now())
+            items[position] = updated
+            self._save(items)
+            return updated
+        raise ReviewError(f"no review item {item_id!r} for {self.workload}")
+
+    def accept(self, item_id: str, reviewer: str, spec: TaskSpec) -> ReviewItem:
+        return self._review(item_id, reviewer, None, spec)
+
+    def correct(self, item_id: str, label: str, reviewer: str, spec: TaskSpec) -> ReviewItem:
+        return self._review(item_id, reviewer, label, spec)
+
+    def reviewed_labels(self) -> list[tuple[str, str, str]]:
+        """(item_id, text, label) for every reviewed item: training data from the next run on."""
+        return [(i.item_id, i.text, i.final_label) for i in self.items() if i.status != "pending" and i.final_label is not None]
+
+    def agreement(self) -> tuple[float | None, int]:
+        """Share of reviewed spot checks where the reviewer kept the teacher's label, and how many."""
+        checked = [item for item in self.items() if item.reason == SAMPLED and item.status != "pending"]
+        if not checked:
+            return None, 0
+        return sum(item.status == "accepted" for item in checked) / len(checked), len(checked)
+
+
+def check_label(spec: TaskSpec, text: str, label: str) -> None:
+    """Raise ReviewError unless `label` is inside the workload's schema for `text`."""
+    if spec.task == "classification":
+        if label not in spec.labels:
+            raise ReviewError(f"{label!r} is not one of the {len(spec.labels)} labels of {spec.name}")
+        return
+    try:
+        answer = json.loads(label)
+    except json.JSONDecodeError as exc:
+        raise ReviewError(f"{label!r} is not a JSON object: {exc.msg}") from exc
+    if not isinstance(answer, dict):
+        raise ReviewError("an extraction label must be a JSON object of slot -> value")
+    for key, value in answer.items():
+        if key not in spec.slots:
+            raise ReviewError(f"{key!r} is not a slot of {spec.name} ({', '.join(spec.slots)})")
+        if not isinstance(value, str) or not value or value not in text:
+            raise ReviewError(f"the value of {key!r} must be a non-empty span of the text")
+
+
+def spot_check_sample(item_ids: list[str], share: float, seed: int) -> set[str]:
+    """A reproducible `share` of the items (at least one when there are any and share > 0)."""
+    if not item_ids or share <= 0:
+        return set()
+    count = max(1, round(len(item_ids) * share))
+    return set(random.Random(seed).sample(sorted(item_ids), min(count, len(item_ids))))
