@@ -20,16 +20,23 @@ from tasks.training import (
 
 @flow(name="train-adapter")
 def train_adapter_flow(
-    workload: str, config_path: str | None = None, max_examples: int | None = None, launch: bool = False
+    workload: str,
+    config_path: str | None = None,
+    max_examples: int | None = None,
+    launch: bool = False,
+    training_set_path: str | None = None,
+    warm_start_adapter: str | None = None,
 ) -> RegisteredAdapter:
     """Train, evaluate on golden and register a LoRA adapter for `workload`.
 
     1. prepare data: load the dataset, deterministic splits, sample the training set
-       (`launch=True`: the launch data, which under-represents what later traffic favours)
+       (`launch=True`: the launch data, which under-represents what later traffic favours;
+       `training_set_path`: a training set built by the caller, e.g. the nightly retrain)
     2. pull the base model (materialized once)
-    3. train a LoRA adapter (peft + trl)
+    3. train a LoRA adapter (peft + trl), fresh or warm-started from `warm_start_adapter`
     4. evaluate it on the golden split (never trained on)
-    5. log everything to MLflow and register the version: `champion` if there is none, else `challenger`
+    5. log everything to MLflow (the exact training set included) and register the version:
+       `champion` if there is none, else `challenger`
     """
     settings = load_settings(config_path)
     config = settings.workload(workload)
@@ -37,11 +44,11 @@ def train_adapter_flow(
         config = config.model_copy(update={"training": config.training.model_copy(update={"max_examples": max_examples})})
         settings = settings.model_copy(update={"workloads": {**settings.workloads, workload: config}})
     # Data
-    data = prepare_training_data(settings, workload, launch)
+    data = prepare_training_data(settings, workload, launch, training_set_path)
     base_path = pull_base_model(settings)
     # Train
-    output_dir = Path(settings.home).resolve() / "runs" / workload / data.summary.data_hash
-    trained = train_adapter(data, base_path, config, output_dir)
+    output_dir = Path(settings.home).resolve() / "runs" / workload / data.data_hash
+    trained = train_adapter(data, base_path, config, output_dir, warm_start_adapter)
     # Evaluate
     golden = evaluate_adapter(data.spec, base_path, trained.adapter_dir, data.splits["golden"], config.eval_batch_size)
     # Register

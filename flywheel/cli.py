@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -195,6 +195,94 @@ def simulate(
     )
     if result.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def nightly(
+    workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")],
+    force: Annotated[bool, typer.Option("--force", help="Relabel and retrain even without drift.")] = False,
+    budget: Annotated[Optional[int], typer.Option(help="Samples to relabel (default: relabel.budget).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run `nightly-retrain` locally: drift → relabel → contracts → retrain → gate."""
+    _offline_defaults()
+    from flows.nightly_retrain import nightly_retrain
+    from flywheel import progress
+
+    settings = _settings(config)
+    try:
+        settings.workload(workload)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    with progress.progress_bar():
+        summary = nightly_retrain(workload=workload, force=force, budget=budget, config_path=str(config) if config else None)
+    if as_json:
+        typer.echo(json.dumps(summary.to_dict()))
+        return
+    table = Table(title=f"nightly-retrain {workload}")
+    table.add_column("")
+    table.add_column("value")
+    for key, value in summary.to_dict().items():
+        table.add_row(key, "; ".join(value) if isinstance(value, list) else str(value))
+    console.print(table)
+
+
+review_app = typer.Typer(help="The human review queue of teacher labels.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+def _queue(workload: str, config: Path | None) -> tuple[Any, Any]:
+    from models.review import ReviewQueue
+    from models.workload import build_task_spec
+
+    settings = _settings(config)
+    spec = build_task_spec(workload, settings.workload(workload), settings.data_dir)
+    return ReviewQueue(settings.state_dir / "review", workload), spec
+
+
+@review_app.command("list")
+def review_list(workload: Annotated[str, typer.Argument()], show_all: Annotated[bool, typer.Option("--all", help="Reviewed items too.")] = False, config: ConfigOption = None) -> None:
+    """Items waiting for review (teacher spot checks and out-of-schema answers)."""
+    queue, _ = _queue(workload, config)
+    items = queue.items() if show_all else queue.pending()
+    table = Table(title=f"review queue: {workload} ({len(queue.pending())} pending)")
+    for column in ("id", "text", "teacher label", "reason", "status", "final label"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(item.item_id, item.text[:60], str(item.teacher_label), item.reason, item.status, str(item.final_label or ""))
+    console.print(table)
+    agreement, count = queue.agreement()
+    console.print(f"teacher-reviewer agreement: {'n/a' if agreement is None else f'{agreement:.2f}'} over {count} spot checks")
+
+
+@review_app.command("accept")
+def review_accept(workload: Annotated[str, typer.Argument()], item_id: Annotated[str, typer.Argument()], reviewer: Annotated[str, typer.Option(help="Who reviewed it.")] = os.environ.get("USER", "reviewer"), config: ConfigOption = None) -> None:
+    """Keep the teacher's label."""
+    from models.review import ReviewError
+
+    queue, spec = _queue(workload, config)
+    try:
+        item = queue.accept(item_id, reviewer, spec)
+    except ReviewError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"{item.item_id}: accepted {item.final_label!r}")
+
+
+@review_app.command("correct")
+def review_correct(workload: Annotated[str, typer.Argument()], item_id: Annotated[str, typer.Argument()], label: Annotated[str, typer.Argument(help="The right label (or slot JSON).")], reviewer: Annotated[str, typer.Option(help="Who reviewed it.")] = os.environ.get("USER", "reviewer"), config: ConfigOption = None) -> None:
+    """Replace the teacher's label (used for training from the next run on)."""
+    from models.review import ReviewError
+
+    queue, spec = _queue(workload, config)
+    try:
+        item = queue.correct(item_id, label, reviewer, spec)
+    except ReviewError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"{item.item_id}: {item.status} -> {item.final_label!r}")
 
 
 @app.command()

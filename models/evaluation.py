@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from models.inference import Prediction
 from models.workload import TaskSpec
@@ -30,6 +30,11 @@ class EvalResult:
     breakdown: dict[str, dict[str, float]]
     predictions: list[str] = field(repr=False)
     references: list[str] = field(repr=False)
+
+    @property
+    def correct(self) -> list[bool]:
+        """Per item: the answer equals the reference exactly (label, or whole slot object)."""
+        return [pred == ref for pred, ref in zip(self.predictions, self.references)]
 
     @property
     def headline(self) -> float:
@@ -59,6 +64,27 @@ def evaluate_predictions(spec: TaskSpec, predictions: list[Prediction], referenc
         metrics["latency_p95_ms"] = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
         metrics["mean_confidence"] = sum(p.confidence for p in predictions) / len(predictions)
     return EvalResult(metrics=metrics, breakdown=breakdown, predictions=pred_strings, references=list(references))
+
+
+def evaluate_model(
+    spec: TaskSpec,
+    base_path: str,
+    adapter_dir: Path | None,
+    texts: list[str],
+    references: list[str],
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Predict `texts` with base + adapter (None: the base model alone) and score them."""
+    from models.inference import Predictor, load_model, load_tokenizer
+
+    predictor = Predictor(load_model(base_path, adapter_dir), load_tokenizer(base_path), spec, batch_size)
+    predictions: list[Prediction] = []
+    for start in range(0, len(texts), batch_size):
+        predictions.extend(predictor.predict(texts[start : start + batch_size]))
+        if progress is not None:
+            progress(min(start + batch_size, len(texts)), len(texts))
+    return evaluate_predictions(spec, predictions, references)
 
 
 def plot_breakdown(spec: TaskSpec, result: EvalResult, path: Path) -> Path:

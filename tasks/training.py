@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import tempfile
@@ -9,17 +10,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict
+import pandas as pd
+from datasets import Dataset, DatasetDict, Value
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flywheel import progress
 from flywheel.config import Settings, WorkloadConfig
-from models.data import SplitSummary, sample_training_set, summarize_splits
+from models.data import SplitSummary, content_hash, sample_training_set, summarize_splits
 from models.scenarios import launch_plan, launch_training_set
-from models.evaluation import EvalResult, evaluate_predictions, plot_breakdown
+from models.evaluation import EvalResult, evaluate_model, plot_breakdown
 from models.training import TrainResult
 from models.workload import TaskSpec, build_task_spec, load_splits
+
+
+TRAINING_SET_ARTIFACT = "evaluation/training_set.parquet"  # the exact rows a version was trained on
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,11 @@ class TrainingData:
     train_set: Dataset
     summary: SplitSummary
     launch: bool = False
+
+    @property
+    def data_hash(self) -> str:
+        """Identifies the splits *and* the exact training set (replay + new labels in a retrain)."""
+        return hashlib.sha256((self.summary.data_hash + content_hash(self.train_set)).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -48,16 +58,20 @@ class RegisteredAdapter:
 
 
 @task(cache_policy=NONE)
-def prepare_training_data(settings: Settings, workload: str, launch: bool = False) -> TrainingData:
+def prepare_training_data(settings: Settings, workload: str, launch: bool = False, training_set_path: str | None = None) -> TrainingData:
     """Load the workload's dataset, split it deterministically and sample the training set.
 
     With `launch`, the training set is the launch data (late items capped; see models/scenarios.py).
+    With `training_set_path` (Parquet: id, text, label), that file is the training set, as the
+    nightly retrain builds it (the champion's data replayed plus the new teacher labels).
     """
     config: WorkloadConfig = settings.workload(workload)
     data_dir = settings.require_data_dir()
     spec = build_task_spec(workload, config, data_dir)
     splits = load_splits(spec, config, data_dir)
-    if launch:
+    if training_set_path is not None:
+        train_set = Dataset.from_pandas(pd.read_parquet(training_set_path)[["id", "text", "label"]], preserve_index=False)
+    elif launch:
         plan = launch_plan(spec.task, spec.labels, config.launch)
         train_set = launch_training_set(splits["train"], plan, config.training.max_examples, config.training.seed)
     else:
@@ -65,8 +79,11 @@ def prepare_training_data(settings: Settings, workload: str, launch: bool = Fals
             splits["train"], config.training.max_examples, config.training.seed, stratify=spec.task == "classification"
         )
     summary = summarize_splits(splits)
-    get_run_logger().info("%s: splits %s, training on %d examples, data hash %s", workload, summary.sizes, len(train_set), summary.data_hash)
-    return TrainingData(spec=spec, splits=splits, train_set=train_set, summary=summary, launch=launch)
+    if "id" in train_set.column_names:
+        train_set = train_set.cast_column("id", Value("string"))  # dataset rows and request ids side by side
+    data = TrainingData(spec=spec, splits=splits, train_set=train_set, summary=summary, launch=launch)
+    get_run_logger().info("%s: splits %s, training on %d examples, data hash %s", workload, summary.sizes, len(train_set), data.data_hash)
+    return data
 
 
 @task(cache_policy=NONE)
@@ -78,7 +95,7 @@ def pull_base_model(settings: Settings) -> str:
 
 
 @task(cache_policy=NONE)
-def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, output_dir: Path) -> TrainResult:
+def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, output_dir: Path, warm_start_adapter: str | None = None) -> TrainResult:
     """LoRA SFT on the sampled training set; the adapter is saved to `output_dir`."""
     from models.training import train_lora
 
@@ -89,6 +106,7 @@ def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, ou
         output_dir,
         config.training,
         progress=lambda done, total: progress.report(f"train {data.spec.name}", done, total),
+        warm_start_adapter=warm_start_adapter,
     )
     get_run_logger().info(
         "trained %s on %d examples in %.0f s (%.0f tokens/s, bf16=%s, final loss %.3f)",
@@ -100,15 +118,10 @@ def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, ou
 @task(cache_policy=NONE)
 def evaluate_adapter(spec: TaskSpec, base_path: str, adapter_dir: Path | None, examples: Dataset, batch_size: int) -> EvalResult:
     """Predict `examples` with base + adapter (None: the base model alone) and score them."""
-    from models.inference import Predictor, load_model, load_tokenizer
-
-    predictor = Predictor(load_model(base_path, adapter_dir), load_tokenizer(base_path), spec, batch_size)
-    predictions = []
-    texts = list(examples["text"])
-    for start in range(0, len(texts), batch_size):
-        predictions.extend(predictor.predict(texts[start : start + batch_size]))
-        progress.report(f"evaluate {spec.name}", min(start + batch_size, len(texts)), len(texts))
-    result = evaluate_predictions(spec, predictions, list(examples["label"]))
+    result = evaluate_model(
+        spec, base_path, adapter_dir, list(examples["text"]), list(examples["label"]), batch_size,
+        progress=lambda done, total: progress.report(f"evaluate {spec.name}", done, total),
+    )
     get_run_logger().info("%s golden: %s", spec.name, {k: round(v, 4) for k, v in result.metrics.items()})
     return result
 
@@ -151,7 +164,7 @@ def register_adapter_version(
         params = {
             "workload": workload,
             "base_model": settings.base_model,
-            "data_hash": data.summary.data_hash,
+            "data_hash": data.data_hash,
             "git_commit": _git_commit(),
             "train_examples": trained.examples,
             "launch_data": data.launch,
@@ -174,13 +187,14 @@ def register_adapter_version(
             folder = Path(tmp)
             plot_breakdown(data.spec, golden, folder / "golden_breakdown.png")
             (folder / "golden_eval_table.json").write_text(json.dumps(golden.table(), indent=1))
+            data.train_set.to_pandas()[["id", "text", "label"]].to_parquet(folder / TRAINING_SET_ARTIFACT.split("/")[-1])
             (folder / "config.json").write_text(
                 json.dumps({"workload": config.model_dump(), "spec": data.spec.to_dict(), "splits": asdict(data.summary)}, indent=1)
             )
             client.log_artifacts(run_id, str(folder), "evaluation")
         tags = {
             "workload": workload,
-            "data_hash": data.summary.data_hash,
+            "data_hash": data.data_hash,
             "base_model": settings.base_model,
             "training_data": "launch" if data.launch else "standard",
             **{f"golden_{k}": f"{v:.4f}" for k, v in golden.metrics.items()},
@@ -197,7 +211,7 @@ def register_adapter_version(
         version=version.version,
         alias=alias,
         run_id=run_id,
-        data_hash=data.summary.data_hash,
+        data_hash=data.data_hash,
         golden=golden.metrics,
         train_seconds=trained.seconds,
         tokens_per_second=trained.tokens_per_second,

@@ -1,0 +1,102 @@
+"""The `nightly-retrain` flow: notice that the champion falls behind on today's traffic and fix it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger
+
+from flows.train_adapter import train_adapter_flow
+from flywheel.config import load_settings
+from flywheel.tracking import mlflow_client
+from models.registry import get_version
+from models.workload import build_task_spec, load_splits
+from tasks.dataset import build_training_set
+from tasks.drift import build_reference, detect_drift_in_window
+from tasks.gate import evaluate_candidate
+from tasks.relabel import relabel_with_teacher, select_samples
+from tasks.samples import advance_watermark, load_new_samples
+from tasks.training import pull_base_model
+
+
+@dataclass
+class NightlySummary:
+    """What one run did; `flywheel nightly --json` prints it."""
+
+    workload: str
+    window_size: int = 0
+    quarantined: int = 0
+    drift_detected: bool = False
+    drift_reason: str = ""
+    relabeled: int = 0
+    teacher: str = ""
+    teacher_cost: float = 0.0
+    teacher_cached: int = 0
+    to_review: int = 0
+    training_rows: int = 0
+    holdout_size: int = 0
+    champion_version: int | None = None
+    candidate_version: int | None = None
+    promote: bool | None = None
+    gate_reasons: list[str] = field(default_factory=list)
+    champion_drift_accuracy: float | None = None
+    candidate_drift_accuracy: float | None = None
+    data_hash: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@flow(name="nightly-retrain")
+def nightly_retrain(workload: str, force: bool = False, budget: int | None = None, config_path: str | None = None) -> NightlySummary:
+    """Drift → relabel → contracts → retrain → gate, for one workload.
+
+    1. load the samples captured since the last run; rows failing the contract are quarantined
+    2. detect drift against the champion's reference; no drift → stop here (unless `force`)
+    3. select up to `budget` informative samples and have the teacher label them (cached,
+       budgeted; a share goes to human review)
+    4. build the training set (champion's data + new labels) under data contracts, keeping a
+       held-out part of the new labels for the gate
+    5. retrain with the `train-adapter` subflow: the candidate becomes `challenger`
+    6. gate: base, champion and candidate on golden and on the held-out drift slice
+    """
+    settings = load_settings(config_path)
+    config = settings.workload(workload)
+    spec = build_task_spec(workload, config, settings.require_data_dir())
+    splits = load_splits(spec, config, settings.require_data_dir())
+    client = mlflow_client(settings)
+    summary = NightlySummary(workload)
+    run_tag = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    # Samples
+    window = load_new_samples(settings, workload, spec)
+    summary.window_size, summary.quarantined = len(window.samples), window.quarantined
+    # Drift
+    base_path = pull_base_model(settings)
+    champion = build_reference(settings, client, spec, list(splits["validation"]["text"]), base_path)
+    summary.champion_version = champion.version.version
+    report, embeddings = detect_drift_in_window(settings, client, spec, window, champion)
+    summary.drift_detected, summary.drift_reason = report.drifted, report.reason
+    if not (report.drifted or force):
+        advance_watermark(settings, window)
+        return summary
+    # Relabel
+    selected = select_samples(window.samples, embeddings, champion.reference.embeddings, budget if budget is not None else config.relabel.budget)
+    labels = relabel_with_teacher(settings, spec, selected, run_tag)
+    summary.relabeled, summary.teacher, summary.teacher_cost = labels.valid, labels.teacher, labels.cost_usd
+    summary.teacher_cached, summary.to_review = labels.cached, labels.to_review
+    # Contracts
+    retrain_set = build_training_set(settings, spec, champion.training_set, labels.labelled, list(splits["golden"]["text"]), run_tag)
+    summary.training_rows, summary.holdout_size = retrain_set.rows, len(retrain_set.holdout)
+    # Train
+    warm_start = str(champion.adapter_dir) if config.relabel.retrain_mode == "warm_start" else None
+    candidate = train_adapter_flow(workload=workload, config_path=config_path, training_set_path=str(retrain_set.path), warm_start_adapter=warm_start)
+    summary.candidate_version, summary.data_hash = candidate.version, candidate.data_hash
+    # Gate
+    decision = evaluate_candidate(settings, client, spec, base_path, champion.version, get_version(client, workload, version=candidate.version), splits["golden"], retrain_set.holdout)
+    summary.promote, summary.gate_reasons = decision.promote, decision.reasons
+    summary.champion_drift_accuracy = decision.metrics.get("champion_drift_headline")
+    summary.candidate_drift_accuracy = decision.metrics.get("candidate_drift_headline")
+    advance_watermark(settings, window)
+    get_run_logger().info("nightly-retrain %s: %s", workload, summary.to_dict())
+    return summary

@@ -1,0 +1,71 @@
+"""The retraining set, built under contracts: the champion's data replayed plus the new labels."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from data_contracts.contracts import ContractError, split_quarantine, validate_teacher_labels, validate_training_set
+from flywheel.config import Settings
+from models.workload import TaskSpec
+
+
+@dataclass(frozen=True)
+class RetrainSet:
+    """Where the training set was written, and the teacher labels kept out of it for the gate."""
+
+    path: Path
+    rows: int
+    new_rows: int
+    holdout: pd.DataFrame  # id, text, label: the fresh drift slice, never trained on
+    quarantined: int
+
+
+def in_holdout(item_id: str, share: float) -> bool:
+    """A stable split by id: the same sample lands on the same side in every rerun."""
+    return int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+@task(cache_policy=NONE)
+def build_training_set(
+    settings: Settings, spec: TaskSpec, champion_training_set: pd.DataFrame, labelled: pd.DataFrame, golden_texts: list[str], run_tag: str
+) -> RetrainSet:
+    """Teacher labels under their contract (bad rows quarantined), a held-out drift slice, and the
+    training set (replay + new) under its contract. A failed training-set contract stops the run."""
+    config = settings.workload(spec.name).relabel
+    logger = get_run_logger()
+    folder = settings.state_dir / "retrain" / spec.name / run_tag
+    folder.mkdir(parents=True, exist_ok=True)
+    labels_result = validate_teacher_labels(labelled, spec)
+    good, bad = split_quarantine(labelled, labels_result)
+    if len(bad):
+        bad.to_parquet(folder / "quarantined_teacher_labels.parquet")
+        logger.warning("%d teacher labels quarantined: %s", len(bad), ", ".join(labels_result.failed_expectations))
+    holdout_mask = good["id"].astype(str).map(lambda item_id: in_holdout(item_id, config.holdout_share))
+    holdout, new = good[holdout_mask].reset_index(drop=True), good[~holdout_mask]
+    replay = champion_training_set[["id", "text", "label"]].astype({"id": str})
+    if config.retrain_mode == "warm_start":
+        # Warm start continues from the champion's adapter: a replay sample as large as the new
+        # data guards against forgetting at a fraction of the full replay's training time.
+        replay = replay.sample(n=min(len(replay), max(len(new), 1) * 2), random_state=0)
+    # New labels win over replayed ones for the same text (the teacher saw today's meaning).
+    replay = replay[~replay["text"].isin(set(new["text"]))]
+    training = pd.concat([replay, new[["id", "text", "label"]]], ignore_index=True)
+    result = validate_training_set(training, spec, golden_texts=golden_texts, min_per_label=config.min_per_label, max_text_chars=settings.serving.max_text_chars)
+    create_markdown_artifact(
+        key=f"contracts-{spec.name}",
+        markdown=f"# Data contracts: {spec.name}\n\n{labels_result.to_markdown()}\n\n{result.to_markdown()}",
+        description="great-expectations validation of the teacher labels and the training set",
+    )
+    if not result.success:
+        raise ContractError(result)
+    path = folder / "training_set.parquet"
+    training.to_parquet(path)
+    logger.info("%s training set: %d replayed + %d new rows (%d teacher labels held out for the gate)", spec.name, len(replay), len(new), len(holdout))
+    return RetrainSet(path, len(training), len(new), holdout, len(bad))

@@ -1,0 +1,118 @@
+"""Drift tasks: the champion's reference (cached per version) and the drift check itself."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from flywheel.config import Settings
+from models.drift import DriftReference, DriftReport, DriftWindow, Embedder, detect_drift
+from models.registry import AdapterVersion
+from models.workload import TaskSpec
+from tasks.samples import SampleWindow
+from tasks.training import TRAINING_SET_ARTIFACT, experiment_id
+
+
+@dataclass(frozen=True)
+class ChampionReference:
+    """The champion a window is compared with, and what it knows."""
+
+    version: AdapterVersion
+    adapter_dir: Path
+    reference: DriftReference
+    training_set: pd.DataFrame  # the exact rows the champion was trained on (id, text, label)
+
+
+@lru_cache(maxsize=2)
+def _embedder(torch_threads: int | None) -> Embedder:
+    return Embedder(torch_threads=torch_threads)
+
+
+def embedder(settings: Settings) -> Embedder:
+    """One embedder per process: loading MiniLM takes seconds, and a run embeds twice."""
+    return _embedder(settings.torch_threads)
+
+
+def parse_answers(spec: TaskSpec, answers: list[Any]) -> list[Any]:
+    """Stored answers (label, slot JSON text, or None) as the drift tests take them."""
+    if spec.task == "classification":
+        return [answer if isinstance(answer, str) else None for answer in answers]
+    return [json.loads(answer) if isinstance(answer, str) else None for answer in answers]
+
+
+@task(cache_policy=NONE)
+def build_reference(settings: Settings, client: Any, spec: TaskSpec, validation_texts: list[str], base_path: str) -> ChampionReference:
+    """The champion's training-input embeddings and its answers on validation (cached per version)."""
+    from models.inference import Predictor, load_model, load_tokenizer
+    from models.registry import download_adapter, get_version
+
+    version = get_version(client, spec.name)
+    adapter_dir = download_adapter(client, version, settings.adapters_dir)
+    training_set = pd.read_parquet(client.download_artifacts(version.run_id, TRAINING_SET_ARTIFACT, tempfile.mkdtemp()))
+    cache = settings.state_dir / "reference" / spec.name
+    embeddings = embedder(settings).encode_cached(list(training_set["text"]), cache)
+    answers_path = cache / f"v{version.version}-validation.json"
+    if answers_path.exists():
+        stored = json.loads(answers_path.read_text())
+    else:
+        predictor = Predictor(load_model(base_path, adapter_dir), load_tokenizer(base_path), spec, 64)
+        predictions = predictor.predict(validation_texts)
+        stored = {"answers": [p.answer for p in predictions], "confidences": [p.confidence for p in predictions]}
+        answers_path.parent.mkdir(parents=True, exist_ok=True)
+        answers_path.write_text(json.dumps(stored))
+    reference = DriftReference(embeddings=embeddings, answers=stored["answers"], confidences=np.asarray(stored["confidences"], dtype=np.float64))
+    get_run_logger().info("%s reference: champion v%d, %d training inputs, %d validation answers", spec.name, version.version, len(embeddings), len(stored["answers"]))
+    return ChampionReference(version, adapter_dir, reference, training_set)
+
+
+def _plot_markdown(report: DriftReport) -> tuple[str, bytes]:
+    with tempfile.TemporaryDirectory() as tmp:
+        png = report.plot(Path(tmp) / "drift.png").read_bytes()
+    encoded = base64.b64encode(png).decode()
+    return f"\n\n![drift tests](data:image/png;base64,{encoded})\n", png
+
+
+@task(cache_policy=NONE)
+def detect_drift_in_window(settings: Settings, client: Any, spec: TaskSpec, window: SampleWindow, champion: ChampionReference) -> tuple[DriftReport, np.ndarray]:
+    """Compare the window with the champion's reference; log the report to MLflow and as an artifact.
+
+    Returns the report and the window's input embeddings (the selection reuses them).
+    """
+    config = settings.workload(spec.name).drift
+    samples = window.samples
+    embeddings = embedder(settings).encode(list(samples["input"])) if len(samples) else np.zeros((0, 384), dtype=np.float32)
+    current = DriftWindow(
+        embeddings=embeddings,
+        answers=parse_answers(spec, list(samples["answer"])),
+        confidences=samples["confidence"].to_numpy(dtype=np.float64) if len(samples) else np.zeros(0),
+    )
+    report = detect_drift(champion.reference, current, config, spec.task)
+    plot_md, png = _plot_markdown(report)
+    markdown = f"# Drift check: {spec.name} vs champion v{champion.version.version}\n\n{report.to_markdown()}{plot_md}"
+    create_markdown_artifact(key=f"drift-{spec.name}", markdown=markdown, description=f"drift check of {spec.name}")
+    run = client.create_run(experiment_id(client, settings, spec.name), run_name=f"drift-{spec.name}", tags={"kind": "drift-check", "champion_version": str(champion.version.version)})
+    run_id = run.info.run_id
+    client.log_metric(run_id, "drifted", float(report.drifted))
+    client.log_metric(run_id, "window_size", float(report.window_size))
+    for test in report.tests:
+        key = test.name.replace(" ", "_")
+        client.log_metric(run_id, f"{key}_effect", float(test.effect))
+        client.log_metric(run_id, f"{key}_p", float(test.p_value))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "drift_report.json").write_text(json.dumps(report.to_dict(), indent=1))
+        (Path(tmp) / "drift_report.png").write_bytes(png)
+        client.log_artifacts(run_id, tmp, "drift")
+    client.set_terminated(run_id, "FINISHED")
+    get_run_logger().info("%s drift: %s (%s)", spec.name, "DRIFTED" if report.drifted else "no drift", report.reason)
+    return report, embeddings

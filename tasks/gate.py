@@ -1,0 +1,79 @@
+"""Evaluate base, champion and candidate the same way, and let the gate decide."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from datasets import Dataset
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from flywheel import progress
+from flywheel.config import Settings
+from models.evaluation import evaluate_model
+from models.gates import GateDecision, ModelEval, decide
+from models.registry import AdapterVersion, download_adapter
+from models.workload import TaskSpec
+
+
+def _model_eval(name: str, spec: TaskSpec, base_path: str, adapter: Path | None, golden: Dataset, holdout: pd.DataFrame, batch: int) -> ModelEval:
+    report = lambda done, total: progress.report(f"gate: evaluate {name}", done, total)  # noqa: E731
+    golden_result = evaluate_model(spec, base_path, adapter, list(golden["text"]), list(golden["label"]), batch, report)
+    drift_result = evaluate_model(spec, base_path, adapter, list(holdout["text"]), list(holdout["label"]), batch)
+    return ModelEval(
+        name=name,
+        golden=golden_result.metrics,
+        golden_breakdown=golden_result.breakdown,
+        drift=drift_result.metrics,
+        drift_correct=drift_result.correct,
+        latency_p95_ms=golden_result.metrics.get("latency_p95_ms", 0.0),
+    )
+
+
+@task(cache_policy=NONE)
+def evaluate_candidate(
+    settings: Settings,
+    client: Any,
+    spec: TaskSpec,
+    base_path: str,
+    champion: AdapterVersion,
+    candidate: AdapterVersion,
+    golden: Dataset,
+    holdout: pd.DataFrame,
+) -> GateDecision:
+    """Base, champion and candidate on golden and on the held-out drift slice; the decision is
+    logged to the candidate's run, set as tags on its version, and published as an artifact."""
+    batch = settings.workload(spec.name).eval_batch_size
+    gates = settings.workload(spec.name).gates
+    evals = {
+        "base": _model_eval("base", spec, base_path, None, golden, holdout, batch),
+        "champion": _model_eval("champion", spec, base_path, download_adapter(client, champion, settings.adapters_dir), golden, holdout, batch),
+        "candidate": _model_eval("candidate", spec, base_path, download_adapter(client, candidate, settings.adapters_dir), golden, holdout, batch),
+    }
+    decision = decide(evals["base"], evals["champion"], evals["candidate"], gates)
+    for key, value in decision.metrics.items():
+        client.log_metric(candidate.run_id, f"gate_{key}", float(value))
+    for name, model in evals.items():
+        for key, value in model.drift.items():
+            client.log_metric(candidate.run_id, f"gate_{name}_drift_{key}", float(value))
+        for key, value in model.golden.items():
+            client.log_metric(candidate.run_id, f"gate_{name}_golden_{key}", float(value))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "gate_decision.json").write_text(json.dumps(decision.to_dict(), indent=1))
+        client.log_artifacts(candidate.run_id, tmp, "gate")
+    client.set_model_version_tag(spec.name, str(candidate.version), "gate_promote", str(decision.promote).lower())
+    client.set_model_version_tag(spec.name, str(candidate.version), "gate_reasons", " | ".join(decision.reasons)[:4000])
+    client.set_model_version_tag(spec.name, str(candidate.version), "gate_vs_champion", str(champion.version))
+    create_markdown_artifact(
+        key=f"gate-{spec.name}",
+        markdown=f"# Gate: {spec.name} v{candidate.version} vs champion v{champion.version}\n\n"
+        f"Drift slice: {len(holdout)} teacher-labelled samples never trained on.\n\n{decision.to_markdown()}",
+        description="the promotion gate's decision with every compared number",
+    )
+    get_run_logger().info("%s gate: %s (%s)", spec.name, "PROMOTE" if decision.promote else "keep champion", "; ".join(decision.reasons))
+    return decision

@@ -1,0 +1,151 @@
+"""Select the samples worth labelling and have the teacher label them, under budget and review."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from flywheel.config import Settings
+from models.review import OUT_OF_SCHEMA, SAMPLED, ReviewItem, ReviewQueue, spot_check_sample
+from models.selection import select_informative
+from models.teacher import OpenAICompatibleTeacher, SimulatedTeacher, Teacher, TeacherItem, TeacherLabel, TeacherRun
+from models.workload import TaskSpec
+
+
+class TeacherDistrustError(RuntimeError):
+    """Reviewers disagree with the teacher too often: its labels must not be trained on."""
+
+
+@dataclass(frozen=True)
+class RelabelResult:
+    """The teacher's labels for the selected samples, and what they cost."""
+
+    labelled: pd.DataFrame  # id, text, label (valid teacher labels, plus reviewed labels)
+    teacher: str
+    selected: int
+    valid: int
+    to_review: int
+    cost_usd: float
+    cached: int
+    agreement: float | None
+
+
+def truth_path(settings: Settings) -> Path:
+    return settings.home.resolve() / "simulator" / "ground_truth.jsonl"
+
+
+def build_teacher(settings: Settings, spec: TaskSpec) -> Teacher:
+    """The configured teacher: the SIMULATED one (offline, demo) or an OpenAI-compatible API."""
+    config = settings.workload(spec.name).teacher
+    budget = settings.workload(spec.name).relabel.budget_usd
+    if config.kind == "simulated":
+        from flywheel.simulate import read_ground_truth
+
+        return SimulatedTeacher(
+            spec, read_ground_truth(truth_path(settings)), error_rate=config.simulated_error_rate,
+            price_per_item_usd=config.simulated_price_per_item, budget_usd=budget,
+        )
+    if config.api_key_block:
+        from prefect.blocks.system import Secret
+
+        api_key = Secret.load(config.api_key_block).get()
+    else:
+        import os
+
+        api_key = os.environ.get(config.api_key_env)
+        if not api_key:
+            raise ValueError(f"the teacher's API key is missing: set {config.api_key_env} or teacher.api_key_block")
+    return OpenAICompatibleTeacher(
+        spec, base_url=config.base_url or "", model=config.model or "", api_key=api_key,
+        price_per_million_input=config.price_per_million_input, price_per_million_output=config.price_per_million_output,
+        budget_usd=budget, batch_size=config.batch_size, max_concurrency=config.max_concurrency,
+        max_retries=config.max_retries, timeout_s=config.timeout_s, cache_dir=settings.state_dir / "teacher-cache",
+    )
+
+
+@task(cache_policy=NONE)
+def select_samples(samples: pd.DataFrame, embeddings: np.ndarray, reference: np.ndarray, budget: int, seed: int = 0) -> pd.DataFrame:
+    """Up to `budget` informative samples (uncertain, novel, deduplicated, spread out)."""
+    if not len(samples):
+        return samples
+    selection = select_informative(list(samples["input"]), embeddings, samples["confidence"].to_numpy(), reference, budget, seed=seed)
+    get_run_logger().info("selected %d of %d distinct samples for the teacher", len(selection.indices), selection.candidates)
+    return samples.iloc[selection.indices].reset_index(drop=True)
+
+
+def _cache_key(teacher: str, text: str) -> str:
+    return hashlib.sha256(json.dumps([teacher, text]).encode()).hexdigest()
+
+
+def label_with_cache(teacher: Teacher, items: list[TeacherItem], cache_dir: Path) -> tuple[TeacherRun, int]:
+    """Answers the teacher gave before (same teacher, same text) come from disk for free.
+
+    This is what makes a rerun after a crash cost nothing twice, whatever the teacher (the
+    OpenAI-compatible one also caches whole calls; this cache works per item, for any teacher).
+    Returns the run (labels in item order) and how many items came from the cache.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached: dict[str, TeacherLabel] = {}
+    fresh: list[TeacherItem] = []
+    for item in items:
+        path = cache_dir / f"{_cache_key(teacher.name, item.text)}.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            cached[item.item_id] = TeacherLabel(item.item_id, stored["label"], stored["valid"], stored["reason"], 0.0, True, teacher.name)
+        else:
+            fresh.append(item)
+    run = teacher.label(fresh) if fresh else TeacherRun([], 0, 0, 0.0, 0.0, 0, 0)
+    texts = {item.item_id: item.text for item in fresh}
+    for label in run.labels:
+        # Budget and transport failures are not answers: they are asked again next time.
+        if label.valid or label.reason == "out_of_schema":
+            path = cache_dir / f"{_cache_key(teacher.name, texts[label.item_id])}.json"
+            path.write_text(json.dumps({"label": label.label, "valid": label.valid, "reason": label.reason}))
+    by_id = {label.item_id: label for label in run.labels}
+    labels = [cached.get(item.item_id) or by_id[item.item_id] for item in items]
+    return replace(run, labels=labels), len(cached)
+
+
+@task(cache_policy=NONE)
+def relabel_with_teacher(settings: Settings, spec: TaskSpec, selected: pd.DataFrame, run_tag: str) -> RelabelResult:
+    """Label the selected samples; spot checks and out-of-schema answers go to the review queue."""
+    config = settings.workload(spec.name).relabel
+    logger = get_run_logger()
+    queue = ReviewQueue(settings.state_dir / "review", spec.name)
+    agreement, reviewed = queue.agreement()
+    if agreement is not None and reviewed >= config.min_reviews_for_agreement and agreement < config.agreement_floor:
+        raise TeacherDistrustError(
+            f"teacher-reviewer agreement is {agreement:.2f} over {reviewed} spot checks, below the floor "
+            f"{config.agreement_floor}: refusing to train on teacher labels (review more items or fix the teacher)"
+        )
+    teacher = build_teacher(settings, spec)
+    items = [TeacherItem(str(rid), str(text)) for rid, text in zip(selected["request_id"], selected["input"])]
+    run, from_cache = label_with_cache(teacher, items, settings.state_dir / "teacher-labels" / spec.name)
+    simulated = "SIMULATED" in teacher.name
+    prefix = "[SIMULATED teacher] " if simulated else ""
+    logger.info(
+        "%s%s labelled %d items: %d valid, cost $%.4f (%d answers from cache, no charge)",
+        prefix, teacher.name, len(items), sum(label.valid for label in run.labels), run.cost_usd, from_cache,
+    )
+    texts = dict(zip(map(str, selected["request_id"]), map(str, selected["input"])))
+    valid = [label for label in run.labels if label.valid]
+    spot = spot_check_sample([label.item_id for label in valid], config.review_share, seed=int(hashlib.sha256(run_tag.encode()).hexdigest()[:8], 16))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    review = [ReviewItem(l.item_id, spec.name, texts[l.item_id], l.label, teacher.name, SAMPLED, run_tag, now) for l in valid if l.item_id in spot]
+    review += [ReviewItem(l.item_id, spec.name, texts[l.item_id], None, teacher.name, OUT_OF_SCHEMA, run_tag, now) for l in run.labels if l.reason == OUT_OF_SCHEMA]
+    queued = queue.enqueue(review)
+    # Training takes the teacher's valid labels, except where a reviewer has since said otherwise,
+    # plus every reviewed label from earlier runs.
+    reviewed_labels = {item_id: (text, label) for item_id, text, label in queue.reviewed_labels()}
+    rows = [(l.item_id, texts[l.item_id], reviewed_labels.pop(l.item_id, (None, l.label))[1]) for l in valid]
+    rows += [(item_id, text, label) for item_id, (text, label) in reviewed_labels.items()]
+    labelled = pd.DataFrame(rows, columns=["id", "text", "label"])
+    return RelabelResult(labelled, teacher.name, len(items), len(valid), queued, run.cost_usd, from_cache, agreement)

@@ -1,0 +1,95 @@
+"""`nightly-retrain` end to end with the tiny model: real serving tier, simulator, simulated teacher."""
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from data_contracts.contracts import ContractError
+from flows.nightly_retrain import nightly_retrain
+from flows.train_adapter import train_adapter_flow
+from flywheel.config import load_settings
+from flywheel.simulate import simulate
+from serving.app import create_app
+from serving.server import BackgroundServer, build_state
+
+
+def _configure(path, **relabel):
+    data = yaml.safe_load(path.read_text())
+    workload = data["workloads"]["banking-intent"]
+    workload["drift"] = {"min_window": 80, "n_permutations": 100}
+    workload["relabel"] = {"budget": 60, "review_share": 0.1, "min_per_label": 0, **relabel}
+    workload["launch"] = {"late_count": 12, "rare_cap": 0, "shift_share": 0.9}
+    path.write_text(yaml.safe_dump(data))
+    return load_settings(path)
+
+
+def _traffic(settings, scenario, count, seed):
+    state = build_state(settings, "replica-t", bf16=False)
+    with BackgroundServer(create_app(state)) as server:
+        result = simulate(settings, "banking-intent", scenario, count, server.url, concurrency=4, seed=seed)
+    state.engine.close()
+    state.writer.close()
+    assert result.failed == 0
+
+
+@pytest.fixture
+def launched(tiny_config):
+    settings = _configure(tiny_config)
+    champion = train_adapter_flow(workload="banking-intent", config_path=str(tiny_config), launch=True)
+    assert champion.alias == "champion"
+    return settings
+
+
+def test_steady_traffic_no_drift_then_prior_shift_drift_relabel_retrain_gate(launched, tiny_config):
+    settings = launched
+    _traffic(settings, "steady", 120, seed=1)
+    quiet = nightly_retrain(workload="banking-intent", config_path=str(tiny_config))
+    assert quiet.window_size == 120 and not quiet.drift_detected
+    assert quiet.candidate_version is None and quiet.relabeled == 0  # no retrain
+
+    _traffic(settings, "prior-shift", 160, seed=2)
+    summary = nightly_retrain(workload="banking-intent", config_path=str(tiny_config))
+    assert summary.window_size == 160  # the watermark moved past the steady window
+    assert summary.drift_detected, summary.drift_reason
+    assert 0 < summary.relabeled <= 60 and summary.teacher_cost > 0
+    assert "SIMULATED" in summary.teacher
+    assert summary.candidate_version == 2 and summary.promote is not None
+    assert summary.champion_drift_accuracy is not None and summary.candidate_drift_accuracy is not None
+
+    client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
+    candidate = client.get_model_version("banking-intent", "2")
+    assert "challenger" in candidate.aliases
+    assert candidate.tags["gate_promote"] in {"true", "false"} and candidate.tags["gate_reasons"]
+    metrics = client.get_run(candidate.run_id).data.metrics
+    assert {"gate_drift_gain", "gate_mcnemar_p", "gate_base_golden_accuracy", "gate_champion_drift_accuracy"} <= set(metrics)
+    assert client.get_run(candidate.run_id).data.params["train_examples"] == str(summary.training_rows)
+
+
+def test_contract_failure_stops_the_flow_naming_the_expectation(launched, tiny_config):
+    settings = _configure(tiny_config, min_per_label=500)
+    _traffic(settings, "prior-shift", 100, seed=3)
+    with pytest.raises(ContractError, match="examples per label >= 500"):
+        nightly_retrain(workload="banking-intent", config_path=str(tiny_config), force=True)
+    client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
+    assert len(client.search_model_versions("name='banking-intent'")) == 1  # nothing was trained
+
+
+def test_rerun_after_a_training_crash_reuses_teacher_labels(launched, tiny_config, monkeypatch):
+    import models.training
+
+    settings = launched
+    _traffic(settings, "prior-shift", 100, seed=4)
+    real = models.training.train_lora
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash during training")
+
+    monkeypatch.setattr(models.training, "train_lora", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        nightly_retrain(workload="banking-intent", config_path=str(tiny_config), force=True)
+    monkeypatch.setattr(models.training, "train_lora", real)
+    summary = nightly_retrain(workload="banking-intent", config_path=str(tiny_config), force=True)
+    assert summary.window_size == 100  # the crashed run did not move the watermark
+    assert summary.relabeled > 0
+    assert summary.teacher_cost == 0.0 and summary.teacher_cached >= summary.relabeled  # no second charge
+    assert summary.candidate_version == 2
