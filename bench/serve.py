@@ -109,7 +109,7 @@ def main() -> None:
     rows = []
     swap_ms = None
     for mode, max_batch in (("unbatched", 1), ("batched", 32)):
-        serving = settings.serving.model_copy(update={"max_batch": max_batch, "batch_wait_ms": 5.0, "admin_token": None})
+        serving = settings.serving.model_copy(update={"max_batch": max_batch, "batch_wait_ms": 5.0, "admin_token": None, "adapter_roots": [adapter.parent]})
         state = build_state(settings.model_copy(update={"serving": serving}), f"bench-{mode}", load_champions=False)
         state.engine.load_adapter("banking-intent@v1", adapter).result()
         with BackgroundServer(create_app(state)) as server:

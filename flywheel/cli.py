@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -285,10 +286,72 @@ def review_correct(workload: Annotated[str, typer.Argument()], item_id: Annotate
     console.print(f"{item.item_id}: {item.status} -> {item.final_label!r}")
 
 
+@app.command("promote")
+def promote_cmd(
+    workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")],
+    version: Annotated[int, typer.Argument(help="The registry version to make champion.")],
+    reviewer: Annotated[str, typer.Option(help="Who approves the promotion.")] = os.environ.get("USER", "reviewer"),
+    reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "reviewer approval",
+    config: ConfigOption = None,
+) -> None:
+    """Promote a version and push it to every serving replica, all or nothing (the `promote` flow)."""
+    _offline_defaults()
+    from flows.promote import promote
+
+    _settings(config)
+    try:
+        result = promote(workload=workload, version=version, reviewer=reviewer, reason=reason, config_path=str(config) if config else None)
+    except Exception as exc:  # the flow rolled everything back; say what failed
+        console.print(f"[red]promotion of {workload} v{version} failed and was rolled back: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"{workload}: champion is v{result['champion']} (was v{result['previous']}), serving on {', '.join(result['replicas'])}")
+
+
 @app.command()
-def demo(config: ConfigOption = None) -> None:
-    """The end-to-end demo. For now: train and register the `banking-intent` adapter."""
-    train("banking-intent", None, False, config)
+def history(workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")], config: ConfigOption = None) -> None:
+    """Every move of the champion alias: who, when, from, to, why."""
+    from flywheel.tracking import mlflow_client
+    from models.promotion import history as read_history
+
+    settings = _settings(config)
+    entries = read_history(mlflow_client(settings), workload)
+    table = Table(title=f"{workload}: champion history")
+    for column in ("when", "action", "who", "from", "to", "why"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(entry.at, entry.action, entry.actor, f"v{entry.from_version}" if entry.from_version else "-", f"v{entry.to_version}", entry.reason[:80])
+    console.print(table)
+
+
+@app.command()
+def demo(
+    workload: Annotated[str, typer.Option(help="The workload to run the flywheel for.")] = "banking-intent",
+    scenario: Annotated[str, typer.Option(help="The drift scenario: prior-shift or new-phrasing.")] = "prior-shift",
+    budget: Annotated[Optional[int], typer.Option(help="Teacher labels to buy (default: by size).")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Tiny sizes: a smoke run of a few minutes.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The whole flywheel on embedded defaults: launch → drift → relabel → retrain → gate → push."""
+    _offline_defaults()
+    from flywheel import progress
+    from flywheel.demo import run_demo
+
+    settings = _settings(config)
+    started = time.perf_counter()
+    with progress.progress_bar():
+        report = run_demo(settings, workload=workload, scenario=scenario, budget=budget, fast=fast)
+    table = Table(title=f"slm-flywheel demo: {workload}, {scenario}{' (fast)' if fast else ''}")
+    table.add_column("")
+    table.add_column("value")
+    rows = report.to_dict()
+    stages = rows.pop("stage_seconds")
+    for key, value in rows.items():
+        table.add_row(key, "; ".join(value) if isinstance(value, list) else (f"{value:.3f}" if isinstance(value, float) else str(value)))
+    for stage, seconds in stages.items():
+        table.add_row(f"seconds: {stage}", f"{seconds:.0f}")
+    console.print(table)
+    console.print(f"total {time.perf_counter() - started:.0f} s; report: {settings.home.resolve() / 'demo' / 'report.json'}")
+    console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///{settings.home.resolve() / 'demo' / 'mlflow.db'}")
 
 
 def main() -> None:

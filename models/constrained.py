@@ -3,7 +3,8 @@
 Two constraints share one batched greedy decoder (`models/inference.py`):
 
 * `LabelConstraint` walks a token trie of the label set (each label tokenized exactly as in
-  training, followed by EOS), so every finished answer is a member of the label set.
+  training, followed by EOS), so every finished answer is a member of the label set. It stops
+  as soon as one label is left: the rest of its tokens are forced.
 * `SlotJsonConstraint` checks each candidate token against a character-level grammar for
   ` {"slot": "value", ...}`: keys from the slot schema, each at most once, values spans of the
   input text. Candidates are tried in the model's order of preference among the top `k`.
@@ -33,6 +34,13 @@ class Constraint(Protocol):
 class _TrieNode:
     children: dict[int, _TrieNode] = field(default_factory=dict)
     label: str | None = None  # set on the node reached by the final (EOS) token
+    below: set[str] = field(default_factory=set)  # every label whose path passes through here
+
+    @property
+    def decided(self) -> str | None:
+        """The label once only one remains reachable: its remaining tokens are forced (p = 1
+        under the constraint), so decoding can stop without running the model for them."""
+        return next(iter(self.below)) if len(self.below) == 1 else None
 
 
 class LabelConstraint:
@@ -42,8 +50,10 @@ class LabelConstraint:
         self.root = _TrieNode()
         for label, ids in label_token_ids.items():
             node = self.root
+            node.below.add(label)
             for token in ids:
                 node = node.children.setdefault(token, _TrieNode())
+                node.below.add(label)
             if node.label is not None and node.label != label:
                 raise ValueError(f"labels {node.label!r} and {label!r} tokenize identically")
             node.label = label
@@ -60,7 +70,7 @@ class LabelConstraint:
         best = int(torch.argmax(scores))
         token = allowed[best]
         child = state.children[token]
-        return token, float(probs[best]), child, child.label is not None
+        return token, float(probs[best]), child, child.decided is not None
 
 
 # Grammar states for the slot JSON: what may come next.

@@ -84,10 +84,14 @@ class Predictor:
         return SlotJsonConstraint(self.spec.slots, text, self._token_strings, self.eos_id)
 
     def predict(self, texts: list[str]) -> list[Prediction]:
-        results: list[Prediction] = []
-        for start in range(0, len(texts), self.batch_size):
-            results.extend(self._predict_batch(texts[start : start + self.batch_size]))
-        return results
+        """Answers in input order. Inputs are batched by length so a batch carries little padding."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        results: list[Prediction | None] = [None] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            for index, prediction in zip(chunk, self._predict_batch([texts[i] for i in chunk])):
+                results[index] = prediction
+        return results  # type: ignore[return-value]
 
     @torch.inference_mode()
     def _predict_batch(self, texts: list[str]) -> list[Prediction]:
@@ -150,5 +154,5 @@ class Predictor:
         if not ok:
             return Prediction(None, 0.0, False, latency_ms)
         if self.spec.task == "classification":
-            return Prediction(state.label, confidence, True, latency_ms)
+            return Prediction(state.decided, confidence, True, latency_ms)
         return Prediction(json.loads(state.text), confidence, True, latency_ms)

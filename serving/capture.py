@@ -61,6 +61,12 @@ class SampleWriter:
             self.dropped += 1
             return False
 
+    def flush(self, timeout: float = 30.0) -> None:
+        """Write everything queued so far now (a reader that must see every sample calls this)."""
+        done = threading.Event()
+        self._queue.put(done)  # type: ignore[arg-type]  # an in-band marker, handled by _run
+        done.wait(timeout)
+
     def close(self, timeout: float = 30.0) -> None:
         """Flush everything queued so far and stop the writer."""
         self._queue.put(None)
@@ -78,6 +84,12 @@ class SampleWriter:
             if item is None:
                 self._flush(buffer)
                 return
+            if isinstance(item, threading.Event):
+                self._flush(buffer)
+                buffer = []
+                last_flush = time.monotonic()
+                item.set()
+                continue
             if item is not ...:
                 buffer.append(item)  # type: ignore[arg-type]
             if len(buffer) >= self.flush_records or (buffer and time.monotonic() - last_flush >= self.flush_seconds):

@@ -40,6 +40,7 @@ class _Job:
     kind: str  # "predict" | "call"
     future: Future
     workload: str = ""
+    adapter: str | None = None  # a loaded adapter addressed by name (vLLM style); None = the route
     texts: list[str] = field(default_factory=list)
     fn: Callable[[], Any] | None = None
 
@@ -71,11 +72,13 @@ class AdapterEngine:
 
     # -- public API (any thread) -------------------------------------------------------------
 
-    def predict(self, workload: str, texts: list[str]) -> Future:
+    def predict(self, workload: str, texts: list[str], adapter: str | None = None) -> Future:
+        """Answer `texts` with the workload's routed adapter, or with the loaded `adapter` by name
+        (how a push smoke-tests a version before it takes traffic)."""
         if workload not in self.specs:
             raise EngineError(f"unknown workload {workload!r} (configured: {', '.join(sorted(self.specs))})", 404)
         future: Future = Future()
-        self._jobs.put(_Job("predict", future, workload=workload, texts=texts))
+        self._jobs.put(_Job("predict", future, workload=workload, texts=texts, adapter=adapter))
         return future
 
     def load_adapter(self, name: str, path: Path) -> Future:
@@ -121,13 +124,13 @@ class AdapterEngine:
                     nxt = self._jobs.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
                     break
-                if nxt is not None and nxt.kind == "predict" and nxt.workload == job.workload and size + len(nxt.texts) <= self.max_batch:
+                if nxt is not None and nxt.kind == "predict" and (nxt.workload, nxt.adapter) == (job.workload, job.adapter) and size + len(nxt.texts) <= self.max_batch:
                     batch.append(nxt)
                     size += len(nxt.texts)
                 else:
                     pending.append(nxt)  # keep order: it runs right after this batch
                     break
-            self._predict_batch(job.workload, batch)
+            self._predict_batch(job.workload, job.adapter, batch)
 
     @staticmethod
     def _resolve(future: Future, fn: Callable[[], Any] | None) -> None:
@@ -136,11 +139,16 @@ class AdapterEngine:
         except BaseException as exc:  # the caller gets the error; the engine keeps serving
             future.set_exception(exc)
 
-    def _predict_batch(self, workload: str, batch: list[_Job]) -> None:
-        adapter = self.routes.get(workload)
-        if adapter is None:
+    def _predict_batch(self, workload: str, requested: str | None, batch: list[_Job]) -> None:
+        adapter = requested or self.routes.get(workload)
+        error = None
+        if requested is not None and requested not in self.adapters:
+            error = EngineError(f"adapter {requested!r} is not loaded", 404)
+        elif adapter is None:
+            error = EngineError(f"workload {workload!r} has no adapter loaded", 503)
+        if error is not None:
             for job in batch:
-                job.future.set_exception(EngineError(f"workload {workload!r} has no adapter loaded", 503))
+                job.future.set_exception(error)
             return
         try:
             self.model.set_adapter(adapter)

@@ -50,18 +50,19 @@ def test_label_constraint_always_ends_in_the_label_set():
             token, p, state, done = constraint.step(state, torch.log_softmax(logits, -1))
             assert token is not None
             prob *= p
-        assert state.label in labels
+        assert state.decided in labels
         assert 0.0 < prob <= 1.0
 
 
 def test_label_constraint_confidence_is_the_constrained_probability():
-    constraint = LabelConstraint({"a": [1, 9], "b": [2, 9]})
+    constraint = LabelConstraint({"a": [1, 5, 9], "ab": [1, 6, 9], "b": [2, 9]})
     logprobs = torch.log_softmax(torch.tensor([0.0, math.log(3), 0.0] + [5.0] * 7), -1)
     token, prob, state, done = constraint.step(constraint.start(), logprobs)
     # tokens 1 and 2 are the only valid ones; token 1 has 3x the weight: 3/4
     assert token == 1 and prob == pytest.approx(0.75) and not done
     token, prob, state, done = constraint.step(state, logprobs)
-    assert token == 9 and prob == pytest.approx(1.0) and done and state.label == "a"
+    # tokens 5 and 6 weigh the same; once a single label is left, its EOS is forced: done
+    assert token == 5 and prob == pytest.approx(0.5) and done and state.decided == "a"
 
 
 def test_identically_tokenized_labels_are_refused():

@@ -1,0 +1,80 @@
+"""Alias moves with a history: MLflow has aliases but no rollback and no alias history.
+
+Every move of `champion` keeps the previous champion reachable as `previous-champion` and
+appends an entry to the registered model's history, kept in the registry itself as tags
+`history.<NNNN>` (JSON: who, when, action, from, to, why, evidence), so any MLflow client reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from models.registry import CHALLENGER, CHAMPION, alias_version
+
+PREVIOUS_CHAMPION = "previous-champion"
+HISTORY_PREFIX = "history."
+ROLLED_BACK = "rolled_back"
+
+
+class PromotionError(RuntimeError):
+    """A move that must not happen (unknown version, already champion, a rolled-back version)."""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    action: str  # bootstrap | promote | rollback | restore
+    actor: str
+    at: str
+    from_version: int | None
+    to_version: int
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def history(client: Any, name: str) -> list[HistoryEntry]:
+    """Every recorded move of `champion`, oldest first."""
+    tags = client.get_registered_model(name).tags or {}
+    keys = sorted(key for key in tags if key.startswith(HISTORY_PREFIX))
+    return [HistoryEntry(**json.loads(tags[key])) for key in keys]
+
+
+def _append(client: Any, name: str, entry: HistoryEntry) -> None:
+    number = len(history(client, name)) + 1
+    value = json.dumps(asdict(entry), default=str)
+    if len(value) > 4000:  # MLflow's tag value limit is 5000 characters; evidence is trimmed, not lost in spirit
+        value = json.dumps({**asdict(entry), "evidence": {"truncated": True, "keys": sorted(entry.evidence)}}, default=str)
+    client.set_registered_model_tag(name, f"{HISTORY_PREFIX}{number:04d}", value)
+
+
+def move_champion(
+    client: Any, name: str, version: int, *, actor: str, action: str, reason: str, evidence: dict[str, Any] | None = None, allow_rolled_back: bool = False
+) -> HistoryEntry:
+    """Point `champion` at `version`; the old champion becomes `previous-champion`; record it."""
+    target = client.get_model_version(name, str(version))
+    if not allow_rolled_back and (target.tags or {}).get(ROLLED_BACK):
+        raise PromotionError(f"{name} v{version} was rolled back ({target.tags[ROLLED_BACK]}); it is not promoted again automatically")
+    current = alias_version(client, name, CHAMPION)
+    if current is not None and current.version == version:
+        raise PromotionError(f"{name} v{version} is already the champion")
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(current.version))
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    challenger = alias_version(client, name, CHALLENGER)
+    if challenger is not None and challenger.version == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    entry = HistoryEntry(action, actor, datetime.now(timezone.utc).isoformat(timespec="seconds"), current.version if current else None, version, reason, evidence or {})
+    _append(client, name, entry)
+    return entry
+
+
+def restore_aliases(client: Any, name: str, champion: int | None, previous: int | None) -> None:
+    """Put `champion` and `previous-champion` back exactly as they were (undo of a failed move)."""
+    for alias, version in ((CHAMPION, champion), (PREVIOUS_CHAMPION, previous)):
+        if version is None:
+            if alias_version(client, name, alias) is not None:
+                client.delete_registered_model_alias(name, alias)
+        else:
+            client.set_registered_model_alias(name, alias, str(version))
