@@ -25,7 +25,7 @@ from flywheel.config import Settings
 # is a smoke run for CI (a few minutes).
 SIZES = {
     "default": {"launch_examples": 1500, "steady": 300, "drifted": 400, "after": 400, "budget": 300, "golden_fraction": 0.1, "min_window": 200},
-    "fast": {"launch_examples": 240, "steady": 120, "drifted": 160, "after": 160, "budget": 80, "golden_fraction": 0.03, "min_window": 100},
+    "fast": {"launch_examples": 480, "steady": 120, "drifted": 160, "after": 160, "budget": 80, "golden_fraction": 0.03, "min_window": 100},
 }
 KEEP = ("models",)  # caches a second run reuses; everything else starts clean
 
@@ -36,6 +36,7 @@ class DemoReport:
     scenario: str
     fast: bool
     teacher: str = ""
+    launch_drift_detected: bool = False  # the nightly run on launch traffic: should stay quiet
     drift_detected: bool = False
     drift_reason: str = ""
     champion_version: int | None = None
@@ -108,16 +109,20 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         server = BackgroundServer(create_app(state), port=demo.serving.port).__enter__()
     try:
         def traffic(name: str, kind: str, count: int, seed: int) -> float:
-            result = simulate(demo, workload, kind, count, server.url, seed=seed, progress=lambda d, t: progress.report(f"traffic: {name}", d, t))
+            result = simulate(demo, workload, kind, count, server.url, concurrency=8, seed=seed, progress=lambda d, t: progress.report(f"traffic: {name}", d, t))
             if result.failed:
                 raise RuntimeError(f"{result.failed} simulated requests failed")
             return result.live_accuracy
 
         with _stage(report, "traffic: launch (steady)"):
             report.live_accuracy_launch = traffic("launch", "steady", sizes["steady"], 1)
+        state.writer.flush()  # every captured sample on disk before the nightly run reads them
+        with _stage(report, "nightly-retrain on launch traffic"):
+            quiet = nightly_retrain(workload=workload, config_path=str(config_path))
+            report.launch_drift_detected = quiet.drift_detected
         with _stage(report, f"traffic: drift ({scenario})"):
             report.live_accuracy_before = traffic("drift", scenario, sizes["drifted"], 2)
-        state.writer.flush()  # every captured sample on disk before the nightly run reads them
+        state.writer.flush()
         with _stage(report, "nightly-retrain"):
             summary = nightly_retrain(workload=workload, config_path=str(config_path), budget=budget if budget is not None else sizes["budget"])
         report.drift_detected, report.drift_reason = summary.drift_detected, summary.drift_reason

@@ -41,7 +41,8 @@ def history(client: Any, name: str) -> list[HistoryEntry]:
     return [HistoryEntry(**json.loads(tags[key])) for key in keys]
 
 
-def _append(client: Any, name: str, entry: HistoryEntry) -> None:
+def record(client: Any, name: str, entry: HistoryEntry) -> None:
+    """Append `entry` to the registered model's history."""
     number = len(history(client, name)) + 1
     value = json.dumps(asdict(entry), default=str)
     if len(value) > 4000:  # MLflow's tag value limit is 5000 characters; evidence is trimmed, not lost in spirit
@@ -66,15 +67,19 @@ def move_champion(
     if challenger is not None and challenger.version == version:
         client.delete_registered_model_alias(name, CHALLENGER)
     entry = HistoryEntry(action, actor, datetime.now(timezone.utc).isoformat(timespec="seconds"), current.version if current else None, version, reason, evidence or {})
-    _append(client, name, entry)
+    record(client, name, entry)
     return entry
 
 
-def restore_aliases(client: Any, name: str, champion: int | None, previous: int | None) -> None:
-    """Put `champion` and `previous-champion` back exactly as they were (undo of a failed move)."""
+def restore_aliases(client: Any, name: str, champion: int | None, previous: int | None, *, actor: str = "flywheel", reason: str = "") -> None:
+    """Put `champion` and `previous-champion` back exactly as they were (undo of a failed move),
+    and say so in the history: the attempt stays on record."""
+    current = alias_version(client, name, CHAMPION)
     for alias, version in ((CHAMPION, champion), (PREVIOUS_CHAMPION, previous)):
         if version is None:
             if alias_version(client, name, alias) is not None:
                 client.delete_registered_model_alias(name, alias)
         else:
             client.set_registered_model_alias(name, alias, str(version))
+    if champion is not None and current is not None and current.version != champion:
+        record(client, name, HistoryEntry("reverted", actor, datetime.now(timezone.utc).isoformat(timespec="seconds"), current.version, champion, reason or "the move was undone"))

@@ -43,7 +43,7 @@ def promote_alias(client: Any, workload: str, version: int, actor: str, reason: 
 @promote_alias.on_rollback
 def _put_aliases_back(transaction: Any) -> None:
     client, workload, champion, previous = transaction.get("aliases")
-    restore_aliases(client, workload, champion, previous)
+    restore_aliases(client, workload, champion, previous, reason="push failed on a serving replica: transaction rolled back")
 
 
 @task(cache_policy=NONE)
