@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export FLYWHEEL_DATA_DIR ?= $(abspath ../shared/datasets)
 
 .PHONY: install demo test test-fast clean
