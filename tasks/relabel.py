@@ -118,7 +118,6 @@ def label_with_cache(teacher: Teacher, items: list[TeacherItem], cache_dir: Path
 def relabel_with_teacher(settings: Settings, spec: TaskSpec, selected: pd.DataFrame, run_tag: str) -> RelabelResult:
     """Label the selected samples; spot checks and out-of-schema answers go to the review queue."""
     config = settings.workload(spec.name).relabel
-    logger = get_run_logger()
     queue = ReviewQueue(settings.state_dir / "review", spec.name)
     agreement, reviewed = queue.agreement()
     if agreement is not None and reviewed >= config.min_reviews_for_agreement and agreement < config.agreement_floor:
@@ -126,6 +125,7 @@ def relabel_with_teacher(settings: Settings, spec: TaskSpec, selected: pd.DataFr
             f"teacher-reviewer agreement is {agreement:.2f} over {reviewed} spot checks, below the floor "
             f"{config.agreement_floor}: refusing to train on teacher labels (review more items or fix the teacher)"
         )
+    logger = get_run_logger()
     teacher = build_teacher(settings, spec)
     items = [TeacherItem(str(rid), str(text)) for rid, text in zip(selected["request_id"], selected["input"])]
     run, from_cache = label_with_cache(teacher, items, settings.state_dir / "teacher-labels" / spec.name)

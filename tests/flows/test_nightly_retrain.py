@@ -5,6 +5,7 @@ import yaml
 from mlflow import MlflowClient
 
 from data_contracts.contracts import ContractError
+from flows.drift_check import drift_check
 from flows.nightly_retrain import nightly_retrain
 from flows.train_adapter import train_adapter_flow
 from flywheel.config import load_settings
@@ -43,6 +44,8 @@ def launched(tiny_config):
 def test_steady_traffic_no_drift_then_prior_shift_drift_relabel_retrain_gate(launched, tiny_config):
     settings = launched
     _traffic(settings, "steady", 120, seed=1)
+    checked = drift_check(workload="banking-intent", config_path=str(tiny_config))
+    assert checked["window_size"] == 120 and checked["drifted"] is False
     quiet = nightly_retrain(workload="banking-intent", config_path=str(tiny_config))
     assert quiet.window_size == 120 and not quiet.drift_detected
     assert quiet.candidate_version is None and quiet.relabeled == 0  # no retrain

@@ -1,0 +1,37 @@
+import pandas as pd
+import pytest
+
+from flywheel.config import load_settings
+from models.review import SAMPLED, ReviewItem, ReviewQueue
+from models.teacher import SimulatedTeacher, TeacherItem
+from models.workload import TaskSpec
+from tasks.relabel import TeacherDistrustError, label_with_cache, relabel_with_teacher
+from tests.conftest import REPO
+
+SPEC = TaskSpec("banking-intent", "classification", "{text}", labels=("card_arrival", "exchange_rate"))
+
+
+def test_cached_answers_are_free_and_identical(tmp_path):
+    gold = {f"r{i}": SPEC.labels[i % 2] for i in range(20)}
+    teacher = SimulatedTeacher(SPEC, gold, error_rate=0.2, seed=1)
+    items = [TeacherItem(f"r{i}", f"text {i}") for i in range(20)]
+    first, cached_first = label_with_cache(teacher, items, tmp_path)
+    second, cached_second = label_with_cache(teacher, items, tmp_path)
+    assert first.cost_usd > 0 and cached_first == 0
+    assert second.cost_usd == 0 and cached_second == 20
+    assert [l.label for l in first.labels] == [l.label for l in second.labels]
+    assert all(l.cached for l in second.labels)
+
+
+def test_low_teacher_reviewer_agreement_refuses_teacher_labels(tmp_path, data_dir):
+    settings = load_settings(REPO / "flywheel.yaml", home=tmp_path, data_dir=data_dir)
+    queue = ReviewQueue(settings.state_dir / "review", "banking-intent")
+    queue.enqueue([ReviewItem(f"r{i}", "banking-intent", f"t{i}", "card_arrival", "t", SAMPLED, "run", "now") for i in range(10)])
+    for i in range(10):
+        if i < 4:
+            queue.accept(f"r{i}", "ana", SPEC)
+        else:
+            queue.correct(f"r{i}", "exchange_rate", "ana", SPEC)
+    selected = pd.DataFrame({"request_id": ["x"], "input": ["where is my card"]})
+    with pytest.raises(TeacherDistrustError, match="agreement is 0.40 over 10 spot checks, below the floor 0.8"):
+        relabel_with_teacher.fn(settings, SPEC, selected, "run2")
