@@ -30,6 +30,17 @@ def _settings(config: Path | None) -> Settings:
         raise typer.Exit(2) from exc
 
 
+def _workload_settings(config: Path | None, workload: str) -> Settings:
+    """The settings, after checking that `workload` is configured (exit 2 naming it if not)."""
+    settings = _settings(config)
+    try:
+        settings.workload(workload)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    return settings
+
+
 def _offline_defaults() -> None:
     # The default base model and metrics are local; never wait on a hub that cannot be reached.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,12 +76,7 @@ def train(
     from flows.train_adapter import train_adapter_flow
     from flywheel import progress
 
-    settings = _settings(config)
-    try:
-        settings.workload(workload)
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    settings = _workload_settings(config, workload)
     with progress.progress_bar():
         result = train_adapter_flow(workload=workload, config_path=str(config) if config else None, max_examples=max_examples, launch=launch)
     table = Table(title=f"{workload} version {result.version} (@{result.alias})")
@@ -112,7 +118,7 @@ def predict(
     if version is not None and alias is not None:
         console.print("[red]give --version or --alias, not both[/red]")
         raise typer.Exit(2)
-    settings = _settings(config)
+    settings = _workload_settings(config, workload)
     workload_config = settings.workload(workload)
     spec = build_task_spec(workload, workload_config, settings.data_dir)
     client = mlflow_client(settings)
@@ -211,12 +217,7 @@ def nightly(
     from flows.nightly_retrain import nightly_retrain
     from flywheel import progress
 
-    settings = _settings(config)
-    try:
-        settings.workload(workload)
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    settings = _workload_settings(config, workload)
     with progress.progress_bar():
         summary = nightly_retrain(workload=workload, force=force, budget=budget, config_path=str(config) if config else None)
     if as_json:
@@ -238,7 +239,7 @@ def _queue(workload: str, config: Path | None) -> tuple[Any, Any]:
     from models.review import ReviewQueue
     from models.workload import build_task_spec
 
-    settings = _settings(config)
+    settings = _workload_settings(config, workload)
     spec = build_task_spec(workload, settings.workload(workload), settings.data_dir)
     return ReviewQueue(settings.state_dir / "review", workload), spec
 
