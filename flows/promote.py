@@ -16,7 +16,13 @@ from tasks.push import Replica, adapter_name, load_on_replicas, promote_alias, s
 
 @flow(name="promote")
 def promote(
-    workload: str, version: int, reviewer: str, reason: str = "reviewer approval", config_path: str | None = None, evidence: dict[str, Any] | None = None
+    workload: str,
+    version: int,
+    reviewer: str,
+    reason: str = "reviewer approval",
+    config_path: str | None = None,
+    evidence: dict[str, Any] | None = None,
+    action: str = "promote",
 ) -> dict[str, Any]:
     """Promote `version` of `workload` and push it to every configured serving replica.
 
@@ -36,7 +42,7 @@ def promote(
     replicas = [Replica(url, settings.serving.admin_token) for url in settings.serving.replicas]
     name = adapter_name(workload, version)
     with transaction():
-        entry = promote_alias(client, workload, version, reviewer, reason, evidence or {})
+        entry = promote_alias(client, workload, version, reviewer, reason, evidence or {}, action=action)
         load_on_replicas(replicas, name, str(adapter_dir))
         smoke_test(replicas, name, smoke_texts)
         previous = switch_routes(replicas, workload, name)

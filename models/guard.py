@@ -1,0 +1,86 @@
+"""The rollback guard's decision: is a freshly promoted champion worse live than the one before?
+
+A pure function over two `LiveSignals` (the new champion since its promotion; the previous
+champion's baseline) returning a `GuardDecision`. It trips only with enough samples on both
+sides, and only on a clear, significant degradation of one of the signals:
+* confidence: the distribution moved down (one-sided KS, D over a threshold);
+* invalid answers: the share of answers outside the schema grew;
+* teacher agreement: on a small budgeted audit, the new champion agrees with the teacher less.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GuardConfig(BaseModel):
+    """When a promotion is undone automatically."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Below this many live answers on either side the guard waits: a verdict on a handful of
+    # requests would roll back good versions on noise.
+    min_samples: int = Field(100, ge=10)
+    alpha: float = Field(0.01, gt=0, lt=1)  # stricter than drift: a rollback is a visible act
+    confidence_ks_threshold: float = Field(0.2, ge=0, le=1)  # KS D of the downward shift
+    invalid_share_increase: float = Field(0.05, ge=0, le=1)  # absolute, e.g. 2% -> 7%
+    agreement_drop: float = Field(0.15, ge=0, le=1)  # absolute drop in teacher agreement
+    min_audited: int = Field(20, ge=1)  # audited answers needed before agreement counts
+    audit_budget: int = Field(40, ge=0)  # answers per check sent to the teacher for audit
+    recent_hours: float = Field(48.0, gt=0)  # promotions older than this are not watched
+
+
+@dataclass(frozen=True)
+class LiveSignals:
+    """What one version did in production."""
+
+    version: int
+    confidences: np.ndarray  # of valid answers
+    invalid: int
+    total: int
+    agreement: float | None = None  # share of audited answers equal to the teacher's
+    audited: int = 0
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    trip: bool
+    enough_samples: bool
+    reasons: list[str]
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide_rollback(baseline: LiveSignals, live: LiveSignals, config: GuardConfig) -> GuardDecision:
+    """Compare the new champion's live signals with the previous champion's baseline."""
+    from scipy.stats import fisher_exact, ks_2samp
+
+    evidence: dict[str, Any] = {"baseline_version": baseline.version, "live_version": live.version, "baseline_total": baseline.total, "live_total": live.total}
+    if min(baseline.total, live.total) < config.min_samples:
+        return GuardDecision(False, False, [f"waiting for samples: {live.total} live, {baseline.total} baseline (need {config.min_samples})"], evidence)
+    reasons: list[str] = []
+    if len(baseline.confidences) and len(live.confidences):
+        # One-sided: does the live CDF sit above the baseline's, i.e. are confidences lower?
+        test = ks_2samp(live.confidences, baseline.confidences, alternative="greater")
+        evidence.update(confidence_ks=float(test.statistic), confidence_p=float(test.pvalue),
+                        confidence_mean_live=float(np.mean(live.confidences)), confidence_mean_baseline=float(np.mean(baseline.confidences)))
+        if test.pvalue < config.alpha and test.statistic >= config.confidence_ks_threshold:
+            reasons.append(f"confidence fell: KS D={test.statistic:.3f} (p={test.pvalue:.2g}), mean {np.mean(baseline.confidences):.3f} -> {np.mean(live.confidences):.3f}")
+    base_share, live_share = baseline.invalid / baseline.total, live.invalid / live.total
+    _, p_invalid = fisher_exact([[live.invalid, live.total - live.invalid], [baseline.invalid, baseline.total - baseline.invalid]], alternative="greater")
+    evidence.update(invalid_share_live=live_share, invalid_share_baseline=base_share, invalid_p=float(p_invalid))
+    if p_invalid < config.alpha and live_share - base_share >= config.invalid_share_increase:
+        reasons.append(f"invalid answers rose: {base_share:.1%} -> {live_share:.1%} (p={p_invalid:.2g})")
+    if live.agreement is not None and baseline.agreement is not None and min(live.audited, baseline.audited) >= config.min_audited:
+        agree_live, agree_base = round(live.agreement * live.audited), round(baseline.agreement * baseline.audited)
+        _, p_agree = fisher_exact([[live.audited - agree_live, agree_live], [baseline.audited - agree_base, agree_base]], alternative="greater")
+        evidence.update(agreement_live=live.agreement, agreement_baseline=baseline.agreement, agreement_p=float(p_agree))
+        if p_agree < config.alpha and baseline.agreement - live.agreement >= config.agreement_drop:
+            reasons.append(f"teacher agreement fell: {baseline.agreement:.1%} -> {live.agreement:.1%} on {live.audited} audited answers (p={p_agree:.2g})")
+    return GuardDecision(bool(reasons), True, reasons or ["no signal degraded past its threshold"], evidence)

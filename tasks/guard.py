@@ -1,0 +1,66 @@
+"""Rollback-guard tasks: find recent promotions, measure live signals, audit with the teacher."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from flywheel.config import Settings
+from models.guard import GuardConfig, LiveSignals
+from models.promotion import HistoryEntry, history
+from models.registry import CHAMPION, alias_version
+from models.teacher import TeacherItem
+from models.workload import TaskSpec
+from serving.capture import read_samples
+from tasks.relabel import build_teacher, label_with_cache
+
+
+@task(cache_policy=NONE)
+def recent_promotion(client: Any, workload: str, config: GuardConfig) -> HistoryEntry | None:
+    """The promotion that made the current champion, if it is recent and has a predecessor."""
+    champion = alias_version(client, workload, CHAMPION)
+    if champion is None:  # nothing registered or no champion yet: nothing to guard
+        return None
+    entries = [e for e in history(client, workload) if e.action == "promote" and e.from_version is not None]
+    if not entries or entries[-1].to_version != champion.version:
+        return None
+    entry = entries[-1]
+    if datetime.fromisoformat(entry.at) < datetime.now(timezone.utc) - timedelta(hours=config.recent_hours):
+        return None
+    return entry
+
+
+def served_by(settings: Settings, workload: str, version: int, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+    """Captured answers of one version of `workload` (optionally within a time range)."""
+    frame = read_samples(settings.samples_dir, workload, start=since, end=until)
+    return frame[frame["adapter_version"] == f"{workload}@v{version}"].reset_index(drop=True)
+
+
+@task(cache_policy=NONE)
+def measure_live_signals(settings: Settings, spec: TaskSpec, version: int, samples: pd.DataFrame, audit_budget: int, seed: int = 0) -> LiveSignals:
+    """Confidence, invalid share, and agreement with the teacher on a budgeted audit sample."""
+    valid = samples[samples["valid"]]
+    agreement, audited = None, 0
+    if audit_budget and len(valid):
+        audit = valid.sample(n=min(audit_budget, len(valid)), random_state=seed)
+        teacher = build_teacher(settings, spec)
+        items = [TeacherItem(str(r), str(t)) for r, t in zip(audit["request_id"], audit["input"])]
+        run, _ = label_with_cache(teacher, items, settings.state_dir / "teacher-labels" / spec.name)
+        parse = spec.parse_label if spec.task == "extraction" else (lambda text: text)  # slot order must not matter
+        pairs = [(parse(answer), parse(label.label)) for answer, label in zip(audit["answer"], run.labels) if label.valid]
+        audited = len(pairs)
+        agreement = sum(answer == label for answer, label in pairs) / audited if audited else None
+        get_run_logger().info("%s v%d audit by %s: %d answers, agreement %s", spec.name, version, teacher.name, audited, agreement)
+    return LiveSignals(
+        version=version,
+        confidences=valid["confidence"].to_numpy(dtype=np.float64),
+        invalid=int((~samples["valid"]).sum()),
+        total=len(samples),
+        agreement=agreement,
+        audited=audited,
+    )

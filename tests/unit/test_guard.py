@@ -1,0 +1,39 @@
+import numpy as np
+
+from models.guard import GuardConfig, LiveSignals, decide_rollback
+
+CONFIG = GuardConfig()
+RNG = np.random.default_rng(0)
+
+
+def _signals(version, confidences, invalid=0, agreement=None, audited=0):
+    return LiveSignals(version, np.asarray(confidences), invalid, len(confidences) + invalid, agreement, audited)
+
+
+def test_waits_for_enough_samples():
+    decision = decide_rollback(_signals(1, RNG.uniform(0.8, 1, 500)), _signals(2, RNG.uniform(0, 0.2, 30)), CONFIG)
+    assert not decision.trip and not decision.enough_samples and "waiting for samples" in decision.reasons[0]
+
+
+def test_a_clearly_worse_champion_trips_on_each_signal():
+    baseline = _signals(1, RNG.beta(8, 2, 400), invalid=4, agreement=0.9, audited=40)
+    lower_confidence = decide_rollback(baseline, _signals(2, RNG.beta(2, 3, 400), invalid=4, agreement=0.9, audited=40), CONFIG)
+    assert lower_confidence.trip and "confidence fell" in lower_confidence.reasons[0]
+    more_invalid = decide_rollback(baseline, _signals(2, RNG.beta(8, 2, 360), invalid=40, agreement=0.9, audited=40), CONFIG)
+    assert more_invalid.trip and any("invalid answers rose" in r for r in more_invalid.reasons)
+    disagrees = decide_rollback(baseline, _signals(2, RNG.beta(8, 2, 400), invalid=4, agreement=0.4, audited=40), CONFIG)
+    assert disagrees.trip and any("teacher agreement fell" in r for r in disagrees.reasons)
+    assert disagrees.evidence["agreement_live"] == 0.4
+
+
+def test_an_equal_or_better_champion_does_not_trip():
+    baseline = _signals(1, RNG.beta(8, 2, 400), invalid=8, agreement=0.85, audited=40)
+    same = decide_rollback(baseline, _signals(2, RNG.beta(8, 2, 400), invalid=8, agreement=0.85, audited=40), CONFIG)
+    better = decide_rollback(baseline, _signals(2, RNG.beta(12, 1, 400), invalid=0, agreement=0.95, audited=40), CONFIG)
+    assert not same.trip and not better.trip and same.enough_samples
+
+
+def test_a_small_audit_does_not_count():
+    baseline = _signals(1, RNG.beta(8, 2, 400), agreement=0.9, audited=40)
+    decision = decide_rollback(baseline, _signals(2, RNG.beta(8, 2, 400), agreement=0.0, audited=5), CONFIG)
+    assert not decision.trip and "agreement_live" not in decision.evidence
