@@ -308,6 +308,19 @@ def promote_cmd(
     console.print(f"{workload}: champion is v{result['champion']} (was v{result['previous']}), serving on {', '.join(result['replicas'])}")
 
 
+@app.command("rollback-guard")
+def rollback_guard_cmd(config: ConfigOption = None) -> None:
+    """Check recently promoted champions against the previous ones; roll back on a clear degradation."""
+    _offline_defaults()
+    from flows.rollback_guard import rollback_guard
+
+    _settings(config)
+    results = rollback_guard(config_path=str(config) if config else None)
+    for workload, result in results.items():
+        verdict = "not checked" if not result["checked"] else ("ROLLED BACK" if result["trip"] else "kept")
+        console.print(f"{workload}: {verdict}: {'; '.join(result.get('reasons', [result.get('reason', '')]))}")
+
+
 @app.command()
 def history(workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")], config: ConfigOption = None) -> None:
     """Every move of the champion alias: who, when, from, to, why."""
