@@ -196,3 +196,24 @@ def json_safe(settings):
     import json
 
     return json.loads(settings.model_dump_json())
+
+
+def test_load_by_registry_reference_resolves_to_the_local_adapter(server):
+    from flywheel.tracking import mlflow_client
+    from models.registry import assign_initial_alias, register_adapter
+
+    srv, state, settings = server
+    path = _adapter(settings, "restaurant-slots", "r1", 3)
+    client = mlflow_client(settings)
+    experiment = client.create_experiment("serving-ref", artifact_location=(settings.home / "artifacts").resolve().as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_artifacts(run_id, str(path), "adapter")
+    version = register_adapter(client, "restaurant-slots", run_id, {})
+    assign_initial_alias(client, "restaurant-slots", version.version)
+    with httpx.Client(base_url=srv.url, timeout=60) as http:
+        loaded = http.post("/v1/load_lora_adapter", json={"lora_name": "restaurant-slots@v1", "lora_path": "models:/restaurant-slots@champion"}, headers=TOKEN)
+        assert loaded.status_code == 200, loaded.text
+        models = {m["id"]: m["root"] for m in http.get("/v1/models").json()["data"]}
+        assert models["restaurant-slots@v1"] == str(settings.adapters_dir / "restaurant-slots" / "v1")
+        answer = http.post("/v1/workloads/restaurant-slots/predict", json={"inputs": ["table for 2 please"]}).json()
+        assert answer["predictions"][0]["version"] == "restaurant-slots@v1"
