@@ -217,7 +217,7 @@ def nightly(
     from flows.nightly_retrain import nightly_retrain
     from flywheel import progress
 
-    settings = _workload_settings(config, workload)
+    _workload_settings(config, workload)
     with progress.progress_bar():
         summary = nightly_retrain(workload=workload, force=force, budget=budget, config_path=str(config) if config else None)
     if as_json:

@@ -24,6 +24,12 @@ class ServingClient:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)

@@ -52,28 +52,24 @@ def load_on_replicas(replicas: list[Replica], name: str, source: str) -> list[st
     loaded: list[Replica] = []
     get_transaction().set("loaded", (loaded, name))
     for replica in replicas:
-        client = replica.client()
         try:
-            if name not in client.models():
-                client.load_adapter(name, source)
-                loaded.append(replica)
+            with replica.client() as client:
+                if name not in client.models():
+                    client.load_adapter(name, source)
+                    loaded.append(replica)
         except ServingError:
             _unload(loaded, name)  # this step failed: undo its own part before failing
             raise
-        finally:
-            client.close()
     return [replica.url for replica in loaded]
 
 
 def _unload(replicas: list[Replica], name: str) -> None:
     for replica in replicas:
-        client = replica.client()
         try:
-            client.unload_adapter(name)
+            with replica.client() as client:
+                client.unload_adapter(name)
         except ServingError as exc:
             get_run_logger().warning("could not unload %s from %s: %s", name, replica.url, exc)
-        finally:
-            client.close()
 
 
 @load_on_replicas.on_rollback
@@ -86,14 +82,11 @@ def _unload_new(transaction: Any) -> None:
 def smoke_test(replicas: list[Replica], name: str, texts: list[str]) -> None:
     """Every replica answers `texts` with the new adapter, by name, before it takes traffic."""
     for replica in replicas:
-        client = replica.client()
-        try:
+        with replica.client() as client:
             for text in texts:
                 answer = client.chat(name, text)
                 if answer.get("model") != name or answer["choices"][0]["finish_reason"] != "stop":
                     raise ServingError(f"{replica.url}: smoke prediction with {name} gave no valid answer: {answer}")
-        finally:
-            client.close()
 
 
 @task(cache_policy=NONE)
@@ -102,14 +95,12 @@ def switch_routes(replicas: list[Replica], workload: str, name: str) -> dict[str
     switched: list[tuple[Replica, str | None]] = []
     get_transaction().set("switched", (switched, workload))
     for replica in replicas:
-        client = replica.client()
         try:
-            switched.append((replica, client.route(workload, name, unload_previous=False)))
+            with replica.client() as client:
+                switched.append((replica, client.route(workload, name, unload_previous=False)))
         except ServingError:
             _switch_back(switched, workload)
             raise
-        finally:
-            client.close()
     return {replica.url: previous for replica, previous in switched}
 
 
@@ -117,13 +108,11 @@ def _switch_back(switched: list[tuple[Replica, str | None]], workload: str) -> N
     for replica, previous in switched:
         if previous is None:
             continue
-        client = replica.client()
         try:
-            client.route(workload, previous, unload_previous=True)
+            with replica.client() as client:
+                client.route(workload, previous, unload_previous=True)
         except ServingError as exc:
             get_run_logger().error("could not switch %s back to %s on %s: %s", workload, previous, replica.url, exc)
-        finally:
-            client.close()
 
 
 @switch_routes.on_rollback

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from models.teacher import BUDGET_EXHAUSTED, OK, OUT_OF_SCHEMA, OpenAICompatibleTeacher, TeacherItem
 from models.workload import TaskSpec
-from tests.integration.conftest import LoopbackServer
+from serving.server import BackgroundServer as LoopbackServer
 
 KEY = "sk-test"
 PRICE_IN, PRICE_OUT = 2.5, 10.0  # USD per million tokens, gpt-4o-like
