@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
+from flows.promote import promote
 from flows.train_adapter import train_adapter_flow
 from flywheel.config import load_settings
 from flywheel.tracking import mlflow_client
@@ -15,6 +16,7 @@ from models.workload import build_task_spec, load_splits
 from tasks.dataset import build_training_set
 from tasks.drift import build_reference, detect_drift_in_window
 from tasks.gate import evaluate_candidate
+from tasks.locks import workload_lock
 from tasks.relabel import relabel_with_teacher, select_samples
 from tasks.samples import advance_watermark, load_new_samples
 from tasks.training import pull_base_model
@@ -40,6 +42,10 @@ class NightlySummary:
     candidate_version: int | None = None
     promote: bool | None = None
     gate_reasons: list[str] = field(default_factory=list)
+    gate_metrics: dict[str, float] = field(default_factory=dict)
+    promotion: str = ""  # what happened after the gate: promoted, awaiting review, kept
+    promoted_version: int | None = None
+    drift_tests: list[dict] = field(default_factory=list)
     champion_drift_accuracy: float | None = None
     candidate_drift_accuracy: float | None = None
     data_hash: str | None = None
@@ -50,7 +56,7 @@ class NightlySummary:
 
 @flow(name="nightly-retrain")
 def nightly_retrain(workload: str, force: bool = False, budget: int | None = None, config_path: str | None = None) -> NightlySummary:
-    """Drift → relabel → contracts → retrain → gate, for one workload.
+    """Drift → relabel → contracts → retrain → gate → promote, for one workload.
 
     1. load the samples captured since the last run; rows failing the contract are quarantined
     2. detect drift against the champion's reference; no drift → stop here (unless `force`)
@@ -60,7 +66,16 @@ def nightly_retrain(workload: str, force: bool = False, budget: int | None = Non
        held-out part of the new labels for the gate
     5. retrain with the `train-adapter` subflow: the candidate becomes `challenger`
     6. gate: base, champion and candidate on golden and on the held-out drift slice
+    7. on a gate pass, by the workload's `promotion` policy: `auto` runs the `promote` subflow
+       (champion alias, push to every replica, all or nothing); `review` leaves the candidate
+       `challenger`, tagged `awaiting_review`, for a reviewer
+    One run per workload at a time (the workload's `retrain` lock).
     """
+    with workload_lock("retrain", workload):
+        return _nightly(workload, force, budget, config_path)
+
+
+def _nightly(workload: str, force: bool, budget: int | None, config_path: str | None) -> NightlySummary:
     settings = load_settings(config_path)
     config = settings.workload(workload)
     spec = build_task_spec(workload, config, settings.require_data_dir())
@@ -77,6 +92,7 @@ def nightly_retrain(workload: str, force: bool = False, budget: int | None = Non
     summary.champion_version = champion.version.version
     report, embeddings = detect_drift_in_window(settings, client, spec, window, champion)
     summary.drift_detected, summary.drift_reason = report.drifted, report.reason
+    summary.drift_tests = report.to_dict().get("tests", [])
     if not (report.drifted or force):
         advance_watermark(settings, window)
         return summary
@@ -94,9 +110,21 @@ def nightly_retrain(workload: str, force: bool = False, budget: int | None = Non
     summary.candidate_version, summary.data_hash = candidate.version, candidate.data_hash
     # Gate
     decision = evaluate_candidate(settings, client, spec, base_path, champion.version, get_version(client, workload, version=candidate.version), splits["golden"], retrain_set.holdout)
-    summary.promote, summary.gate_reasons = decision.promote, decision.reasons
+    summary.promote, summary.gate_reasons, summary.gate_metrics = decision.promote, decision.reasons, dict(decision.metrics)
     summary.champion_drift_accuracy = decision.metrics.get("champion_drift_headline")
     summary.candidate_drift_accuracy = decision.metrics.get("candidate_drift_headline")
-    advance_watermark(settings, window)
+    advance_watermark(settings, window)  # these samples are used: a failed push does not replay them
+    # Promote
+    if not decision.promote:
+        summary.promotion = "kept the champion: the gate did not pass"
+    elif config.promotion == "review":
+        client.set_model_version_tag(workload, str(candidate.version), "awaiting_review", "; ".join(decision.reasons)[:4000])
+        summary.promotion = (
+            f"awaiting review: v{candidate.version} is challenger; promote it with `flywheel promote {workload} {candidate.version} --reviewer <you>`, "
+            "the `promote` deployment, or the `champion` alias in the MLflow UI"
+        )
+    else:
+        promote(workload=workload, version=candidate.version, reviewer="nightly-retrain (auto)", reason="; ".join(decision.reasons), config_path=config_path, evidence=decision.metrics)
+        summary.promotion, summary.promoted_version = f"promoted v{candidate.version} and pushed it to every replica", candidate.version
     get_run_logger().info("nightly-retrain %s: %s", workload, summary.to_dict())
     return summary

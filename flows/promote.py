@@ -10,8 +10,8 @@ from prefect.transactions import transaction
 from flywheel.config import load_settings
 from flywheel.tracking import mlflow_client
 from models.registry import download_adapter, get_version
-from models.workload import build_task_spec, load_splits
-from tasks.push import Replica, adapter_name, load_on_replicas, promote_alias, smoke_test, switch_routes, unload_previous
+from tasks.locks import workload_lock
+from tasks.push import Replica, adapter_name, load_on_replicas, promote_alias, smoke_inputs, smoke_test, switch_routes, unload_previous
 
 
 @flow(name="promote")
@@ -31,20 +31,21 @@ def promote(
     2. load it on every replica as `<workload>@v<N>`
     3. smoke-test it on every replica by name, before it takes traffic
     4. switch every replica's workload route to it
-    Then, committed: unload the adapters that no longer serve.
+    Then, committed: unload the adapters that no longer serve. The workload's `promote` lock is
+    held throughout, so two promotions (or a promotion and a `sync-serving`) never interleave.
     """
     settings = load_settings(config_path)
     client = mlflow_client(settings)
     record = get_version(client, workload, version=version)
     adapter_dir = download_adapter(client, record, settings.adapters_dir)
-    spec = build_task_spec(workload, settings.workload(workload), settings.require_data_dir())
-    smoke_texts = list(load_splits(spec, settings.workload(workload), settings.require_data_dir())["golden"]["text"][:3])
+    smoke_texts = smoke_inputs(settings, workload)
     replicas = [Replica(url, settings.serving.admin_token) for url in settings.serving.replicas]
     name = adapter_name(workload, version)
-    with transaction():
-        entry = promote_alias(client, workload, version, reviewer, reason, evidence or {}, action=action)
-        load_on_replicas(replicas, name, str(adapter_dir))
-        smoke_test(replicas, name, smoke_texts)
-        previous = switch_routes(replicas, workload, name)
-    unload_previous(replicas, previous, name)
+    with workload_lock("promote", workload):  # one promotion of a workload at a time
+        with transaction():
+            entry = promote_alias(client, workload, version, reviewer, reason, evidence or {}, action=action)
+            load_on_replicas(replicas, name, str(adapter_dir))
+            smoke_test(replicas, name, smoke_texts)
+            previous = switch_routes(replicas, workload, name)
+        unload_previous(replicas, previous, name)
     return {"workload": workload, "champion": version, "previous": entry.from_version, "replicas": [r.url for r in replicas], "actor": reviewer}

@@ -133,6 +133,10 @@ class WorkloadConfig(_Strict):
     relabel: RelabelConfig = RelabelConfig()
     teacher: TeacherConfig = TeacherConfig()
     guard: GuardConfig = GuardConfig()
+    # auto: a gate pass makes the candidate `champion` and pushes it; review: it stays
+    # `challenger` until a reviewer promotes it (MLflow UI alias, the `promote` deployment,
+    # or `flywheel promote`).
+    promotion: Literal["auto", "review"] = "auto"
     eval_batch_size: int = Field(64, gt=0)
 
     @model_validator(mode="after")
@@ -169,6 +173,17 @@ class ServingConfig(_Strict):
     capture_queue: int = Field(10_000, gt=0)
 
 
+class WebhookConfig(_Strict):
+    """The endpoint MLflow's registry webhooks call: a `champion` alias set anywhere (the MLflow UI
+    included) starts the `sync-serving` deployment."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    secret: str | None = None  # the HMAC secret given to MLflow; set it with FLYWHEEL_WEBHOOK__SECRET
+    deployment: str = "sync-serving/sync-serving"  # <flow name>/<deployment name>
+    max_age_s: float = Field(300.0, gt=0)  # older deliveries are refused (replay protection)
+
+
 class Settings(BaseSettings):
     """The whole configuration of one slm-flywheel installation."""
 
@@ -180,6 +195,7 @@ class Settings(BaseSettings):
     base_model: str = DEFAULT_BASE_MODEL
     torch_threads: int | None = None
     serving: ServingConfig = ServingConfig()
+    webhook: WebhookConfig = WebhookConfig()
     workloads: dict[str, WorkloadConfig] = {}
 
     @classmethod

@@ -71,6 +71,13 @@ def move_champion(
     return entry
 
 
+def record_bootstrap(client: Any, name: str, version: int, actor: str) -> HistoryEntry:
+    """The first champion of a workload: the history starts here."""
+    entry = HistoryEntry("bootstrap", actor, datetime.now(timezone.utc).isoformat(timespec="seconds"), None, version, "first version of the workload")
+    record(client, name, entry)
+    return entry
+
+
 def restore_aliases(client: Any, name: str, champion: int | None, previous: int | None, *, actor: str = "flywheel", reason: str = "") -> None:
     """Put `champion` and `previous-champion` back exactly as they were (undo of a failed move),
     and say so in the history: the attempt stays on record."""
@@ -83,3 +90,33 @@ def restore_aliases(client: Any, name: str, champion: int | None, previous: int 
             client.set_registered_model_alias(name, alias, str(version))
     if champion is not None and current is not None and current.version != champion:
         record(client, name, HistoryEntry("reverted", actor, datetime.now(timezone.utc).isoformat(timespec="seconds"), current.version, champion, reason or "the move was undone"))
+
+
+OUTSIDE_ACTOR = "mlflow-registry"
+
+
+def adopt_outside_move(client: Any, name: str) -> HistoryEntry | None:
+    """Record a `champion` alias set outside slm-flywheel (the MLflow UI, a script) like any move.
+
+    MLflow moves the alias alone: this makes the former champion `previous-champion`, drops a
+    `challenger` alias on the new champion, and appends the move to the history, so the rollback
+    guard watches it like any promotion. Returns the entry, or None when the history already
+    ends at the current champion."""
+    champion = alias_version(client, name, CHAMPION)
+    if champion is None:
+        return None
+    entries = history(client, name)
+    last = entries[-1].to_version if entries else None
+    if last == champion.version:
+        return None
+    if last is not None:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, str(last))
+    challenger = alias_version(client, name, CHALLENGER)
+    if challenger is not None and challenger.version == champion.version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    entry = HistoryEntry(
+        "promote" if last is not None else "bootstrap", OUTSIDE_ACTOR, datetime.now(timezone.utc).isoformat(timespec="seconds"), last, champion.version,
+        "champion alias set outside slm-flywheel (MLflow UI or API)",
+    )
+    record(client, name, entry)
+    return entry

@@ -11,8 +11,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.transactions import get_transaction
 
+from flywheel.config import Settings
 from models.promotion import PREVIOUS_CHAMPION, HistoryEntry, move_champion, restore_aliases
 from models.registry import CHAMPION, alias_version
+from models.workload import build_task_spec, load_splits
 from serving.client import ServingClient, ServingError
 
 
@@ -78,15 +80,46 @@ def _unload_new(transaction: Any) -> None:
     _unload(loaded, name)
 
 
+def smoke_inputs(settings: Settings, workload: str, count: int = 3) -> list[str]:
+    """A few golden inputs every replica must answer with a new adapter before it takes traffic."""
+    spec = build_task_spec(workload, settings.workload(workload), settings.require_data_dir())
+    return list(load_splits(spec, settings.workload(workload), settings.require_data_dir())["golden"]["text"][:count])
+
+
+def _smoke(client: ServingClient, name: str, texts: list[str]) -> None:
+    for text in texts:
+        answer = client.chat(name, text)
+        if answer.get("model") != name or answer["choices"][0]["finish_reason"] != "stop":
+            raise ServingError(f"{client.base_url}: smoke prediction with {name} gave no valid answer: {answer}")
+
+
 @task(cache_policy=NONE)
 def smoke_test(replicas: list[Replica], name: str, texts: list[str]) -> None:
     """Every replica answers `texts` with the new adapter, by name, before it takes traffic."""
     for replica in replicas:
         with replica.client() as client:
-            for text in texts:
-                answer = client.chat(name, text)
-                if answer.get("model") != name or answer["choices"][0]["finish_reason"] != "stop":
-                    raise ServingError(f"{replica.url}: smoke prediction with {name} gave no valid answer: {answer}")
+            _smoke(client, name, texts)
+
+
+@task(cache_policy=NONE)
+def sync_replica(replica: Replica, workload: str, name: str, source: str, texts: list[str]) -> str:
+    """Make one replica serve adapter `name` for `workload` (reconcile, not all-or-nothing): load it
+    if missing, smoke-test it, switch the route, unload what it replaced. Returns what it did.
+
+    Against a vLLM server (no routes) "serving" means the versioned adapter is loaded."""
+    with replica.client() as client:
+        loaded, routes = client.models(), client.routes()
+        serving = routes.get(workload) if routes else (name if name in loaded else None)
+        if serving == name:
+            return "in sync"
+        if name not in loaded:
+            client.load_adapter(name, source)
+        _smoke(client, name, texts)
+        if not routes:
+            return "loaded"
+        previous = client.route(workload, name, unload_previous=True)
+    get_run_logger().info("%s: %s now serves %s (was %s)", replica.url, workload, name, previous)
+    return f"switched from {previous}"
 
 
 @task(cache_policy=NONE)

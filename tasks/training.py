@@ -154,7 +154,8 @@ def register_adapter_version(
     golden: EvalResult,
 ) -> RegisteredAdapter:
     """Log params, metrics and artifacts to an MLflow run, register the adapter, set its alias."""
-    from models.registry import assign_initial_alias, register_adapter
+    from models.promotion import record_bootstrap
+    from models.registry import CHAMPION, assign_initial_alias, register_adapter
 
     workload = data.spec.name
     config = settings.workload(workload)
@@ -201,6 +202,8 @@ def register_adapter_version(
         }
         version = register_adapter(client, workload, run_id, tags, description=f"trained on {trained.examples} examples")
         alias = assign_initial_alias(client, workload, version.version)
+        if alias == CHAMPION:
+            record_bootstrap(client, workload, version.version, actor="train-adapter")
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         client.set_terminated(run_id, "FAILED")

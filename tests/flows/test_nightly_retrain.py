@@ -1,5 +1,8 @@
 """`nightly-retrain` end to end with the tiny model: real serving tier, simulator, simulated teacher."""
 
+import dataclasses
+
+import httpx
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -11,12 +14,16 @@ from flows.train_adapter import train_adapter_flow
 from flywheel.config import load_settings
 from flywheel.simulate import simulate
 from serving.app import create_app
-from serving.server import BackgroundServer, build_state
+from models.promotion import history
+from serving.server import BackgroundServer, build_state, free_port
 
 
-def _configure(path, **relabel):
+def _configure(path, promotion="review", replica=None, **relabel):
     data = yaml.safe_load(path.read_text())
     workload = data["workloads"]["banking-intent"]
+    workload["promotion"] = promotion
+    if replica:
+        data["serving"] = {"port": int(replica.rsplit(":", 1)[1]), "replicas": [replica], "capture_flush_seconds": 0.3}
     workload["drift"] = {"min_window": 80, "n_permutations": 100}
     workload["relabel"] = {"budget": 60, "review_share": 0.1, "min_per_label": 0, **relabel}
     workload["launch"] = {"late_count": 12, "rare_cap": 0, "shift_share": 0.9}
@@ -34,6 +41,21 @@ def _traffic(settings, scenario, count, seed):
 
 
 @pytest.fixture
+def gate_passes(monkeypatch):
+    """The real gate runs (its metrics are kept) but its verdict is forced to a pass: these tests
+    are about what the promotion policy does after a pass, which the tiny model cannot earn."""
+    import flows.nightly_retrain
+
+    real = flows.nightly_retrain.evaluate_candidate
+
+    def passing(*args, **kwargs):
+        decision = real(*args, **kwargs)
+        return dataclasses.replace(decision, promote=True, reasons=["forced pass (test)", *decision.reasons])
+
+    monkeypatch.setattr(flows.nightly_retrain, "evaluate_candidate", passing)
+
+
+@pytest.fixture
 def launched(tiny_config):
     settings = _configure(tiny_config)
     champion = train_adapter_flow(workload="banking-intent", config_path=str(tiny_config), launch=True)
@@ -41,8 +63,8 @@ def launched(tiny_config):
     return settings
 
 
-def test_steady_traffic_no_drift_then_prior_shift_drift_relabel_retrain_gate(launched, tiny_config):
-    settings = launched
+def test_steady_traffic_no_drift_then_prior_shift_drift_relabel_retrain_gate(launched, tiny_config, gate_passes):
+    settings = launched  # review policy
     _traffic(settings, "steady", 120, seed=1)
     checked = drift_check(workload="banking-intent", config_path=str(tiny_config))
     assert checked["window_size"] == 120 and checked["drifted"] is False
@@ -56,12 +78,15 @@ def test_steady_traffic_no_drift_then_prior_shift_drift_relabel_retrain_gate(lau
     assert summary.drift_detected, summary.drift_reason
     assert 0 < summary.relabeled <= 60 and summary.teacher_cost > 0
     assert "SIMULATED" in summary.teacher
-    assert summary.candidate_version == 2 and summary.promote is not None
+    assert summary.candidate_version == 2 and summary.promote is True
     assert summary.champion_drift_accuracy is not None and summary.candidate_drift_accuracy is not None
+    assert summary.promotion.startswith("awaiting review") and summary.promoted_version is None
+    assert {t["name"] for t in summary.drift_tests} >= {"input_mmd", "confidence_ks"}
 
     client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
     candidate = client.get_model_version("banking-intent", "2")
-    assert "challenger" in candidate.aliases
+    assert "challenger" in candidate.aliases and "champion" not in candidate.aliases  # the reviewer decides
+    assert candidate.tags["awaiting_review"]
     assert candidate.tags["gate_promote"] in {"true", "false"} and candidate.tags["gate_reasons"]
     metrics = client.get_run(candidate.run_id).data.metrics
     assert {"gate_drift_gain", "gate_mcnemar_p", "gate_base_golden_accuracy", "gate_champion_drift_accuracy"} <= set(metrics)
@@ -96,3 +121,23 @@ def test_rerun_after_a_training_crash_reuses_teacher_labels(launched, tiny_confi
     assert summary.relabeled > 0
     assert summary.teacher_cost == 0.0 and summary.teacher_cached >= summary.relabeled  # no second charge
     assert summary.candidate_version == 2
+
+
+def test_auto_policy_promotes_a_gate_pass_and_pushes_it_to_the_replica(launched, tiny_config, gate_passes):
+    port = free_port()
+    settings = _configure(tiny_config, promotion="auto", replica=f"http://127.0.0.1:{port}")
+    state = build_state(settings, "replica-0", bf16=False)
+    with BackgroundServer(create_app(state), port=port) as server:
+        assert simulate(settings, "banking-intent", "prior-shift", 100, server.url, concurrency=4, seed=5).failed == 0
+        state.writer.flush()
+        summary = nightly_retrain(workload="banking-intent", config_path=str(tiny_config), force=True)
+        assert summary.promote is True and summary.promoted_version == 2, summary.promotion
+        assert httpx.get(f"{server.url}/v1/workloads").json()["workloads"]["banking-intent"] == "banking-intent@v2"
+    state.engine.close()
+    state.writer.close()
+    client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
+    assert int(client.get_model_version_by_alias("banking-intent", "champion").version) == 2
+    assert int(client.get_model_version_by_alias("banking-intent", "previous-champion").version) == 1
+    last = history(client, "banking-intent")[-1]
+    assert (last.action, last.actor, last.from_version, last.to_version) == ("promote", "nightly-retrain (auto)", 1, 2)
+    assert "drift_gain" in last.evidence

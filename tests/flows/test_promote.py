@@ -53,7 +53,7 @@ def test_promote_moves_alias_records_history_and_switches_every_replica(two_repl
     assert int(client.get_model_version_by_alias("banking-intent", "champion").version) == 2
     assert int(client.get_model_version_by_alias("banking-intent", "previous-champion").version) == 1
     entries = history(client, "banking-intent")
-    assert [(e.action, e.actor, e.from_version, e.to_version, e.reason) for e in entries] == [("promote", "ana", 1, 2, "looks good")]
+    assert [(e.action, e.actor, e.from_version, e.to_version, e.reason) for e in entries] == [("bootstrap", "train-adapter", None, 1, "first version of the workload"), ("promote", "ana", 1, 2, "looks good")]
     for server in servers:
         assert _routes(server) == "banking-intent@v2"
         assert "banking-intent@v1" not in _models(server)  # unloaded after the commit
@@ -76,7 +76,7 @@ def test_a_replica_lost_mid_push_leaves_no_replica_switched_and_the_alias_unchan
     with pytest.raises(Exception):
         client.get_model_version_by_alias("banking-intent", "previous-champion")
     # the attempt and its undo are both on record
-    assert [(e.action, e.from_version, e.to_version) for e in history(client, "banking-intent")] == [("promote", 1, 2), ("reverted", 2, 1)]
+    assert [(e.action, e.from_version, e.to_version) for e in history(client, "banking-intent")] == [("bootstrap", None, 1), ("promote", 1, 2), ("reverted", 2, 1)]
     assert _routes(servers[0]) == "banking-intent@v1"
     assert "banking-intent@v2" not in _models(servers[0])  # the rollback unloaded it
 

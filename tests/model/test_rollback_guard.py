@@ -74,4 +74,4 @@ def test_a_bad_promotion_is_rolled_back_in_registry_and_serving(config_path, dat
     bad_version = client.get_model_version("banking-intent", "2")
     assert "teacher agreement fell" in bad_version.tags["rolled_back"] or "confidence fell" in bad_version.tags["rolled_back"]
     moves = [(e.action, e.actor, e.from_version, e.to_version) for e in history(client, "banking-intent")]
-    assert moves == [("promote", "overconfident-reviewer", 1, 2), ("rollback", "rollback-guard", 2, 1)]
+    assert moves == [("bootstrap", "train-adapter", None, 1), ("promote", "overconfident-reviewer", 1, 2), ("rollback", "rollback-guard", 2, 1)]
