@@ -1,0 +1,554 @@
+"""The demo's final report: `report.md` (plots beside it), a self-contained `report.html`, and the
+rich table the CLI prints.
+
+Both files are rendered from one list of blocks, so they always say the same thing. Every field of
+the demo's report dict may be missing or None (a `--fast` run may not promote, the rollback act
+may not run): the text then says "n/a" and the plot that needs it is left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+NA = "n/a"
+DRIFT_RUNS = (("launch", "nightly run on launch traffic"), ("drifted", "nightly run on drifted traffic"))
+GATE_MODELS = ("base", "champion", "candidate")
+SCENARIOS = {
+    "steady": "the launch mix of requests",
+    "prior-shift": "most traffic moves onto the items that were rare at launch, as after a product launch",
+    "new-phrasing": "the launch mix, rewritten: lowercase, typos, abbreviations, other wording",
+}
+# What each demo stage did, matched by substring in this order (stage names come from flywheel/demo.py).
+STAGES = (
+    ("pull base model", "materialized the base small LM into a cached checkpoint (once per machine)"),
+    ("train launch champion", "trained a LoRA adapter on launch data and registered it in MLflow as `champion`"),
+    ("start serving tier", "started the embedded serving tier with the champion adapter loaded"),
+    ("traffic: launch", "sent simulated launch traffic; hidden gold answers score live accuracy"),
+    ("on launch traffic", "ran `nightly-retrain` on launch traffic: the drift tests should stay quiet"),
+    ("traffic: drift", "sent drifted traffic while the launch champion served it"),
+    ("traffic: after retrain", "sent more drifted traffic to whatever is champion now"),
+    ("traffic: after rollback", "sent more drifted traffic after the rollback"),
+    ("nightly-retrain", "drift tests → SIMULATED teacher labels → data contracts → LoRA retrain → promotion gate"),
+    ("promote and push", "moved the `champion` alias to the candidate and pushed it to every replica, all or nothing"),
+    ("bad", "promoted a deliberately bad version, to show the rollback guard at work"),
+    ("rollback", "ran `rollback-guard`: the new champion against the previous one on live traffic"),
+)
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str  # file stem under plots/
+    title: str
+    caption: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str  # may carry `code` and **bold**
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: list[str]
+
+
+@dataclass(frozen=True)
+class TableBlock:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+
+
+@dataclass(frozen=True)
+class Image:
+    plot: Plot
+
+
+Block = Heading | Paragraph | Bullets | TableBlock | Code | Image
+
+
+def write_reports(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write `report.md` (PNGs under `out_dir/plots/`) and a self-contained `report.html`.
+
+    Returns:
+        The paths written: "markdown", "html", and one "plot:<name>" per plot.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = build_plots(report)
+    written: dict[str, Path] = {}
+    if plots:
+        (out_dir / "plots").mkdir(exist_ok=True)
+    for plot in plots:
+        path = out_dir / "plots" / f"{plot.name}.png"
+        path.write_bytes(plot.png)
+        written[f"plot:{plot.name}"] = path
+    blocks = build_blocks(report, plots)
+    written["markdown"] = out_dir / "report.md"
+    written["markdown"].write_text(to_markdown(blocks), encoding="utf-8")
+    written["html"] = out_dir / "report.html"
+    written["html"].write_text(to_html(blocks, _title(report)), encoding="utf-8")
+    return written
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """The headline outcome, then seconds per stage: what `flywheel demo` prints last."""
+    table = Table(title=_title(report))
+    table.add_column("")
+    table.add_column("value")
+    for key, value in _headline(report):
+        table.add_row(key, escape(value))
+    for stage, seconds in (report.get("stage_seconds") or {}).items():
+        table.add_row(escape(f"seconds: {stage}"), _num(seconds, ".0f"))
+    return table
+
+
+# Formatting: every helper turns None into "n/a".
+
+
+def _num(value: Any, spec: str = ".3f") -> str:
+    return NA if value is None else format(value, spec)
+
+
+def _count(value: Any) -> str:
+    return NA if value is None else str(int(value))
+
+
+def _yes(value: Any) -> str:
+    return NA if value is None else ("yes" if value else "no")
+
+
+def _version(value: Any) -> str:
+    return NA if value is None else f"v{value}"
+
+
+def _from_version(value: Any) -> str:
+    return "none" if value is None else f"v{value}"  # a bootstrap has no previous champion
+
+
+def _money(value: Any) -> str:
+    return NA if value is None else f"${value:.2f}"
+
+
+def _change(before: Any, after: Any) -> str:
+    """Before → after with the margin in points, e.g. 0.270 → 0.500 (+23.0 points)."""
+    if before is None or after is None:
+        return f"{_num(before)} → {_num(after)}"
+    return f"{before:.3f} → {after:.3f} ({100 * (after - before):+.1f} points)"
+
+
+def _title(report: dict[str, Any]) -> str:
+    fast = " (fast)" if report.get("fast") else ""
+    return f"slm-flywheel demo: {report.get('workload') or NA}, {report.get('scenario') or NA}{fast}"
+
+
+def _total_seconds(report: dict[str, Any]) -> float | None:
+    stages = report.get("stage_seconds") or {}
+    return report.get("total_seconds") or (sum(v for v in stages.values() if v is not None) if stages else None)
+
+
+def _rollback(report: dict[str, Any]) -> dict[str, Any]:
+    return report.get("rollback") or {}
+
+
+def _rollback_summary(report: dict[str, Any]) -> str:
+    rollback = _rollback(report)
+    if not rollback:
+        return NA
+    moved = f"{_version(rollback.get('bad_version'))} → {_version(rollback.get('restored_version'))}"
+    return f"{_yes(rollback.get('completed', report.get('rollback_completed')))} ({moved})"
+
+
+def _teacher_summary(report: dict[str, Any]) -> str:
+    if report.get("relabeled") is None:
+        return NA
+    return (
+        f"{report['relabeled']} labels, simulated cost {_money(report.get('teacher_cost'))} "
+        f"({_count(report.get('teacher_cached'))} from cache, {_count(report.get('to_review'))} to human review)"
+    )
+
+
+def _headline(report: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("drift detected", f"{_yes(report.get('drift_detected'))} (on launch traffic: {_yes(report.get('launch_drift_detected'))})"),
+        ("promoted version", _version(report.get("promoted_version"))),
+        ("live accuracy before → after", _change(report.get("live_accuracy_before"), report.get("live_accuracy_after"))),
+        ("rollback completed", _rollback_summary(report)),
+        ("teacher (SIMULATED)", _teacher_summary(report)),
+        ("total seconds", _num(_total_seconds(report), ".0f")),
+    ]
+
+
+# The report's text.
+
+
+def _describe(stage: str) -> str:
+    return next((text for needle, text in STAGES if needle in stage), "")
+
+
+def _story(report: dict[str, Any]) -> list[str]:
+    """One numbered step per act of the demo, with this run's numbers."""
+    scenario = report.get("scenario") or NA
+    before, after = report.get("live_accuracy_before"), report.get("live_accuracy_after")
+    candidate, promoted = report.get("candidate_version"), report.get("promoted_version")
+    reason = report.get("drift_reason")
+    rollback = _rollback(report)
+    steps: list[str] = []
+    steps.append(
+        f"**Launch.** Champion {_version(report.get('champion_version'))} was trained on launch data (the items "
+        f"that launch later are rare in it) and served; live accuracy on launch traffic: "
+        f"{_num(report.get('live_accuracy_launch'))}."
+    )
+    steps.append(
+        f"**A quiet night.** `nightly-retrain` on launch traffic detected drift: "
+        f"{_yes(report.get('launch_drift_detected'))} (it should say no: this traffic looks like what the champion "
+        "was trained on)."
+    )
+    steps.append(
+        f"**Drift.** `{scenario}` traffic ({SCENARIOS.get(scenario, 'the configured scenario')}); live accuracy of "
+        f"the launch champion: {_num(before)}."
+    )
+    steps.append(
+        f"**Nightly retrain.** Drift detected: {_yes(report.get('drift_detected'))}{f': {reason}' if reason else ''}. "
+        f"The SIMULATED teacher produced {_teacher_summary(report)}; "
+        + (f"candidate {_version(candidate)} was trained on them." if candidate is not None else "no candidate was trained.")
+    )
+    steps.append(
+        "**Gate.** On the held-out drift slice (teacher labels never trained on), champion → candidate: "
+        f"{_change(report.get('champion_drift_accuracy'), report.get('candidate_drift_accuracy'))}. "
+        f"Decision: {'; '.join(report.get('gate_reasons') or []) or NA}."
+    )
+    if promoted is not None:
+        steps.append(f"**Promotion.** {_version(promoted)} became champion and was pushed to the serving tier.")
+    else:
+        steps.append("**Promotion.** Nothing was promoted: the champion kept serving.")
+    steps.append(f"**After the retrain.** Live accuracy {_change(before, after)}.")
+    if rollback:
+        steps.append(
+            f"**Rollback act.** {_version(rollback.get('bad_version'))} was promoted on purpose; the rollback guard "
+            f"found: {'; '.join(rollback.get('reasons') or []) or NA}. Restored "
+            f"{_version(rollback.get('restored_version'))}, completed: "
+            f"{_yes(rollback.get('completed', report.get('rollback_completed')))}; live accuracy after the rollback: "
+            f"{_num(report.get('live_accuracy_rollback'))}."
+        )
+    else:
+        steps.append("**Rollback act.** n/a: not run in this demo.")
+    return steps
+
+
+def _table_or_na(header: list[str], rows: list[list[str]]) -> Block:
+    return TableBlock(header, rows) if rows else Paragraph(NA)
+
+
+def build_blocks(report: dict[str, Any], plots: list[Plot]) -> list[Block]:
+    """The report's content, in reading order."""
+    home = report.get("home") or ".flywheel/demo"
+    teacher = report.get("teacher") or "simulated-teacher"
+    blocks: list[Block] = [
+        Heading(_title(report), 1),
+        Paragraph(
+            "A fine-tuned small LM served production traffic, then the traffic drifted. The flywheel's nightly run "
+            "checked for drift, bought teacher labels, retrained, and let a gate decide whether the candidate replaces "
+            "the champion. Every number below comes from this run."
+        ),
+        Paragraph(
+            f"**The teacher is a SIMULATED frontier model** (`{teacher}`). It answers from the traffic simulator's "
+            "hidden gold with a controlled rate of plausible mistakes; no LLM API was called and its cost is simulated "
+            "(a price per label), not billed. Set `teacher.kind: openai` in `flywheel.yaml` for a real one."
+        ),
+        Heading("Outcome"),
+        TableBlock(["", "value"], [list(row) for row in _headline(report)]),
+        Heading("What happened"),
+        Bullets(_story(report)),
+        Heading("Stages"),
+        _table_or_na(
+            ["stage", "seconds", "what it did"],
+            [[stage, _num(seconds, ".1f"), _describe(stage)] for stage, seconds in (report.get("stage_seconds") or {}).items()],
+        ),
+    ]
+    for plot in plots:
+        blocks += [Heading(plot.title), Paragraph(plot.caption), Image(plot)]
+    blocks += [Heading("Registry history"), Paragraph("Every move of the `champion` alias, as recorded in the MLflow registry.")]
+    blocks.append(
+        _table_or_na(
+            ["when", "who", "action", "from → to", "why"],
+            [
+                [
+                    str(entry.get("at") or NA),
+                    str(entry.get("actor") or NA),
+                    str(entry.get("action") or NA),
+                    f"{_from_version(entry.get('from_version'))} → {_version(entry.get('to_version'))}",
+                    str(entry.get("reason") or NA),
+                ]
+                for entry in report.get("history") or []
+            ],
+        )
+    )
+    blocks += [
+        Heading("See the same runs in the UIs"),
+        Paragraph(
+            "**MLflow** holds every training run, the gate's metrics and artifacts, and the registry with its aliases. "
+            "Start its UI on the demo's store, then open http://127.0.0.1:5000:"
+        ),
+        Code(f".venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db"),
+        Paragraph(
+            "**Prefect** shows each flow run, its tasks, logs and the markdown artifacts (drift report, gate decision). "
+            "Start a server, then open http://127.0.0.1:4200:"
+        ),
+        Code(".venv/bin/prefect server start"),
+        Paragraph(
+            "The demo ran its flows on an ephemeral Prefect API (a temporary server it started itself). To see a "
+            "demo's runs in the UI as they happen, keep the server running and point the demo at it:"
+        ),
+        Code("PREFECT_API_URL=http://127.0.0.1:4200/api make demo"),
+        Paragraph(f"The raw numbers of this report are in `{home}/report.json`."),
+    ]
+    return blocks
+
+
+# Rendering.
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            lines += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Paragraph):
+            lines += [block.text, ""]
+        elif isinstance(block, Bullets):
+            lines += [f"{number}. {item}" for number, item in enumerate(block.items, start=1)] + [""]
+        elif isinstance(block, TableBlock):
+            lines.append("| " + " | ".join(block.header) + " |")
+            lines.append("|" + "---|" * len(block.header))
+            lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in block.rows]
+            lines.append("")
+        elif isinstance(block, Code):
+            lines += ["```bash", block.text, "```", ""]
+        elif isinstance(block, Image):
+            lines += [f"![{block.plot.title}](plots/{block.plot.name}.png)", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    """Escape, then render `code` and **bold** (the only inline markup the blocks use)."""
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"(https?://[^\s<]+[^\s<.,:;)])", r'<a href="\1">\1</a>', text)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+code, pre { background: #f5f5f5; font-family: ui-monospace, monospace; }
+pre { padding: 0.6rem; overflow-x: auto; }
+img { max-width: 100%; }
+"""
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    head = f'<meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style>'
+    parts = [f'<!doctype html>\n<html lang="en"><head>{head}</head><body>']
+    for block in blocks:
+        if isinstance(block, Heading):
+            parts.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+        elif isinstance(block, Paragraph):
+            parts.append(f"<p>{_inline(block.text)}</p>")
+        elif isinstance(block, Bullets):
+            parts.append("<ol>" + "".join(f"<li>{_inline(item)}</li>" for item in block.items) + "</ol>")
+        elif isinstance(block, TableBlock):
+            header = "".join(f"<th>{html.escape(cell)}</th>" for cell in block.header)
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(cell)}</td>" for cell in row) + "</tr>" for row in block.rows)
+            parts.append(f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(block, Code):
+            parts.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
+        elif isinstance(block, Image):
+            data = base64.b64encode(block.plot.png).decode("ascii")
+            parts.append(f"<img src=\"data:image/png;base64,{data}\" alt=\"{html.escape(block.plot.title)}\">")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# Plots: one small figure each, None when the report lacks what it needs.
+
+
+def build_plots(report: dict[str, Any]) -> list[Plot]:
+    plots = [_drift_plot(report), _live_accuracy_plot(report), _teacher_plot(report), _gate_plot(report)]
+    return [plot for plot in plots if plot is not None]
+
+
+def _figure(ncols: int = 1, width: float = 6.0) -> Any:
+    # A bare Figure renders through the Agg canvas without pyplot's global state.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, 3.6), layout="constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _p_value(test: dict[str, Any]) -> float | None:
+    # `DriftReport.to_dict` stores the Holm-corrected p as `p_value`; a dict may also carry it as `p_adjusted`.
+    return test.get("p_adjusted", test.get("p_value"))
+
+
+def _drift_plot(report: dict[str, Any]) -> Plot | None:
+    runs = report.get("drift_tests") or {}
+    panels = []
+    for key, label in DRIFT_RUNS:
+        tests = [t for t in runs.get(key) or [] if t.get("effect") is not None and t.get("threshold") is not None]
+        if tests:
+            panels.append((label, tests))
+    if not panels:
+        return None
+    from matplotlib.ticker import FuncFormatter
+
+    fig, axes = _figure(len(panels), 5.5 * len(panels))
+    for ax, (label, tests) in zip(axes, panels):
+        # Effects live on different scales (MMD², JS distance, KS D, shares): their ratio to the threshold shares one.
+        ratios = [t["effect"] / t["threshold"] if t["threshold"] > 0 else float(t["effect"] > 0) for t in tests]
+        colors = ["tab:red" if t.get("drifted") else "tab:orange" if t.get("significant") else "tab:gray" for t in tests]
+        bars = ax.barh([str(t.get("name", "?")) for t in tests], ratios, color=colors)
+        for bar, test in zip(bars, tests):
+            p = _p_value(test)
+            note = f" {test['effect']:.3g} vs {test['threshold']:.3g}, p={_num(p, '.2g')}"
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, note, va="center", fontsize=7)
+        ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
+        # Linear up to the threshold, logarithmic past it: a 20x drift and a 0.2x quiet test fit one axis.
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(0, max(max(ratios), 1.0) * 30)  # room for the notes
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.invert_yaxis()
+        ax.set_xlabel("effect ÷ threshold (log past 1)")
+        drifted = any(t.get("drifted") for t in tests)
+        ax.set_title(f"{label}: {'DRIFT' if drifted else 'no drift'}", fontsize=10)
+    return Plot(
+        "drift",
+        "Drift tests",
+        "Each test's effect divided by its threshold (dashed line), with its p-value, for the nightly run on launch traffic and on drifted traffic. "
+        "A test calls drift (red) only when its effect reaches the threshold and its Holm-corrected p-value is "
+        "below alpha; orange is significant but too small to matter, gray is neither.",
+        _png(fig),
+    )
+
+
+def _live_points(report: dict[str, Any]) -> list[tuple[str, float, str]]:
+    timeline = report.get("timeline") or []
+    if timeline:
+        points = [(str(p.get("phase", "?")), p.get("live_accuracy"), str(p.get("served_by") or "")) for p in timeline]
+        return [point for point in points if point[1] is not None]
+    fields = (
+        ("launch", "live_accuracy_launch"),
+        ("drift", "live_accuracy_before"),
+        ("after retrain", "live_accuracy_after"),
+        ("after rollback", "live_accuracy_rollback"),
+    )
+    return [(phase, report[key], "") for phase, key in fields if report.get(key) is not None]
+
+
+def _live_accuracy_plot(report: dict[str, Any]) -> Plot | None:
+    points = _live_points(report)
+    if not points:
+        return None
+    fig, (ax,) = _figure(width=7.0)
+    xs = range(len(points))
+    ax.plot(xs, [acc for _, acc, _ in points], marker="o", color="tab:blue")
+    for x, (_, acc, _) in zip(xs, points):
+        ax.annotate(f"{acc:.3f}", (x, acc), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax.set_xticks(list(xs), [f"{textwrap.fill(phase, 14)}\n{served_by}".strip() for phase, _, served_by in points], fontsize=7)
+    ax.set_xmargin(0.08)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("phase of the demo, in order (and the version serving it)")
+    ax.set_ylabel("live accuracy vs hidden gold")
+    ax.set_title("Live accuracy over time", fontsize=10)
+    return Plot(
+        "live_accuracy",
+        "Live accuracy over time",
+        "Accuracy of the served model's answers against the simulator's hidden gold, per traffic phase, with the "
+        "version that served it.",
+        _png(fig),
+    )
+
+
+def _teacher_plot(report: dict[str, Any]) -> Plot | None:
+    if not report.get("relabeled"):
+        return None
+    counts = {"labelled": report["relabeled"], "of which cached": report.get("teacher_cached"), "sent to human review": report.get("to_review")}
+    counts = {key: value for key, value in counts.items() if value is not None}
+    fig, (ax,) = _figure(width=5.0)
+    bars = ax.bar(list(counts), list(counts.values()), color=["tab:blue", "tab:gray", "tab:orange"][: len(counts)])
+    ax.bar_label(bars, fontsize=8)
+    ax.set_ylabel("samples")
+    ax.set_title(f"SIMULATED teacher: simulated cost {_money(report.get('teacher_cost'))}", fontsize=10)
+    return Plot(
+        "teacher",
+        "Teacher labels",
+        f"What the SIMULATED teacher labelled: {_teacher_summary(report)}. Cached answers cost nothing twice; "
+        "a share of labels goes to the human review queue as spot checks.",
+        _png(fig),
+    )
+
+
+def _gate_plot(report: dict[str, Any]) -> Plot | None:
+    metrics = report.get("gate_metrics") or {}
+    fallback = {
+        "champion_drift_headline": report.get("champion_drift_accuracy"),
+        "candidate_drift_headline": report.get("candidate_drift_accuracy"),
+    }
+    values = {
+        (model, split): metrics.get(f"{model}_{split}_headline", fallback.get(f"{model}_{split}_headline"))
+        for model in GATE_MODELS
+        for split in ("golden", "drift")
+    }
+    if all(value is None for value in values.values()):
+        return None
+    fig, (ax,) = _figure(width=6.0)
+    width = 0.38
+    for offset, (split, label) in zip((-width / 2, width / 2), (("golden", "golden split"), ("drift", "drift slice"))):
+        xs = [i + offset for i, model in enumerate(GATE_MODELS) if values[(model, split)] is not None]
+        heights = [values[(model, split)] for model in GATE_MODELS if values[(model, split)] is not None]
+        ax.bar_label(ax.bar(xs, heights, width, label=label), fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(GATE_MODELS)), GATE_MODELS)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("headline metric (accuracy / slot F1)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("Promotion gate: base, champion, candidate", fontsize=10)
+    return Plot(
+        "gate",
+        "The gate's comparison",
+        "The same evaluation for the base model, the champion and the candidate, on the golden split and on the "
+        "held-out drift slice. The candidate is promoted only if it beats the champion on the drift slice "
+        f"(significantly) without regressing on golden. Decision: {'; '.join(report.get('gate_reasons') or []) or NA}.",
+        _png(fig),
+    )
