@@ -322,6 +322,85 @@ def rollback_guard_cmd(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def sync(
+    workload: Annotated[Optional[list[str]], typer.Option("--workload", "-w", help="Only these workloads (default: all).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make every serving replica serve the registry's champion (the `sync-serving` flow)."""
+    _offline_defaults()
+    from flows.sync_serving import sync_serving
+
+    _settings(config)
+    try:
+        results = sync_serving(config_path=str(config) if config else None, workloads=workload or None)
+    except Exception as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    for name, result in results.items():
+        replicas = ", ".join(f"{url}: {what}" for url, what in result["replicas"].items()) or "no replicas"
+        console.print(f"{name}: champion v{result['champion']}{' (adopted from the registry)' if result.get('adopted') else ''}; {replicas}")
+
+
+@app.command()
+def deploy(config: ConfigOption = None) -> None:
+    """Deploy the flows of prefect.yaml to the Prefect server at PREFECT_API_URL (work pool, locks, schedules)."""
+    _offline_defaults()
+    from deployments.deploy import DeployError
+    from deployments.deploy import deploy as run_deploy
+
+    settings = _settings(config)
+    try:
+        locks = run_deploy(settings)
+    except DeployError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"deployed prefect.yaml; locks: {', '.join(locks)}")
+    console.print("start a worker: .venv/bin/prefect worker start --pool flywheel-process")
+
+
+webhook_app = typer.Typer(help="The MLflow registry webhook that starts sync-serving.", no_args_is_help=True)
+app.add_typer(webhook_app, name="webhook")
+
+
+@webhook_app.command("serve")
+def webhook_serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default: webhook.host).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: webhook.port).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Receive MLflow webhooks (HMAC-verified) and start the sync-serving deployment."""
+    import uvicorn
+
+    from deployments.webhook import create_webhook_app
+
+    settings = _settings(config)
+    try:
+        webhook = create_webhook_app(settings)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    uvicorn.run(webhook, host=host or settings.webhook.host, port=port or settings.webhook.port)
+
+
+@webhook_app.command("register")
+def webhook_register(
+    url: Annotated[str, typer.Option(help="Where MLflow reaches `flywheel webhook serve`, e.g. http://127.0.0.1:8765/mlflow/webhook.")],
+    config: ConfigOption = None,
+) -> None:
+    """Create the MLflow registry webhook (model_version_alias.created, signed with webhook.secret)."""
+    from deployments.webhook import register_webhook
+    from flywheel.tracking import mlflow_client
+
+    settings = _settings(config)
+    if not settings.webhook.secret:
+        console.print("[red]webhook.secret is not set: set FLYWHEEL_WEBHOOK__SECRET[/red]")
+        raise typer.Exit(2)
+    hook = register_webhook(mlflow_client(settings), url, settings.webhook.secret)
+    console.print(f"MLflow webhook {hook.name} ({hook.webhook_id}) -> {url}. The MLflow server must allow it: "
+                  "MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https and MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true for a loopback URL.")
+
+
+@app.command()
 def history(workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")], config: ConfigOption = None) -> None:
     """Every move of the champion alias: who, when, from, to, why."""
     from flywheel.tracking import mlflow_client
@@ -345,27 +424,22 @@ def demo(
     fast: Annotated[bool, typer.Option("--fast", help="Tiny sizes: a smoke run of a few minutes.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """The whole flywheel on embedded defaults: launch → drift → relabel → retrain → gate → push."""
+    """The whole flywheel on embedded defaults: launch → drift → relabel → retrain → gate → push → rollback."""
     _offline_defaults()
     from flywheel import progress
     from flywheel.demo import run_demo
+
+    from flywheel.report import summary_table
 
     settings = _settings(config)
     started = time.perf_counter()
     with progress.progress_bar():
         report = run_demo(settings, workload=workload, scenario=scenario, budget=budget, fast=fast)
-    table = Table(title=f"slm-flywheel demo: {workload}, {scenario}{' (fast)' if fast else ''}")
-    table.add_column("")
-    table.add_column("value")
-    rows = report.to_dict()
-    stages = rows.pop("stage_seconds")
-    for key, value in rows.items():
-        table.add_row(key, "; ".join(value) if isinstance(value, list) else (f"{value:.3f}" if isinstance(value, float) else str(value)))
-    for stage, seconds in stages.items():
-        table.add_row(f"seconds: {stage}", f"{seconds:.0f}")
-    console.print(table)
-    console.print(f"total {time.perf_counter() - started:.0f} s; report: {settings.home.resolve() / 'demo' / 'report.json'}")
-    console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///{settings.home.resolve() / 'demo' / 'mlflow.db'}")
+    home = Path(report.home)
+    console.print(summary_table(report.to_dict()))
+    console.print(f"total {time.perf_counter() - started:.0f} s. Reports: {home / 'report.html'}, {home / 'report.md'}, {home / 'report.json'}")
+    console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}  (then http://127.0.0.1:5000)")
+    console.print("Prefect UI: .venv/bin/prefect server start, then PREFECT_API_URL=http://127.0.0.1:4200/api make demo to see the demo's flow runs there")
 
 
 def main() -> None:

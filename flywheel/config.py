@@ -1,7 +1,8 @@
 """One typed configuration: `flywheel.yaml` plus `FLYWHEEL_*` environment overrides.
 
-Precedence (highest first): keyword arguments, environment (`FLYWHEEL_HOME`, `FLYWHEEL_DATA_DIR`,
-`FLYWHEEL_TRACKING_URI`, `FLYWHEEL_BASE_MODEL`, nested fields with `__`), the YAML file, defaults.
+Precedence (highest first): environment (`FLYWHEEL_HOME`, `FLYWHEEL_DATA_DIR`,
+`FLYWHEEL_TRACKING_URI`, `FLYWHEEL_BASE_MODEL`, nested fields with `__`), keyword arguments to
+`load_settings`, the YAML file, defaults.
 Nothing is read at import; call `load_settings()`.
 """
 

@@ -1,0 +1,1 @@
+"""Deployment code: `flywheel deploy`, the MLflow webhook endpoint, and work-pool templates."""
