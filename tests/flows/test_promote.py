@@ -96,3 +96,22 @@ def test_a_failure_during_the_switch_switches_the_others_back(two_replicas, tiny
     assert _routes(servers[0]) == "banking-intent@v1"  # switched, then switched back
     client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
     assert int(client.get_model_version_by_alias("banking-intent", "champion").version) == 1
+
+
+def test_a_second_promotion_of_the_workload_waits_for_the_first(two_replicas, tiny_config):
+    import threading
+    import time
+
+    from tasks.locks import workload_lock
+
+    settings, servers = two_replicas
+    client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
+    outcome = {}
+    with workload_lock("promote", "banking-intent"):  # another promotion of this workload is running
+        worker = threading.Thread(target=lambda: outcome.update(promote(workload="banking-intent", version=2, reviewer="ana", config_path=str(tiny_config))))
+        worker.start()
+        time.sleep(4)
+        assert worker.is_alive()  # it waits for the lock ...
+        assert int(client.get_model_version_by_alias("banking-intent", "champion").version) == 1  # ... before touching anything
+    worker.join(timeout=120)
+    assert outcome["champion"] == 2 and _routes(servers[0]) == "banking-intent@v2"
