@@ -33,6 +33,17 @@ def in_holdout(item_id: str, share: float) -> bool:
 
 
 @task(cache_policy=NONE)
+def replay_sample(replay: pd.DataFrame, size: int, per_label: int, seed: int = 0) -> pd.DataFrame:
+    """`size` rows of the champion's data (seeded), with at least `per_label` rows of every label
+    it has (all of a label's rows if it has fewer), so the training-set contract still holds."""
+    if size >= len(replay):
+        return replay
+    shuffled = replay.sample(frac=1.0, random_state=seed)
+    floor = shuffled.groupby("label", sort=False).head(per_label)
+    rest = shuffled.drop(floor.index)
+    return pd.concat([floor, rest.head(max(size - len(floor), 0))]).sort_index()
+
+
 def build_training_set(
     settings: Settings, spec: TaskSpec, champion_training_set: pd.DataFrame, labelled: pd.DataFrame, golden_texts: list[str], run_tag: str
 ) -> RetrainSet:
@@ -51,9 +62,9 @@ def build_training_set(
     holdout, new = good[holdout_mask].reset_index(drop=True), good[~holdout_mask]
     replay = champion_training_set[["id", "text", "label"]].astype({"id": str})
     if config.retrain_mode == "warm_start":
-        # Warm start continues from the champion's adapter: a replay sample as large as the new
-        # data guards against forgetting at a fraction of the full replay's training time.
-        replay = replay.sample(n=min(len(replay), max(len(new), 1) * 2), random_state=0)
+        # Warm start continues from the champion's adapter: a replay sample twice the new data
+        # guards against forgetting at a fraction of the full replay's training time.
+        replay = replay_sample(replay, max(len(new), 1) * 2, per_label=config.min_per_label)
     # New labels win over replayed ones for the same text (the teacher saw today's meaning).
     replay = replay[~replay["text"].isin(set(new["text"]))]
     training = pd.concat([replay, new[["id", "text", "label"]]], ignore_index=True)

@@ -35,3 +35,16 @@ def test_low_teacher_reviewer_agreement_refuses_teacher_labels(tmp_path, data_di
     selected = pd.DataFrame({"request_id": ["x"], "input": ["where is my card"]})
     with pytest.raises(TeacherDistrustError, match="agreement is 0.40 over 10 spot checks, below the floor 0.8"):
         relabel_with_teacher.fn(settings, SPEC, selected, "run2")
+
+
+def test_warm_start_replay_sample_keeps_every_label():
+    import pandas as pd
+
+    from tasks.dataset import replay_sample
+
+    rows = pd.DataFrame({"id": [str(i) for i in range(300)], "text": [f"t{i}" for i in range(300)], "label": ["common"] * 290 + [f"rare{i}" for i in range(10)]})
+    sample = replay_sample(rows, 20, per_label=1)
+    assert set(sample["label"]) == set(rows["label"])  # every rare label survives a 20-row sample
+    assert len(sample) == 20 and sample["id"].is_unique
+    assert sample.equals(replay_sample(rows, 20, per_label=1))  # seeded
+    assert len(replay_sample(rows, 500, per_label=1)) == 300
