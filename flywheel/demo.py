@@ -2,13 +2,17 @@
 
 Stages: pull the base model; train the launch champion on launch data; start the serving tier and
 push the champion; simulate launch traffic, then drifted traffic; run `nightly-retrain` (drift →
-simulated teacher → contracts → retrain → gate); promote and push the candidate when the gate
-passes; simulate more drifted traffic and score live accuracy before and after.
+simulated teacher → contracts → retrain → gate → promote → push); simulate more drifted traffic
+and score live accuracy before and after. Then the rollback act: a reviewer overrides the gate and
+promotes a bad adapter (trained on shuffled labels); live traffic shows it; `rollback-guard` puts
+the previous champion back in the registry and in serving. Writes report.json, report.md and
+report.html (with plots) under the demo's state dir.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -24,8 +28,11 @@ from flywheel.config import Settings
 # Launch / drift traffic and data sizes: the default run fits 15 minutes on 2 CPU cores, `fast`
 # is a smoke run for CI (a few minutes).
 SIZES = {
-    "default": {"launch_examples": 1500, "steady": 300, "drifted": 400, "after": 400, "budget": 300, "golden_fraction": 0.1, "min_window": 200},
-    "fast": {"launch_examples": 480, "steady": 120, "drifted": 160, "after": 160, "budget": 80, "golden_fraction": 0.03, "min_window": 100},
+    "default": {"launch_examples": 1500, "steady": 300, "drifted": 400, "after": 400, "budget": 300, "golden_fraction": 0.06, "min_window": 200,
+                "bad_examples": 160, "guard_traffic": 160, "retrain_mode": "replay"},
+    # warm start: the retrain continues from the champion on the new labels plus a small replay
+    "fast": {"launch_examples": 320, "steady": 120, "drifted": 160, "after": 120, "budget": 80, "golden_fraction": 0.02, "min_window": 100,
+             "bad_examples": 48, "guard_traffic": 100, "retrain_mode": "warm_start"},
 }
 KEEP = ("models",)  # caches a second run reuses; everything else starts clean
 
@@ -50,7 +57,16 @@ class DemoReport:
     live_accuracy_after: float | None = None
     champion_drift_accuracy: float | None = None
     candidate_drift_accuracy: float | None = None
+    teacher_cached: int = 0
+    to_review: int = 0
+    live_accuracy_rollback: float | None = None  # on the bad version, before the guard acted
     rollback_completed: bool = False
+    rollback: dict[str, Any] | None = None
+    drift_tests: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    gate_metrics: dict[str, float] = field(default_factory=dict)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    home: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,25 +96,55 @@ def prepare_home(settings: Settings, workload: str, fast: bool, port: int) -> Pa
     config["training"]["max_examples"] = sizes["launch_examples"]
     config["splits"]["golden_fraction"] = sizes["golden_fraction"]
     config["drift"]["min_window"] = sizes["min_window"]
+    config["relabel"]["retrain_mode"] = sizes["retrain_mode"]
+    config["promotion"] = "auto"  # a gate pass is promoted and pushed by nightly-retrain itself
+    # The rollback guard judges the bad version on the demo's small traffic volumes.
+    config["guard"].update(min_samples=min(60, sizes["guard_traffic"] // 2), audit_budget=30, min_audited=20)
     path = home / "flywheel.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def shuffled_label_set(settings: Settings, workload: str, count: int, path: Path) -> Path:
+    """A deliberately bad training set: real texts, labels shuffled among them (seeded)."""
+    import random
+
+    import pandas as pd
+
+    from models.workload import build_task_spec, load_splits
+
+    config = settings.workload(workload)
+    spec = build_task_spec(workload, config, settings.require_data_dir())
+    rows = load_splits(spec, config, settings.require_data_dir())["train"].to_pandas().sample(n=count, random_state=1)
+    labels = rows["label"].tolist()
+    random.Random(2).shuffle(labels)
+    pd.DataFrame({"id": rows["id"].astype(str), "text": rows["text"], "label": labels}).to_parquet(path)
     return path
 
 
 def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str = "prior-shift", budget: int | None = None, fast: bool = False) -> DemoReport:
     from flows.nightly_retrain import nightly_retrain
     from flows.promote import promote
+    from flows.rollback_guard import rollback_guard
     from flows.train_adapter import train_adapter_flow
     from flywheel.config import load_settings
+    from flywheel.report import write_reports
     from flywheel.simulate import simulate
+    from flywheel.tracking import mlflow_client
     from models.base_model import resolve_base_model
+    from models.promotion import history
     from serving.app import create_app
     from serving.server import BackgroundServer, build_state, free_port
 
     sizes = SIZES["fast" if fast else "default"]
     report = DemoReport(workload, scenario, fast)
     config_path = prepare_home(settings, workload, fast, free_port())
+    # The demo's own config file says where its state lives; an exported FLYWHEEL_HOME or
+    # FLYWHEEL_TRACKING_URI (which outrank config files) must not point its flows elsewhere.
+    for name in ("FLYWHEEL_HOME", "FLYWHEEL_TRACKING_URI"):
+        os.environ.pop(name, None)
     demo = load_settings(config_path)
+    report.home = str(demo.home)
     with _stage(report, "pull base model"):
         resolve_base_model(demo.base_model, demo.models_dir)
     with _stage(report, "train launch champion"):
@@ -108,36 +154,60 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         state = build_state(demo, "demo-replica")
         server = BackgroundServer(create_app(state), port=demo.serving.port).__enter__()
     try:
-        def traffic(name: str, kind: str, count: int, seed: int) -> float:
-            result = simulate(demo, workload, kind, count, server.url, concurrency=8, seed=seed, progress=lambda d, t: progress.report(f"traffic: {name}", d, t))
+        def traffic(phase: str, kind: str, count: int, seed: int) -> float:
+            served = server_route(server.url, workload)
+            result = simulate(demo, workload, kind, count, server.url, concurrency=8, seed=seed, progress=lambda d, t: progress.report(f"traffic: {phase}", d, t))
             if result.failed:
                 raise RuntimeError(f"{result.failed} simulated requests failed")
+            state.writer.flush()  # every captured sample on disk before a flow reads them
+            report.timeline.append({"phase": phase, "scenario": kind, "requests": count, "live_accuracy": result.live_accuracy, "served_by": served})
             return result.live_accuracy
 
         with _stage(report, "traffic: launch (steady)"):
             report.live_accuracy_launch = traffic("launch", "steady", sizes["steady"], 1)
-        state.writer.flush()  # every captured sample on disk before the nightly run reads them
         with _stage(report, "nightly-retrain on launch traffic"):
             quiet = nightly_retrain(workload=workload, config_path=str(config_path))
             report.launch_drift_detected = quiet.drift_detected
+            report.drift_tests["launch"] = quiet.drift_tests
         with _stage(report, f"traffic: drift ({scenario})"):
             report.live_accuracy_before = traffic("drift", scenario, sizes["drifted"], 2)
-        state.writer.flush()
         with _stage(report, "nightly-retrain"):
             summary = nightly_retrain(workload=workload, config_path=str(config_path), budget=budget if budget is not None else sizes["budget"])
-        report.drift_detected, report.drift_reason = summary.drift_detected, summary.drift_reason
+        report.drift_detected, report.drift_reason, report.drift_tests["drifted"] = summary.drift_detected, summary.drift_reason, summary.drift_tests
         report.teacher, report.relabeled, report.teacher_cost = summary.teacher, summary.relabeled, summary.teacher_cost
-        report.candidate_version, report.gate_reasons = summary.candidate_version, summary.gate_reasons
+        report.teacher_cached, report.to_review = summary.teacher_cached, summary.to_review
+        report.candidate_version, report.gate_reasons, report.gate_metrics = summary.candidate_version, summary.gate_reasons, summary.gate_metrics
         report.champion_drift_accuracy, report.candidate_drift_accuracy = summary.champion_drift_accuracy, summary.candidate_drift_accuracy
-        if summary.promote and summary.candidate_version is not None:
-            with _stage(report, "promote and push"):
-                promote(workload=workload, version=summary.candidate_version, reviewer="gate (auto)", reason="; ".join(summary.gate_reasons), config_path=str(config_path))
-                report.promoted_version = summary.candidate_version
+        report.promoted_version = summary.promoted_version
         with _stage(report, f"traffic: after retrain ({scenario})"):
-            report.live_accuracy_after = traffic("after", scenario, sizes["after"], 3)
+            report.live_accuracy_after = traffic("after retrain", scenario, sizes["after"], 3)
+        # The rollback act: a reviewer overrides the gate; the guard catches it.
+        with _stage(report, "train a bad adapter (shuffled labels)"):
+            bad_set = shuffled_label_set(demo, workload, sizes["bad_examples"], demo.home / "shuffled-labels.parquet")
+            bad = train_adapter_flow(workload=workload, config_path=str(config_path), training_set_path=str(bad_set))
+        good_version = summary.promoted_version or champion.version
+        with _stage(report, "reviewer override: promote the bad adapter"):
+            promote(workload=workload, version=bad.version, reviewer="demo reviewer (override)", reason="override: promoted without a gate pass", config_path=str(config_path))
+        with _stage(report, f"traffic: bad promotion ({scenario})"):
+            report.live_accuracy_rollback = traffic("bad promotion", scenario, sizes["guard_traffic"], 4)
+        with _stage(report, "rollback-guard"):
+            verdict = rollback_guard(config_path=str(config_path), workloads=[workload])[workload]
+        champion_now = mlflow_client(demo).get_model_version_by_alias(workload, "champion")
+        report.rollback_completed = bool(verdict.get("trip")) and int(champion_now.version) == good_version and server_route(server.url, workload) == f"{workload}@v{good_version}"
+        report.rollback = {"bad_version": bad.version, "restored_version": int(champion_now.version), "reasons": verdict.get("reasons", [verdict.get("reason", "")]), "completed": report.rollback_completed}
+        with _stage(report, f"traffic: after rollback ({scenario})"):
+            traffic("after rollback", scenario, sizes["guard_traffic"], 5)
     finally:
         server.__exit__(None, None, None)
         state.engine.close()
         state.writer.close()
-    (demo.home / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+    report.history = [asdict(entry) for entry in history(mlflow_client(demo), workload)]
+    (demo.home / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
+    write_reports(report.to_dict(), demo.home)
     return report
+
+
+def server_route(url: str, workload: str) -> str | None:
+    import httpx
+
+    return httpx.get(f"{url}/v1/workloads").json()["workloads"].get(workload)
