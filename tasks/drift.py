@@ -17,7 +17,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from flywheel.config import Settings
-from models.drift import DriftReference, DriftReport, DriftWindow, Embedder, detect_drift
+from models.drift import (
+    DriftReference,
+    DriftReport,
+    DriftWindow,
+    Embedder,
+    WindowEmbeddings,
+    detect_drift,
+    embed_window,
+)
 from models.registry import AdapterVersion
 from models.workload import TaskSpec
 from tasks.samples import SampleWindow
@@ -84,18 +92,20 @@ def _plot_markdown(report: DriftReport) -> tuple[str, bytes]:
 
 
 @task(cache_policy=NONE)
-def detect_drift_in_window(settings: Settings, client: Any, spec: TaskSpec, window: SampleWindow, champion: ChampionReference) -> tuple[DriftReport, np.ndarray]:
+def detect_drift_in_window(settings: Settings, client: Any, spec: TaskSpec, window: SampleWindow, champion: ChampionReference) -> tuple[DriftReport, WindowEmbeddings]:
     """Compare the window with the champion's reference; log the report to MLflow and as an artifact.
 
-    Returns the report and the window's input embeddings (the selection reuses them).
+    Returns the report and the input embeddings of the rows it embedded (every row up to
+    `drift.max_embedded`, a seeded random subsample beyond): the selection picks among them.
     """
     config = settings.workload(spec.name).drift
     samples = window.samples
-    embeddings = embedder(settings).encode(list(samples["input"])) if len(samples) else np.zeros((0, 384), dtype=np.float32)
+    embeddings = embed_window(embedder(settings), list(samples["input"]), config.max_embedded, config.seed)
     current = DriftWindow(
-        embeddings=embeddings,
+        embeddings=embeddings.vectors,
         answers=parse_answers(spec, list(samples["answer"])),
         confidences=samples["confidence"].to_numpy(dtype=np.float64) if len(samples) else np.zeros(0),
+        embedded=embeddings.positions,
     )
     report = detect_drift(champion.reference, current, config, spec.task)
     plot_md, png = _plot_markdown(report)
@@ -105,6 +115,7 @@ def detect_drift_in_window(settings: Settings, client: Any, spec: TaskSpec, wind
     run_id = run.info.run_id
     client.log_metric(run_id, "drifted", float(report.drifted))
     client.log_metric(run_id, "window_size", float(report.window_size))
+    client.log_metric(run_id, "embedded_rows", float(len(embeddings.positions)))
     for test in report.tests:
         key = test.name.replace(" ", "_")
         client.log_metric(run_id, f"{key}_effect", float(test.effect))

@@ -14,6 +14,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flywheel.config import Settings
+from models.drift import WindowEmbeddings
 from models.review import OUT_OF_SCHEMA, SAMPLED, ReviewItem, ReviewQueue, spot_check_sample
 from models.selection import select_informative
 from models.teacher import OpenAICompatibleTeacher, SimulatedTeacher, Teacher, TeacherItem, TeacherLabel, TeacherRun
@@ -72,13 +73,18 @@ def build_teacher(settings: Settings, spec: TaskSpec) -> Teacher:
 
 
 @task(cache_policy=NONE)
-def select_samples(samples: pd.DataFrame, embeddings: np.ndarray, reference: np.ndarray, budget: int, seed: int = 0) -> pd.DataFrame:
-    """Up to `budget` informative samples (uncertain, novel, deduplicated, spread out)."""
+def select_samples(samples: pd.DataFrame, embeddings: WindowEmbeddings, reference: np.ndarray, budget: int, seed: int = 0) -> pd.DataFrame:
+    """Up to `budget` informative samples (uncertain, novel, deduplicated, spread out) among the
+    window rows the drift check embedded (all of them up to its `max_embedded`)."""
     if not len(samples):
         return samples
-    selection = select_informative(list(samples["input"]), embeddings, samples["confidence"].to_numpy(), reference, budget, seed=seed)
-    get_run_logger().info("selected %d of %d distinct samples for the teacher", len(selection.indices), selection.candidates)
-    return samples.iloc[selection.indices].reset_index(drop=True)
+    candidates = samples.iloc[embeddings.positions]
+    selection = select_informative(list(candidates["input"]), embeddings.vectors, candidates["confidence"].to_numpy(), reference, budget, seed=seed)
+    get_run_logger().info(
+        "selected %d of %d distinct samples for the teacher (%d of the window's %d rows embedded)",
+        len(selection.indices), selection.candidates, len(candidates), len(samples),
+    )
+    return candidates.iloc[selection.indices].reset_index(drop=True)
 
 
 def _cache_key(teacher: str, text: str) -> str:

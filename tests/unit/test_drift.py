@@ -22,6 +22,7 @@ from models.drift import (
     DriftWindow,
     Embedder,
     detect_drift,
+    embed_window,
     holm_bonferroni,
 )
 
@@ -99,6 +100,12 @@ def test_config_rejects_settings_that_cannot_work() -> None:
     assert DriftConfig(n_permutations=80).n_permutations == 80
     with pytest.raises(ValueError, match="extra"):
         DriftConfig(window=500)
+
+
+def test_config_keeps_every_row_the_input_test_reads_embedded() -> None:
+    with pytest.raises(ValueError, match="max_embedded=1000 is below max_test_samples=2000"):
+        DriftConfig(max_embedded=1000)
+    assert DriftConfig(max_embedded=500, max_test_samples=500).max_embedded == 500
 
 
 def test_importing_the_config_stays_cheap() -> None:
@@ -194,6 +201,23 @@ def test_window_below_min_window_is_insufficient_not_drifted() -> None:
     at_min = world.window(rng, config.min_window, label_probs=only_one)
     enough = detect_drift(reference, at_min, config, "classification")
     assert not enough.insufficient and enough.drifted
+
+
+def test_window_embedded_on_a_subsample_is_tested_on_it() -> None:
+    world = World.make()
+    rng = np.random.default_rng(9)
+    reference = world.reference(rng, 1000, 500)
+    full = world.window(rng, 3000, label_probs=_moved(world, 0.3))
+    embedded = np.sort(rng.choice(3000, size=2500, replace=False))
+    window = DriftWindow(full.embeddings[embedded], full.answers, full.confidences, embedded=embedded)
+    report = detect_drift(reference, window, DriftConfig(), "classification")
+    tests = {test.name: test for test in report.tests}
+    assert report.window_size == 3000 and tests["input_mmd"].detail["n_current"] == 2500
+    assert tests["label_js"].drifted  # answers and confidences still count every row
+    with pytest.raises(ValueError, match="embedded positions"):
+        detect_drift(reference, DriftWindow(full.embeddings[embedded], full.answers, full.confidences, embedded=embedded[::-1]), DriftConfig(), "classification")
+    with pytest.raises(ValueError, match="must be aligned"):
+        detect_drift(reference, DriftWindow(full.embeddings, full.answers, full.confidences, embedded=embedded), DriftConfig(), "classification")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,3 +392,65 @@ def test_encode_cached_computes_once(embedder: Embedder, tmp_path: Path, monkeyp
     assert np.array_equal(first, second) and second.dtype == np.float32
     with pytest.raises(AssertionError, match="cache hit"):  # other texts are another key
         embedder.encode_cached(texts[::-1], tmp_path)
+
+
+class _RecordingEmbedder:
+    """Stands in for MiniLM: row i of text "t<i>" is the vector [i], and every text embedded is kept."""
+
+    def __init__(self) -> None:
+        self.embedded: list[str] = []
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.embedded += texts
+        return np.array([[float(text[1:])] for text in texts], dtype=np.float32).reshape(-1, 1)
+
+
+def test_embed_window_embeds_at_most_the_cap_deterministically() -> None:
+    texts = [f"t{i}" for i in range(5000)]
+    small = _RecordingEmbedder()
+    every = embed_window(small, texts[:300], max_embedded=1000, seed=0)  # type: ignore[arg-type]
+    assert every.positions.tolist() == list(range(300)) and len(small.embedded) == 300
+
+    capped = _RecordingEmbedder()
+    first = embed_window(capped, texts, max_embedded=1000, seed=0)  # type: ignore[arg-type]
+    assert len(capped.embedded) == 1000 and len(set(first.positions.tolist())) == 1000
+    assert np.all(np.diff(first.positions) > 0)
+    # Each vector embeds the text at its position.
+    assert first.vectors[:, 0].tolist() == first.positions.astype(float).tolist()
+    again = embed_window(_RecordingEmbedder(), texts, max_embedded=1000, seed=0)  # type: ignore[arg-type]
+    other = embed_window(_RecordingEmbedder(), texts, max_embedded=1000, seed=1)  # type: ignore[arg-type]
+    assert np.array_equal(first.positions, again.positions) and not np.array_equal(first.positions, other.positions)
+    # A uniform subsample: no stretch of the window is left out.
+    assert np.histogram(first.positions, bins=5, range=(0, 5000))[0].min() > 150
+
+
+def test_bf16_embeddings_stay_within_cosine_0_999_of_fp32(data_dir: Path) -> None:
+    with (data_dir / "banking77" / "train.csv").open(newline="", encoding="utf-8") as handle:
+        texts = [row["text"].strip() for row, _ in zip(csv.DictReader(handle), range(40))]
+    rng = random.Random(3)
+    texts += [rewrite(text, rng) for text in texts] + [" ".join(texts[:12])]  # and one past max_seq_length
+    fp32, bf16 = Embedder(bf16=False), Embedder(bf16=True)
+    exact, fast = fp32.encode(texts), bf16.encode(texts)
+    assert fast.dtype == np.float32 and np.allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+    cosine = (exact * fast).sum(axis=1)
+    assert cosine.min() >= 0.999, f"bf16 embedding {int(cosine.argmin())} at cosine {cosine.min():.5f} of fp32"
+    # The precision is part of the cache key: a cached fp32 array never stands in for bf16.
+    assert fp32.fingerprint != bf16.fingerprint
+
+
+def test_embedder_sets_its_threads_for_its_own_calls_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    embedder = Embedder(torch_threads=1 if before > 1 else 2)
+    model = embedder._load()
+    seen: list[int] = []
+    real = model.encode
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", spy)
+    embedder.encode(["where is my card"])
+    assert seen == [embedder.torch_threads] and torch.get_num_threads() == before

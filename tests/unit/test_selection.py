@@ -39,3 +39,29 @@ def test_near_duplicates_are_not_bought_twice():
 def test_random_baseline_and_empty_budget():
     assert len(set(select_random(100, 30, seed=2))) == 30
     assert select_informative(["a"], _unit([[1, 0]]), np.array([0.5]), _unit([[1, 0]]), budget=0).indices == []
+
+
+def test_select_samples_picks_among_the_embedded_rows_of_the_window():
+    import pandas as pd
+    from prefect.logging import disable_run_logger
+
+    from models.drift import WindowEmbeddings
+    from tasks.relabel import select_samples
+
+    # 40 requests; the drift check embedded the odd rows. Rows 1, 5, 9, ... are new and unsure;
+    # the even rows are the least confident of all but were not embedded, so cannot be picked.
+    rng = np.random.default_rng(3)
+    reference = _unit(rng.normal(size=(100, 8)) + np.array([5, 0, 0, 0, 0, 0, 0, 0]))
+    positions = np.arange(1, 40, 2)
+    new = positions % 4 == 1
+    vectors = _unit(rng.normal(size=(len(positions), 8)) + np.where(new[:, None], np.eye(8)[1] * 5, np.eye(8)[0] * 5))
+    samples = pd.DataFrame({
+        "request_id": [f"r{i}" for i in range(40)],
+        "input": [f"request {i}" for i in range(40)],
+        "confidence": [0.1 if i % 2 == 0 else 0.4 if i % 4 == 1 else 0.95 for i in range(40)],
+    })
+    with disable_run_logger():
+        selected = select_samples.fn(samples, WindowEmbeddings(positions, vectors), reference, budget=4)
+    assert len(selected) == 4
+    assert all(int(rid[1:]) % 4 == 1 for rid in selected["request_id"])  # embedded, new and unsure
+    assert list(selected["input"]) == [f"request {rid[1:]}" for rid in selected["request_id"]]  # whole rows, aligned
