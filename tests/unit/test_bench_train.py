@@ -1,0 +1,67 @@
+"""The training benchmark's FLOP estimate and parameter counts, and the length-grouped batch order it measures."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from models.training import length_grouped_order
+
+_spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).resolve().parents[2] / "bench" / "train.py")
+bench_train = importlib.util.module_from_spec(_spec)
+sys.modules["bench_train"] = bench_train  # dataclasses look their module up by name
+_spec.loader.exec_module(bench_train)
+
+
+def test_training_flops_counts_forward_everywhere_and_backward_from_the_lowest_adapted_layer():
+    counts = bench_train.ParamCounts(layer_params=(10, 20, 30), head_params=100, lora_params=4, lowest_adapted_layer=1)
+    # forward 2*60*T + backward 2*(20+30)*T + LoRA 6*4*T + head 4*100*T_loss
+    assert bench_train.training_flops(counts, tokens=7, loss_tokens=3) == 2 * 60 * 7 + 2 * 50 * 7 + 6 * 4 * 7 + 4 * 100 * 3
+    everywhere = bench_train.ParamCounts((10, 20, 30), 100, 4, lowest_adapted_layer=0)
+    assert bench_train.training_flops(everywhere, 7, 3) - bench_train.training_flops(counts, 7, 3) == 2 * 10 * 7
+
+
+def test_count_params_reads_layers_head_and_adapter_from_safetensors(tmp_path):
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir(), adapter.mkdir()
+    save_file({
+        "model.embed_tokens.weight": torch.zeros(50, 8),  # tied head
+        "model.layers.0.self_attn.q_proj.weight": torch.zeros(8, 8),
+        "model.layers.0.input_layernorm.weight": torch.zeros(8),  # not a matmul
+        "model.layers.1.mlp.up_proj.weight": torch.zeros(16, 8),
+        "model.layers.10.mlp.down_proj.weight": torch.zeros(8, 16),
+    }, str(base / "model.safetensors"))
+    save_file({
+        "base_model.model.model.layers.10.mlp.down_proj.lora_A.weight": torch.zeros(2, 16),
+        "base_model.model.model.layers.10.mlp.down_proj.lora_B.weight": torch.zeros(8, 2),
+    }, str(adapter / "adapter_model.safetensors"))
+    counts = bench_train.count_params(base, adapter)
+    assert counts.layer_params == (64, 128) + (0,) * 8 + (128,)  # indexed by layer number
+    assert (counts.head_params, counts.lora_params, counts.lowest_adapted_layer) == (400, 48, 10)
+    assert counts.backprop_params == 128
+
+
+@pytest.mark.parametrize("n", [37, 64, 200])
+def test_length_grouped_order_is_a_permutation_of_full_batches_of_similar_lengths(n):
+    lengths = [(i * 7919) % 61 + 10 for i in range(n)]  # scrambled lengths 10..70
+    order = length_grouped_order(lengths, batch_size=8, generator=torch.Generator().manual_seed(0), window=4)
+    assert sorted(order) == list(range(n))
+    batches = [order[i : i + 8] for i in range(0, n, 8)]
+    assert all(len(batch) == 8 for batch in batches[:-1])  # a short batch can only come last
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(len(batch) * max(lengths[i] for i in batch) - sum(lengths[i] for i in batch) for batch in batches)
+
+    assert padding(batches) < padding([list(range(i, min(i + 8, n))) for i in range(0, n, 8)]) / 2
+
+
+def test_length_grouped_order_shuffles_batches_and_changes_every_call():
+    lengths = list(range(64))
+    generator = torch.Generator().manual_seed(1)
+    first, second = length_grouped_order(lengths, 4, generator), length_grouped_order(lengths, 4, generator)
+    assert first != second
+    starts = [min(lengths[i] for i in first[k : k + 4]) for k in range(0, 64, 4)]
+    assert starts != sorted(starts)  # batches are not served shortest first
