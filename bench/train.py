@@ -2,7 +2,7 @@
 `SFTTrainer` with default settings, on the same examples of the same base model, with both
 adapters' golden accuracy and each path's share of the machine's measured matmul peak.
 
-    .venv/bin/python bench/train.py [--quick] [--workload banking-intent] [--examples N] [--golden N] [--json bench/train.json]
+    .venv/bin/python bench/train.py [--quick] [--workload banking-intent] [--examples N] [--golden N] [--threads N] [--json bench/train.json]
 
 Each path trains in a fresh process (so its peak RSS is its own), then scores its adapter on the
 same golden subset with the project's evaluation (`evaluate_model`: constrained decoding, the
@@ -30,6 +30,10 @@ positions that carry a loss. Not counted: attention scores (< 1% at these length
 other elementwise work, padding, activation-checkpointing recompute and LM-head rows without a
 loss. Each path's FLOP/s is compared with the best of a few square matmuls (2048³ on a CPU) in
 the dtype its matmuls run in (bf16 for both on AMX/GPU, else fp32).
+
+On a machine shared with other jobs, torch's default of one thread per core stalls at every
+parallel region whenever another process holds a core (10-20x slower on 2 cores): `--threads 1`
+keeps a shared run meaningful, and the output says how much CPU other processes took meanwhile.
 
 Prints a table; the last line is the headline `speedup_vs_trl=<project tokens/s ÷ plain-trl tokens/s>`.
 Targets (issue #7): speedup ≥ 2 at equal or better golden accuracy (equal: plain trl not better at
@@ -140,6 +144,7 @@ class Job:
     golden_texts: list[str]
     golden_labels: list[str]
     output_dir: str
+    threads: int | None
 
 
 def _peak_rss_mb() -> float:
@@ -196,6 +201,8 @@ def run_path(job: Job) -> dict[str, Any]:
     from models.training import train_lora
     from models.workload import build_task_spec
 
+    if job.threads:
+        torch.set_num_threads(job.threads)
     settings = load_settings()
     config = settings.workload(job.workload)
     spec = build_task_spec(job.workload, config, settings.require_data_dir())
@@ -227,6 +234,7 @@ def main() -> None:
     parser.add_argument("--workload", default="banking-intent")
     parser.add_argument("--examples", type=int, default=None, help="training examples for both paths (default 240 quick, 1280 full)")
     parser.add_argument("--golden", type=int, default=None, help="golden items, spread over labels (default 308 quick, 770 full)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the peak and both paths (default: torch's, one per core)")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("train.json"))
     args = parser.parse_args()
     examples = args.examples or (240 if args.quick else 1280)
@@ -258,14 +266,16 @@ def main() -> None:
     tokens = int(sum(len(ids) for ids in tokenized["input_ids"]) * config.training.epochs)
     loss_tokens = int(sum(sum(mask) for mask in tokenized["completion_mask"]) * config.training.epochs)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peaks = {dtype: matmul_peak(dtype, device) for dtype in ("bf16", "fp32")}
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    workdir = tempfile.TemporaryDirectory(prefix="bench-train-")
     runs: dict[str, dict[str, Any]] = {}
     for path in PATHS:
         job = Job(path, args.workload, base_path, list(train_set["text"]), list(train_set["label"]),
-                  list(golden["text"]), list(golden["label"]), str(workdir / path))
+                  list(golden["text"]), list(golden["label"]), str(Path(workdir.name) / path), args.threads)
         # A fresh process per path: clean peak RSS, no allocator or thread-pool state carried over.
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             run = pool.submit(run_path, job).result()
@@ -278,6 +288,7 @@ def main() -> None:
             "flops": flops, "flop_per_s": flops / run["train_s"], "peak_dtype": dtype, "peak_fraction": flops / run["train_s"] / peaks[dtype],
             "lora_params": counts.lora_params, "backprop_layers": len(counts.layer_params) - counts.lowest_adapted_layer,
         }
+    workdir.cleanup()
 
     project, trl = runs["project"], runs["plain-trl"]
     speedup = project["tokens_per_s"] / trl["tokens_per_s"]

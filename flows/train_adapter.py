@@ -50,6 +50,6 @@ def train_adapter_flow(
     output_dir = Path(settings.home).resolve() / "runs" / workload / data.data_hash
     trained = train_adapter(data, base_path, config, output_dir, warm_start_adapter)
     # Evaluate
-    golden = evaluate_adapter(data.spec, base_path, trained.adapter_dir, data.splits["golden"], config.eval_batch_size)
+    golden = evaluate_adapter(data.spec, base_path, trained.adapter_dir, data.splits["golden"], config.eval_batch_size, settings.eval_cache_dir)
     # Register
     return register_adapter_version(mlflow_client(settings), settings, data, base_path, trained, golden)

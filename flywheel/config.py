@@ -237,6 +237,12 @@ class Settings(BaseSettings):
         return (self.home / "state").resolve()
 
     @property
+    def eval_cache_dir(self) -> Path:
+        """Stored evaluation results, reused when a model meets the same items again
+        (`models.evaluation.evaluate_sets`)."""
+        return self.state_dir / "eval-cache"
+
+    @property
     def adapters_dir(self) -> Path:
         """Adapters downloaded from the registry, one folder per workload and version."""
         return (self.home / "adapters").resolve()

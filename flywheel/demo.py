@@ -29,11 +29,13 @@ from flywheel.config import Settings
 # is a smoke run for CI (a few minutes).
 SIZES = {
     "default": {"launch_examples": 1500, "steady": 300, "drifted": 400, "after": 400, "budget": 300, "golden_fraction": 0.06, "min_window": 200,
-                "bad_examples": 160, "guard_traffic": 160, "retrain_mode": "replay"},
+                "bad_examples": 160, "guard_traffic": 160, "after_rollback": 100, "retrain_mode": "replay"},
     # warm start: the retrain continues from the champion on the new labels plus a small replay
-    "fast": {"launch_examples": 320, "steady": 120, "drifted": 160, "after": 120, "budget": 80, "golden_fraction": 0.02, "min_window": 100,
-             "bad_examples": 48, "guard_traffic": 100, "retrain_mode": "warm_start"},
+    # and a smaller validation split (the drift reference's answers)
+    "fast": {"launch_examples": 224, "steady": 80, "drifted": 160, "after": 60, "budget": 80, "golden_fraction": 0.012, "min_window": 80,
+             "bad_examples": 32, "guard_traffic": 60, "after_rollback": 40, "retrain_mode": "warm_start", "validation_fraction": 0.02},
 }
+TRAFFIC_CONCURRENCY = 16  # clients at once: the serving tier micro-batches them
 KEEP = ("models",)  # caches a second run reuses; everything else starts clean
 
 
@@ -95,6 +97,7 @@ def prepare_home(settings: Settings, workload: str, fast: bool, port: int) -> Pa
     config = data["workloads"][workload]
     config["training"]["max_examples"] = sizes["launch_examples"]
     config["splits"]["golden_fraction"] = sizes["golden_fraction"]
+    config["splits"]["validation_fraction"] = sizes.get("validation_fraction", config["splits"]["validation_fraction"])
     config["drift"]["min_window"] = sizes["min_window"]
     config["relabel"]["retrain_mode"] = sizes["retrain_mode"]
     config["promotion"] = "auto"  # a gate pass is promoted and pushed by nightly-retrain itself
@@ -156,7 +159,7 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
     try:
         def traffic(phase: str, kind: str, count: int, seed: int) -> float:
             served = server_route(server.url, workload)
-            result = simulate(demo, workload, kind, count, server.url, concurrency=8, seed=seed, progress=lambda d, t: progress.report(f"traffic: {phase}", d, t))
+            result = simulate(demo, workload, kind, count, server.url, concurrency=TRAFFIC_CONCURRENCY, seed=seed, progress=lambda d, t: progress.report(f"traffic: {phase}", d, t))
             if result.failed:
                 raise RuntimeError(f"{result.failed} simulated requests failed")
             state.writer.flush()  # every captured sample on disk before a flow reads them
@@ -196,7 +199,7 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         report.rollback_completed = bool(verdict.get("trip")) and int(champion_now.version) == good_version and server_route(server.url, workload) == f"{workload}@v{good_version}"
         report.rollback = {"bad_version": bad.version, "restored_version": int(champion_now.version), "reasons": verdict.get("reasons", [verdict.get("reason", "")]), "completed": report.rollback_completed}
         with _stage(report, f"traffic: after rollback ({scenario})"):
-            traffic("after rollback", scenario, sizes["guard_traffic"], 5)
+            traffic("after rollback", scenario, sizes["after_rollback"], 5)
     finally:
         server.__exit__(None, None, None)
         state.engine.close()

@@ -80,9 +80,9 @@ class DriftConfig(BaseModel):
     max_test_samples: int = Field(2000, ge=50)
     # Window rows the drift check embeds (a seeded random subsample of a larger window): the
     # input test reads `max_test_samples` of them and the selection picks the teacher's samples
-    # among them. Embedding is the whole cost of a check (~1,000 texts/s in bf16 on 2 cores), so
-    # 20,000 bounds any window at ~20 s while leaving selection 20k candidates for a budget of
-    # a few hundred.
+    # among them. Embedding is nearly the whole cost of a check (bf16 MiniLM: ~650 texts per
+    # CPU-second here, 3x fp32), so 20,000 keeps a 100k window's check near 20 s on 2 idle cores
+    # (bench/drift.py) and still leaves selection 20k candidates for a budget of a few hundred.
     max_embedded: int = Field(20_000, ge=50)
     seed: int = 0
 

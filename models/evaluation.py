@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
@@ -74,17 +76,92 @@ def evaluate_model(
     references: list[str],
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
+    cache_dir: Path | None = None,
 ) -> EvalResult:
     """Predict `texts` with base + adapter (None: the base model alone) and score them."""
+    return evaluate_sets(spec, base_path, adapter_dir, {"items": (texts, references)}, batch_size, progress, cache_dir)["items"]
+
+
+def evaluate_sets(
+    spec: TaskSpec,
+    base_path: str,
+    adapter_dir: Path | None,
+    sets: dict[str, tuple[list[str], list[str]]],
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, EvalResult]:
+    """Score one model on several named sets of (texts, references), loading it once.
+
+    With `cache_dir`, a result is stored under a key of everything that decides it (the task's
+    prompt and answer space, the base checkpoint, the adapter's bytes, the items) and reused
+    when the same model meets the same items again: the gate re-reads the candidate's golden
+    result from its training run and the champion's from the night it was trained. Predictions
+    are deterministic (greedy, constrained); a reused result keeps the latency first measured.
+    `progress` follows the first set.
+    """
+    results: dict[str, EvalResult] = {}
+    keys = {name: _cache_key(spec, base_path, adapter_dir, texts, refs) for name, (texts, refs) in sets.items()} if cache_dir else {}
+    for name, key in keys.items():
+        stored = Path(cache_dir, f"{key}.json")  # type: ignore[arg-type]
+        if stored.exists():
+            results[name] = EvalResult(**json.loads(stored.read_text()))
+    first = next(iter(sets), None)
+    if first in results and progress is not None:
+        progress(len(sets[first][0]), len(sets[first][0]))
+    missing = [name for name in sets if name not in results]
+    if not missing:
+        return results
     from models.inference import Predictor, load_model, load_tokenizer
 
     predictor = Predictor(load_model(base_path, adapter_dir), load_tokenizer(base_path), spec, batch_size)
-    predictions: list[Prediction] = []
-    for start in range(0, len(texts), batch_size):
-        predictions.extend(predictor.predict(texts[start : start + batch_size]))
-        if progress is not None:
-            progress(min(start + batch_size, len(texts)), len(texts))
-    return evaluate_predictions(spec, predictions, references)
+    for name in missing:
+        texts, references = sets[name]
+        report = progress if name == first else None
+        predictions: list[Prediction] = []
+        for start in range(0, len(texts), batch_size):
+            predictions.extend(predictor.predict(texts[start : start + batch_size]))
+            if report is not None:
+                report(min(start + batch_size, len(texts)), len(texts))
+        results[name] = evaluate_predictions(spec, predictions, references)
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            target = Path(cache_dir, f"{keys[name]}.json")
+            partial = target.with_suffix(".tmp")
+            partial.write_text(json.dumps(asdict(results[name])))
+            partial.replace(target)  # a reader never sees half a result
+    return results
+
+
+EVAL_CACHE_VERSION = 1  # raise when decoding or scoring changes what a stored result would be
+
+# The files that decide a model's answers; anything else in a folder (a README, a trainer's
+# state) is left out of the key.
+_BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _cache_key(spec: TaskSpec, base_path: str, adapter_dir: Path | None, texts: list[str], references: list[str]) -> str:
+    digest = hashlib.sha256(f"eval-v{EVAL_CACHE_VERSION}".encode())
+    for part in (spec.name, spec.task, spec.prompt("{input}"), json.dumps(list(spec.labels)), json.dumps(list(spec.slots))):
+        digest.update(part.encode() + b"\0")
+    base = Path(base_path)
+    if base.is_dir():
+        for path in sorted(base.iterdir()):
+            if path.name in _BASE_FILES:
+                digest.update(path.name.encode() + path.read_bytes())
+            elif path.suffix in (".safetensors", ".bin"):  # weights: identified by size and mtime, not read
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    else:
+        digest.update(base_path.encode())  # a hub id
+    digest.update(b"adapter:")
+    if adapter_dir is not None:
+        for name in _ADAPTER_FILES:
+            if (Path(adapter_dir) / name).exists():
+                digest.update(name.encode() + (Path(adapter_dir) / name).read_bytes())
+    digest.update(json.dumps([texts, references]).encode())
+    return digest.hexdigest()[:32]
 
 
 def plot_breakdown(spec: TaskSpec, result: EvalResult, path: Path) -> Path:

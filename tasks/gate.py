@@ -15,16 +15,17 @@ from prefect.cache_policies import NONE
 
 from flywheel import progress
 from flywheel.config import Settings
-from models.evaluation import evaluate_model
+from models.evaluation import evaluate_sets
 from models.gates import GateDecision, ModelEval, decide
 from models.registry import AdapterVersion, download_adapter
 from models.workload import TaskSpec
 
 
-def _model_eval(name: str, spec: TaskSpec, base_path: str, adapter: Path | None, golden: Dataset, holdout: pd.DataFrame, batch: int) -> ModelEval:
+def _model_eval(name: str, spec: TaskSpec, base_path: str, adapter: Path | None, golden: Dataset, holdout: pd.DataFrame, batch: int, cache_dir: Path) -> ModelEval:
     report = lambda done, total: progress.report(f"gate: evaluate {name}", done, total)  # noqa: E731
-    golden_result = evaluate_model(spec, base_path, adapter, list(golden["text"]), list(golden["label"]), batch, report)
-    drift_result = evaluate_model(spec, base_path, adapter, list(holdout["text"]), list(holdout["label"]), batch)
+    sets = {"golden": (list(golden["text"]), list(golden["label"])), "drift": (list(holdout["text"]), list(holdout["label"]))}
+    results = evaluate_sets(spec, base_path, adapter, sets, batch, report, cache_dir)
+    golden_result, drift_result = results["golden"], results["drift"]
     return ModelEval(
         name=name,
         golden=golden_result.metrics,
@@ -50,10 +51,11 @@ def evaluate_candidate(
     logged to the candidate's run, set as tags on its version, and published as an artifact."""
     batch = settings.workload(spec.name).eval_batch_size
     gates = settings.workload(spec.name).gates
+    cache = settings.eval_cache_dir
     evals = {
-        "base": _model_eval("base", spec, base_path, None, golden, holdout, batch),
-        "champion": _model_eval("champion", spec, base_path, download_adapter(client, champion, settings.adapters_dir), golden, holdout, batch),
-        "candidate": _model_eval("candidate", spec, base_path, download_adapter(client, candidate, settings.adapters_dir), golden, holdout, batch),
+        "base": _model_eval("base", spec, base_path, None, golden, holdout, batch, cache),
+        "champion": _model_eval("champion", spec, base_path, download_adapter(client, champion, settings.adapters_dir), golden, holdout, batch, cache),
+        "candidate": _model_eval("candidate", spec, base_path, download_adapter(client, candidate, settings.adapters_dir), golden, holdout, batch, cache),
     }
     decision = decide(evals["base"], evals["champion"], evals["candidate"], gates)
     for key, value in decision.metrics.items():

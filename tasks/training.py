@@ -116,11 +116,16 @@ def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, ou
 
 
 @task(cache_policy=NONE)
-def evaluate_adapter(spec: TaskSpec, base_path: str, adapter_dir: Path | None, examples: Dataset, batch_size: int) -> EvalResult:
-    """Predict `examples` with base + adapter (None: the base model alone) and score them."""
+def evaluate_adapter(
+    spec: TaskSpec, base_path: str, adapter_dir: Path | None, examples: Dataset, batch_size: int, cache_dir: Path | None = None
+) -> EvalResult:
+    """Predict `examples` with base + adapter (None: the base model alone) and score them.
+
+    With `cache_dir` the result is stored for the gate to reuse (`models.evaluation.evaluate_sets`)."""
     result = evaluate_model(
         spec, base_path, adapter_dir, list(examples["text"]), list(examples["label"]), batch_size,
         progress=lambda done, total: progress.report(f"evaluate {spec.name}", done, total),
+        cache_dir=cache_dir,
     )
     get_run_logger().info("%s golden: %s", spec.name, {k: round(v, 4) for k, v in result.metrics.items()})
     return result

@@ -106,3 +106,32 @@ def test_extraction_answers_are_valid_json_spans_or_flagged_invalid(tiny_model_d
                 assert is_valid_extraction(prediction.answer, SLOTS, text), (text, prediction)
             else:
                 assert prediction.answer is None and prediction.confidence == 0.0
+
+
+def test_evaluation_cache_reuses_a_result_only_for_the_same_model_and_items(trained, tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import models.inference
+    from models.evaluation import evaluate_model, evaluate_sets
+
+    data = _classification_data(12)
+    texts, labels = list(data["text"]), list(data["label"])
+    cache = tmp_path / "eval-cache"
+    fresh = evaluate_model(CLASSIFY, str(tiny_model_dir), trained.adapter_dir, texts, labels, 4, cache_dir=cache)
+    assert len(list(cache.glob("*.json"))) == 1
+    # The same adapter bytes in another folder (as downloaded from the registry) hit the cache:
+    # no model is loaded at all.
+    copy = tmp_path / "downloaded"
+    shutil.copytree(trained.adapter_dir, copy)
+    loads = []
+    real_load = models.inference.load_model
+    monkeypatch.setattr(models.inference, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    sets = {"golden": (texts, labels), "drift": (texts[:5], labels[:5])}
+    reused = evaluate_sets(CLASSIFY, str(tiny_model_dir), copy, sets, 4, cache_dir=cache)
+    assert reused["golden"] == fresh
+    assert reused["drift"].predictions == fresh.predictions[:5]  # computed: a new item set
+    assert len(loads) == 1 and len(list(cache.glob("*.json"))) == 2
+    # Another model (the base alone) or other references miss it.
+    evaluate_sets(CLASSIFY, str(tiny_model_dir), None, {"golden": (texts, labels)}, 4, cache_dir=cache)
+    evaluate_sets(CLASSIFY, str(tiny_model_dir), copy, {"golden": (texts, labels[::-1])}, 4, cache_dir=cache)
+    assert len(loads) == 3 and len(list(cache.glob("*.json"))) == 4
