@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from models.inference import Prediction
 from models.workload import TaskSpec
@@ -82,11 +82,20 @@ def evaluate_model(
     return evaluate_sets(spec, base_path, adapter_dir, {"items": (texts, references)}, batch_size, progress, cache_dir)["items"]
 
 
+class EvalSet(NamedTuple):
+    """Items to score; a plain `(texts, references)` pair means the defaults."""
+
+    texts: list[str]
+    references: list[str]
+    batch_size: int | None = None  # None: the call's batch size
+    cached: bool = True  # False: always measured now (what a latency comparison needs)
+
+
 def evaluate_sets(
     spec: TaskSpec,
     base_path: str,
     adapter_dir: Path | None,
-    sets: dict[str, tuple[list[str], list[str]]],
+    sets: dict[str, tuple[list[str], list[str]] | EvalSet],
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
     cache_dir: Path | None = None,
@@ -100,33 +109,35 @@ def evaluate_sets(
     are deterministic (greedy, constrained); a reused result keeps the latency first measured.
     `progress` follows the first set.
     """
+    items = {name: EvalSet(*value) for name, value in sets.items()}
     results: dict[str, EvalResult] = {}
-    keys = {name: _cache_key(spec, base_path, adapter_dir, texts, refs) for name, (texts, refs) in sets.items()} if cache_dir else {}
+    keys = {name: _cache_key(spec, base_path, adapter_dir, item.texts, item.references) for name, item in items.items() if item.cached} if cache_dir else {}
     for name, key in keys.items():
         stored = Path(cache_dir, f"{key}.json")  # type: ignore[arg-type]
         if stored.exists():
             results[name] = EvalResult(**json.loads(stored.read_text()))
-    first = next(iter(sets), None)
+    first = next(iter(items), None)
     if first in results and progress is not None:
-        progress(len(sets[first][0]), len(sets[first][0]))
-    missing = [name for name in sets if name not in results]
+        progress(len(items[first].texts), len(items[first].texts))
+    missing = [name for name in items if name not in results]
     if not missing:
         return results
     from models.inference import Predictor, load_model, load_tokenizer
 
     predictor = Predictor(load_model(base_path, adapter_dir), load_tokenizer(base_path), spec, batch_size)
     for name in missing:
-        texts, references = sets[name]
+        texts, references, size, _ = items[name]
+        size = size or batch_size
         report = progress if name == first else None
         predictions: list[Prediction] = []
-        for start in range(0, len(texts), batch_size):
-            predictions.extend(predictor.predict(texts[start : start + batch_size]))
+        for start in range(0, len(texts), size):
+            predictions.extend(predictor.predict(texts[start : start + size]))
             if report is not None:
-                report(min(start + batch_size, len(texts)), len(texts))
+                report(min(start + size, len(texts)), len(texts))
         results[name] = evaluate_predictions(spec, predictions, references)
-        if cache_dir is not None:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            target = Path(cache_dir, f"{keys[name]}.json")
+        if name in keys:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+            target = Path(cache_dir, f"{keys[name]}.json")  # type: ignore[arg-type]
             partial = target.with_suffix(".tmp")
             partial.write_text(json.dumps(asdict(results[name])))
             partial.replace(target)  # a reader never sees half a result

@@ -135,3 +135,18 @@ def test_evaluation_cache_reuses_a_result_only_for_the_same_model_and_items(trai
     evaluate_sets(CLASSIFY, str(tiny_model_dir), None, {"golden": (texts, labels)}, 4, cache_dir=cache)
     evaluate_sets(CLASSIFY, str(tiny_model_dir), copy, {"golden": (texts, labels[::-1])}, 4, cache_dir=cache)
     assert len(loads) == 3 and len(list(cache.glob("*.json"))) == 4
+
+
+def test_an_uncached_set_is_measured_every_time_in_its_own_batches(trained, tiny_model_dir, tmp_path):
+    from models.evaluation import EvalSet, evaluate_sets
+
+    data = _classification_data(12)
+    texts, labels = list(data["text"]), list(data["label"])
+    cache = tmp_path / "eval-cache"
+    sets = {"golden": (texts, labels), "latency": EvalSet(texts, labels, batch_size=3, cached=False)}
+    first = evaluate_sets(CLASSIFY, str(tiny_model_dir), trained.adapter_dir, sets, 12, cache_dir=cache)
+    assert len(list(cache.glob("*.json"))) == 1  # only the cached set is stored
+    again = evaluate_sets(CLASSIFY, str(tiny_model_dir), trained.adapter_dir, sets, 12, cache_dir=cache)
+    assert again["golden"] == first["golden"]  # stored, latency included
+    assert again["latency"].predictions == first["latency"].predictions == first["golden"].predictions
+    assert again["latency"].metrics["latency_p95_ms"] != first["latency"].metrics["latency_p95_ms"]  # timed anew
