@@ -62,6 +62,9 @@ class DemoReport:
     teacher_cached: int = 0
     to_review: int = 0
     live_accuracy_rollback: float | None = None  # on the bad version, before the guard acted
+    live_accuracy_after_rollback: float | None = None
+    # 95% interval of live_accuracy_after - live_accuracy_before (independent traffic samples)
+    live_accuracy_gain_ci95: list[float] | None = None
     rollback_completed: bool = False
     rollback: dict[str, Any] | None = None
     drift_tests: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -131,7 +134,7 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
     from flows.rollback_guard import rollback_guard
     from flows.train_adapter import train_adapter_flow
     from flywheel.config import load_settings
-    from flywheel.report import write_reports
+    from flywheel.report import live_gain_ci95, write_reports
     from flywheel.simulate import simulate
     from flywheel.tracking import mlflow_client
     from models.base_model import resolve_base_model
@@ -199,12 +202,14 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         report.rollback_completed = bool(verdict.get("trip")) and int(champion_now.version) == good_version and server_route(server.url, workload) == f"{workload}@v{good_version}"
         report.rollback = {"bad_version": bad.version, "restored_version": int(champion_now.version), "reasons": verdict.get("reasons", [verdict.get("reason", "")]), "completed": report.rollback_completed}
         with _stage(report, f"traffic: after rollback ({scenario})"):
-            traffic("after rollback", scenario, sizes["after_rollback"], 5)
+            report.live_accuracy_after_rollback = traffic("after rollback", scenario, sizes["after_rollback"], 5)
     finally:
         server.__exit__(None, None, None)
         state.engine.close()
         state.writer.close()
     report.history = [asdict(entry) for entry in history(mlflow_client(demo), workload)]
+    interval = live_gain_ci95(report.to_dict())
+    report.live_accuracy_gain_ci95 = [round(bound, 4) for bound in interval] if interval else None
     (demo.home / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
     write_reports(report.to_dict(), demo.home)
     return report

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import re
 import textwrap
 from dataclasses import dataclass
@@ -160,6 +161,46 @@ def _change(before: Any, after: Any) -> str:
     return f"{before:.3f} → {after:.3f} ({100 * (after - before):+.1f} points)"
 
 
+def _wilson(p: float, n: int, z: float) -> tuple[float, float]:
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def difference_ci95(before: float, n_before: int, after: float, n_after: int) -> tuple[float, float]:
+    """95% interval for `after - before`, two independent proportions (Newcombe's hybrid score
+    interval from Wilson intervals: sound at small n and near 0 or 1, unlike the Wald interval)."""
+    z = 1.959964
+    low1, high1 = _wilson(before, n_before, z)
+    low2, high2 = _wilson(after, n_after, z)
+    diff = after - before
+    return diff - math.sqrt((after - low2) ** 2 + (high1 - before) ** 2), diff + math.sqrt((high2 - after) ** 2 + (before - low1) ** 2)
+
+
+def _requests(report: dict[str, Any], phase: str) -> int | None:
+    return next((int(p["requests"]) for p in report.get("timeline") or [] if p.get("phase") == phase and p.get("requests")), None)
+
+
+def live_gain_ci95(report: dict[str, Any]) -> tuple[float, float] | None:
+    """The 95% interval of live accuracy after the retrain minus before, from the traffic counts."""
+    before, after = report.get("live_accuracy_before"), report.get("live_accuracy_after")
+    n_before, n_after = _requests(report, "drift"), _requests(report, "after retrain")
+    if before is None or after is None or not n_before or not n_after:
+        return None
+    return difference_ci95(before, n_before, after, n_after)
+
+
+def _live_change(report: dict[str, Any]) -> str:
+    """Before → after, the margin, and its 95% interval when the traffic counts are known."""
+    text = _change(report.get("live_accuracy_before"), report.get("live_accuracy_after"))
+    interval = live_gain_ci95(report)
+    if interval is None:
+        return text
+    low, high = interval
+    verdict = "a real gain" if low > 0 else "a real loss" if high < 0 else "within noise"
+    return text[:-1] + f", 95% CI {100 * low:+.1f} to {100 * high:+.1f}: {verdict})"
+
+
 def _title(report: dict[str, Any]) -> str:
     fast = " (fast)" if report.get("fast") else ""
     return f"slm-flywheel demo: {report.get('workload') or NA}, {report.get('scenario') or NA}{fast}"
@@ -195,7 +236,7 @@ def _headline(report: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         ("drift detected", f"{_yes(report.get('drift_detected'))} (on launch traffic: {_yes(report.get('launch_drift_detected'))})"),
         ("promoted version", _version(report.get("promoted_version"))),
-        ("live accuracy before → after", _change(report.get("live_accuracy_before"), report.get("live_accuracy_after"))),
+        ("live accuracy before → after", _live_change(report)),
         ("rollback completed", _rollback_summary(report)),
         ("teacher (SIMULATED)", _teacher_summary(report)),
         ("total seconds", _num(_total_seconds(report), ".0f")),
@@ -245,14 +286,15 @@ def _story(report: dict[str, Any]) -> list[str]:
         steps.append(f"**Promotion.** {_version(promoted)} became champion and was pushed to the serving tier.")
     else:
         steps.append("**Promotion.** Nothing was promoted: the champion kept serving.")
-    steps.append(f"**After the retrain.** Live accuracy {_change(before, after)}.")
+    steps.append(f"**After the retrain.** Live accuracy {_live_change(report)}.")
     if rollback:
         steps.append(
             f"**Rollback act.** {_version(rollback.get('bad_version'))} was promoted on purpose; the rollback guard "
             f"found: {'; '.join(rollback.get('reasons') or []) or NA}. Restored "
             f"{_version(rollback.get('restored_version'))}, completed: "
-            f"{_yes(rollback.get('completed', report.get('rollback_completed')))}; live accuracy after the rollback: "
-            f"{_num(report.get('live_accuracy_rollback'))}."
+            f"{_yes(rollback.get('completed', report.get('rollback_completed')))}. Live accuracy while the bad version "
+            f"served: {_num(report.get('live_accuracy_rollback'))}; after the rollback: "
+            f"{_num(report.get('live_accuracy_after_rollback'))}."
         )
     else:
         steps.append("**Rollback act.** n/a: not run in this demo.")
@@ -475,7 +517,8 @@ def _live_points(report: dict[str, Any]) -> list[tuple[str, float, str]]:
         ("launch", "live_accuracy_launch"),
         ("drift", "live_accuracy_before"),
         ("after retrain", "live_accuracy_after"),
-        ("after rollback", "live_accuracy_rollback"),
+        ("bad promotion", "live_accuracy_rollback"),
+        ("after rollback", "live_accuracy_after_rollback"),
     )
     return [(phase, report[key], "") for phase, key in fields if report.get(key) is not None]
 

@@ -37,6 +37,9 @@ def test_fast_demo_detects_drift_promotes_improves_and_rolls_back(tmp_path, real
     assert report["rollback"]["restored_version"] == (report["promoted_version"] or report["champion_version"])
     assert [entry["action"] for entry in report["history"]][-2:] == ["promote", "rollback"]
     assert [phase["phase"] for phase in report["timeline"]] == ["launch", "drift", "after retrain", "bad promotion", "after rollback"]
+    low, high = report["live_accuracy_gain_ci95"]  # the stated margin of before -> after
+    assert low <= report["live_accuracy_after"] - report["live_accuracy_before"] <= high
+    assert report["live_accuracy_after_rollback"] is not None
     assert set(report["stage_seconds"]) >= {"train launch champion", "nightly-retrain", "rollback-guard"}
     html = (home / "report.html").read_text()
     assert "data:image/png;base64," in html and "SIMULATED" in html

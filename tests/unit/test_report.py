@@ -6,7 +6,7 @@ import re
 
 from rich.console import Console
 
-from flywheel.report import summary_table, write_reports
+from flywheel.report import difference_ci95, summary_table, write_reports
 
 
 def _test(name, effect, threshold, p, drifted):
@@ -90,7 +90,8 @@ def test_full_report_writes_markdown_with_plot_files_and_self_contained_html(tmp
     assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]+"', page)) == 4
     assert "plots/" not in page  # nothing outside the file
 
-    assert "0.270 → 0.500 (+23.0 points)" in md
+    # The margin comes with its 95% interval from the traffic counts (400 requests each side).
+    assert "0.270 → 0.500 (+23.0 points, 95% CI +16.3 to +29.4: a real gain)" in md
     assert "SIMULATED frontier model" in md and "$0.15" in md
     assert ".venv/bin/prefect server start" in md and "http://127.0.0.1:4200" in md
     assert "PREFECT_API_URL=http://127.0.0.1:4200/api make demo" in md
@@ -99,6 +100,7 @@ def test_full_report_writes_markdown_with_plot_files_and_self_contained_html(tmp
     assert "| 2026-11-28T17:00:00+00:00 | nightly-retrain (auto) | promote | v1 → v2 | gate passed \\| drift slice +0.19 |" in md
     assert "| train launch champion | 250.7 |" in md
     assert "v3 was promoted on purpose" in md and "teacher agreement fell from 0.95 to 0.40" in md
+    assert "while the bad version served: 0.480" in md
     assert "SIMULATED" in page and "0.270 → 0.500" in page and "<code>.venv/bin/prefect server start</code>" in page
 
 
@@ -131,8 +133,17 @@ def test_summary_table_has_the_headline_rows_then_seconds_per_stage():
     text = console.export_text()
     for row in ("drift detected", "promoted version", "live accuracy before → after", "rollback completed", "teacher (SIMULATED)", "total seconds"):
         assert row in text
-    assert "0.270 → 0.500 (+23.0 points)" in text and "v2" in text and "yes (v3 → v2)" in text
+    assert "0.270 → 0.500 (+23.0 points, 95% CI +16.3 to +29.4: a real gain)" in text and "v2" in text and "yes (v3 → v2)" in text
     assert "$0.15" in text and "594" in text  # total of the stage seconds
     assert text.index("total seconds") < text.index("seconds: train launch champion")
     console.print(summary_table(MINIMAL))
     assert "n/a" in console.export_text()
+
+
+def test_difference_interval_matches_newcombes_worked_example():
+    # Newcombe (1998), Statistics in Medicine 17:873, method 10: 56/70 vs 48/80 -> 0.0524 to 0.3339.
+    low, high = difference_ci95(48 / 80, 80, 56 / 70, 70)
+    assert round(low, 4) == 0.0524 and round(high, 4) == 0.3339
+    # Small samples: a 3.5-point move on 160 and 60 requests is noise, and the interval says so.
+    low, high = difference_ci95(0.131, 160, 0.167, 60)
+    assert low < 0 < high
