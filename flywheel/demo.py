@@ -32,8 +32,8 @@ SIZES = {
                 "bad_examples": 160, "guard_traffic": 160, "after_rollback": 100, "retrain_mode": "replay"},
     # warm start: the retrain continues from the champion on the new labels plus a small replay
     # and a smaller validation split (the drift reference's answers)
-    "fast": {"launch_examples": 224, "steady": 80, "drifted": 160, "after": 60, "budget": 80, "golden_fraction": 0.012, "min_window": 80,
-             "bad_examples": 32, "guard_traffic": 60, "after_rollback": 40, "retrain_mode": "warm_start", "validation_fraction": 0.02},
+    "fast": {"launch_examples": 224, "steady": 80, "drifted": 160, "after": 48, "budget": 80, "golden_fraction": 0.008, "min_window": 80,
+             "bad_examples": 24, "guard_traffic": 60, "after_rollback": 32, "retrain_mode": "warm_start", "validation_fraction": 0.02},
 }
 TRAFFIC_CONCURRENCY = 16  # clients at once: the serving tier micro-batches them
 KEEP = ("models",)  # caches a second run reuses; everything else starts clean
