@@ -106,17 +106,14 @@ def _accuracy(predictions: list[Any], golds: list[str], late: set[str], shift_sh
 
 
 def _retrain_set(replay: pd.DataFrame, bought: pd.DataFrame, relabel: Any) -> tuple[pd.DataFrame, int]:
-    """The nightly retrain set (tasks/dataset.py: `build_training_set`) from the bought labels: the
-    gate's share held out, the champion's data replayed (a sample twice the new rows for a warm
-    start), new labels winning over replayed rows with the same text. Returns the rows and how many are new."""
-    import pandas as pd
-
-    from tasks.dataset import in_holdout  # the same stable split by id as the nightly flow's
+    """The nightly retrain set from the bought labels, built as `build_training_set` builds it: the
+    gate's share held out (the same stable split by id), then `retrain_rows` (the champion's data
+    replayed, new labels winning over replayed rows with the same text). Returns the rows and how
+    many are new."""
+    from tasks.dataset import in_holdout, retrain_rows
 
     new = bought[~bought["id"].map(lambda item_id: in_holdout(item_id, relabel.holdout_share))]
-    replayed = replay if relabel.retrain_mode == "replay" else replay.sample(n=min(len(replay), max(len(new), 1) * 2), random_state=0)
-    replayed = replayed[~replayed["text"].isin(set(new["text"]))]
-    return pd.concat([replayed, new], ignore_index=True), len(new)
+    return retrain_rows(replay, new, relabel), len(new)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from data_contracts.contracts import ContractError, split_quarantine, validate_teacher_labels, validate_training_set
-from flywheel.config import Settings
+from flywheel.config import RelabelConfig, Settings
 from models.workload import TaskSpec
 
 
@@ -32,7 +32,6 @@ def in_holdout(item_id: str, share: float) -> bool:
     return int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
 
 
-@task(cache_policy=NONE)
 def replay_sample(replay: pd.DataFrame, size: int, per_label: int, seed: int = 0) -> pd.DataFrame:
     """`size` rows of the champion's data (seeded), with at least `per_label` rows of every label
     it has (all of a label's rows if it has fewer), so the training-set contract still holds."""
@@ -44,6 +43,18 @@ def replay_sample(replay: pd.DataFrame, size: int, per_label: int, seed: int = 0
     return pd.concat([floor, rest.head(max(size - len(floor), 0))]).sort_index()
 
 
+def retrain_rows(replay: pd.DataFrame, new: pd.DataFrame, config: RelabelConfig) -> pd.DataFrame:
+    """The rows a retrain trains on: the champion's data replayed plus the new labels (id, text, label)."""
+    if config.retrain_mode == "warm_start":
+        # Warm start continues from the champion's adapter: a replay sample twice the new data
+        # guards against forgetting at a fraction of the full replay's training time.
+        replay = replay_sample(replay, max(len(new), 1) * 2, per_label=config.min_per_label)
+    # New labels win over replayed ones for the same text (the teacher saw today's meaning).
+    replay = replay[~replay["text"].isin(set(new["text"]))]
+    return pd.concat([replay, new[["id", "text", "label"]]], ignore_index=True)
+
+
+@task(cache_policy=NONE)
 def build_training_set(
     settings: Settings, spec: TaskSpec, champion_training_set: pd.DataFrame, labelled: pd.DataFrame, golden_texts: list[str], run_tag: str
 ) -> RetrainSet:
@@ -60,14 +71,7 @@ def build_training_set(
         logger.warning("%d teacher labels quarantined: %s", len(bad), ", ".join(labels_result.failed_expectations))
     holdout_mask = good["id"].astype(str).map(lambda item_id: in_holdout(item_id, config.holdout_share))
     holdout, new = good[holdout_mask].reset_index(drop=True), good[~holdout_mask]
-    replay = champion_training_set[["id", "text", "label"]].astype({"id": str})
-    if config.retrain_mode == "warm_start":
-        # Warm start continues from the champion's adapter: a replay sample twice the new data
-        # guards against forgetting at a fraction of the full replay's training time.
-        replay = replay_sample(replay, max(len(new), 1) * 2, per_label=config.min_per_label)
-    # New labels win over replayed ones for the same text (the teacher saw today's meaning).
-    replay = replay[~replay["text"].isin(set(new["text"]))]
-    training = pd.concat([replay, new[["id", "text", "label"]]], ignore_index=True)
+    training = retrain_rows(champion_training_set[["id", "text", "label"]].astype({"id": str}), new, config)
     result = validate_training_set(training, spec, golden_texts=golden_texts, min_per_label=config.min_per_label, max_text_chars=settings.serving.max_text_chars)
     create_markdown_artifact(
         key=f"contracts-{spec.name}",
@@ -78,5 +82,5 @@ def build_training_set(
         raise ContractError(result)
     path = folder / "training_set.parquet"
     training.to_parquet(path)
-    logger.info("%s training set: %d replayed + %d new rows (%d teacher labels held out for the gate)", spec.name, len(replay), len(new), len(holdout))
+    logger.info("%s training set: %d replayed + %d new rows (%d teacher labels held out for the gate)", spec.name, len(training) - len(new), len(new), len(holdout))
     return RetrainSet(path, len(training), len(new), holdout, len(bad))
