@@ -253,7 +253,7 @@ def _describe(stage: str) -> str:
 def _story(report: dict[str, Any]) -> list[str]:
     """One numbered step per act of the demo, with this run's numbers."""
     scenario = report.get("scenario") or NA
-    before, after = report.get("live_accuracy_before"), report.get("live_accuracy_after")
+    before = report.get("live_accuracy_before")
     candidate, promoted = report.get("candidate_version"), report.get("promoted_version")
     reason = report.get("drift_reason")
     rollback = _rollback(report)
