@@ -81,24 +81,47 @@ def _run_suite(name: str, frame: pd.DataFrame, expectations: list[Any]) -> Contr
         config = result.expectation_config
         column = config.kwargs.get("column")
         label = f"{config.type}({column})" if column else config.type
+        error = _raised(result)
+        if error:  # it could not judge the rows: a failure of the whole table, never a pass
+            label = f"{label} raised {error}"
         failed.append(label)
-        unexpected = result.result.get("unexpected_index_list")
+        unexpected = None if error else (result.result or {}).get("unexpected_index_list")
         if unexpected:
             for position in unexpected:
                 rows.setdefault(int(index[int(position)]), []).append(label)
         else:
             table.append(label)
-    return ContractResult(name, not failed, len(frame), failed, rows, table)
+    # The suite's own verdict too: a failure this loop did not name still fails the contract.
+    if not outcome.success and not failed:
+        failed.append("validation failed")
+        table.append("validation failed")
+    return ContractResult(name, bool(outcome.success) and not failed, len(frame), failed, rows, table)
+
+
+def _raised(result: Any) -> str | None:
+    """The exception an expectation raised while validating, if any (GX reports it, not raises it)."""
+    info = result.exception_info or {}
+    entries = [info] if "raised_exception" in info else list(info.values())
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("raised_exception"):
+            return str(entry.get("exception_message") or "an exception").splitlines()[0][:200]
+    return None
 
 
 def validate_production_samples(frame: pd.DataFrame, spec: TaskSpec, max_text_chars: int) -> ContractResult:
-    """Schema, non-empty bounded input, confidence in [0, 1], unique request ids, valid answers in schema."""
+    """Schema, non-empty bounded text input, a finite confidence in [0, 1], unique request ids,
+    valid answers in schema."""
     import great_expectations as gx
 
     missing = [column for column in PRODUCTION_COLUMNS if column not in frame.columns]
     if missing:
         raise ContractError(ContractResult("production_samples", False, len(frame), [f"expect_column_to_exist({c})" for c in missing], {}, [f"expect_column_to_exist({c})" for c in missing]))
     checked = frame.copy()
+    # Only text reaches the length expectation (a bytes value would make it raise, not fail a row);
+    # only numbers reach the range check, NaN becomes a null (GX's range checks skip nulls).
+    checked["input_is_text"] = [isinstance(text, str) for text in frame["input"]]
+    checked["input"] = [text if isinstance(text, str) else None for text in frame["input"]]
+    checked["confidence"] = pd.to_numeric(frame["confidence"], errors="coerce").astype("float64")
     checked["answer_in_schema"] = [
         (not valid) or (answer in spec.labels if spec.task == "classification" else _span_ok(text, answer, spec.slots))
         for valid, answer, text in zip(checked["valid"], checked["answer"], checked["input"])
@@ -108,8 +131,10 @@ def validate_production_samples(frame: pd.DataFrame, spec: TaskSpec, max_text_ch
         "production_samples",
         checked,
         [
+            e.ExpectColumnValuesToBeInSet(column="input_is_text", value_set=[True]),
             e.ExpectColumnValuesToNotBeNull(column="input"),
             e.ExpectColumnValueLengthsToBeBetween(column="input", min_value=1, max_value=max_text_chars),
+            e.ExpectColumnValuesToNotBeNull(column="confidence"),
             e.ExpectColumnValuesToBeBetween(column="confidence", min_value=0.0, max_value=1.0),
             e.ExpectColumnValuesToBeUnique(column="request_id"),
             e.ExpectColumnValuesToBeInSet(column="workload", value_set=[spec.name]),
@@ -183,9 +208,13 @@ def _is_json(label: Any) -> bool:
 
 
 def split_quarantine(frame: pd.DataFrame, result: ContractResult) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows that passed, rows that failed with a `failed_expectations` column): nothing is dropped."""
-    bad_index = [i for i in frame.index if i in result.row_failures]
+    """(rows that passed, rows that failed with a `failed_expectations` column): nothing is dropped.
+
+    Fails closed: when an expectation failed for the table as a whole (it raised, or is not tied
+    to rows), no row is known to pass it, so every row is quarantined naming it.
+    """
+    bad_index = [i for i in frame.index if i in result.row_failures or result.table_failures]
     bad = frame.loc[bad_index].copy()
-    bad["failed_expectations"] = [", ".join(result.row_failures[i]) for i in bad_index]
+    bad["failed_expectations"] = [", ".join(result.row_failures.get(i, []) + result.table_failures) for i in bad_index]
     bad["suite"] = result.suite
     return frame.drop(index=bad_index), bad

@@ -83,3 +83,40 @@ def test_a_clean_training_set_passes():
     frame = pd.DataFrame({"text": [f"card {i}" for i in range(3)] + [f"rate {i}" for i in range(3)], "label": ["card_arrival"] * 3 + ["exchange_rate"] * 3})
     result = validate_training_set(frame, INTENTS, golden_texts=["other"], min_per_label=3, max_text_chars=2000)
     assert result.success and result.failed_expectations == [] and "passed" in result.to_markdown()
+
+
+def test_production_samples_fail_closed_on_non_text_input_nan_confidence_and_length_bounds():
+    frame = _samples(
+        [
+            {"request_id": "a", "input": "where is my card", "answer": "card_arrival"},
+            {"request_id": "b", "input": "", "answer": "card_arrival"},
+            {"request_id": "c", "input": "x" * 100_000, "answer": "card_arrival"},
+            {"request_id": "d", "input": "rate?", "answer": "exchange_rate", "confidence": float("nan")},
+            {"request_id": "e", "input": "rate?", "answer": "exchange_rate", "confidence": float("inf")},
+            {"request_id": "f", "input": b"\xff\xfe not utf-8", "answer": "card_arrival"},  # made GX's length check raise
+        ]
+    )
+    result = validate_production_samples(frame, INTENTS, max_text_chars=2000)
+    assert not result.success and not result.table_failures  # every failure is tied to its rows
+    good, bad = split_quarantine(frame, result)
+    assert list(good["request_id"]) == ["a"]
+    reasons = dict(zip(bad["request_id"], bad["failed_expectations"]))
+    assert "expect_column_value_lengths_to_be_between(input)" in reasons["b"]
+    assert "expect_column_value_lengths_to_be_between(input)" in reasons["c"]
+    assert "expect_column_values_to_not_be_null(confidence)" in reasons["d"]
+    assert "expect_column_values_to_be_between(confidence)" in reasons["e"]
+    assert "expect_column_values_to_be_in_set(input_is_text)" in reasons["f"]
+
+
+def test_an_expectation_that_raises_fails_the_contract_and_quarantines_every_row():
+    import great_expectations as gx
+
+    from data_contracts.contracts import _run_suite
+
+    frame = pd.DataFrame({"text": ["fine", b"\xff\xfe", ""]})
+    result = _run_suite("raising", frame, [gx.expectations.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1, max_value=10)])
+    assert not result.success
+    assert result.table_failures and "raised" in result.table_failures[0]
+    good, bad = split_quarantine(frame, result)
+    assert good.empty and len(bad) == 3  # nothing passes a check that could not judge it
+    assert all("expect_column_value_lengths_to_be_between(text) raised" in reason for reason in bad["failed_expectations"])
