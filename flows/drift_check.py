@@ -18,7 +18,8 @@ from tasks.training import pull_base_model
 def drift_check(workload: str, config_path: str | None = None) -> dict[str, Any]:
     """Compare the samples since the last retrain with the champion's reference.
 
-    1. load the samples since the watermark (contract-checked; nothing is advanced)
+    1. load the samples since the watermark (contract-checked, unreadable files quarantined;
+       nothing is advanced)
     2. build (or reuse) the champion's reference
     3. run the drift tests; the report goes to MLflow and to a Prefect artifact
     """
@@ -32,4 +33,5 @@ def drift_check(workload: str, config_path: str | None = None) -> dict[str, Any]
     # Drift
     champion = build_reference(settings, client, spec, list(splits["validation"]["text"]), pull_base_model(settings))
     report, _ = detect_drift_in_window(settings, client, spec, window, champion)
-    return report.to_dict()
+    quarantined_files = [f"{moved.path}: {moved.reason}" for moved in window.quarantined_files]
+    return {**report.to_dict(), "quarantined": window.quarantined, "quarantined_files": quarantined_files}

@@ -29,6 +29,8 @@ class NightlySummary:
     workload: str
     window_size: int = 0
     quarantined: int = 0
+    quarantined_files: list[str] = field(default_factory=list)  # "<path>: <reason>", moved aside unread
+    carried_over: bool = False  # too few samples to test: the same files come back next night
     drift_detected: bool = False
     drift_reason: str = ""
     relabeled: int = 0
@@ -58,8 +60,10 @@ class NightlySummary:
 def nightly_retrain(workload: str, force: bool = False, budget: int | None = None, config_path: str | None = None) -> NightlySummary:
     """Drift → relabel → contracts → retrain → gate → promote, for one workload.
 
-    1. load the samples captured since the last run; rows failing the contract are quarantined
-    2. detect drift against the champion's reference; no drift → stop here (unless `force`)
+    1. load the samples captured since the last run; rows failing the contract, and files that
+       cannot be read, are quarantined with the reason
+    2. detect drift against the champion's reference; no drift → stop here (unless `force`); a
+       window too small to test is carried over to the next run
     3. select up to `budget` informative samples and have the teacher label them (cached,
        budgeted; a share goes to human review)
     4. build the training set (champion's data + new labels) under data contracts, keeping a
@@ -86,6 +90,7 @@ def _nightly(workload: str, force: bool, budget: int | None, config_path: str | 
     # Samples
     window = load_new_samples(settings, workload, spec)
     summary.window_size, summary.quarantined = len(window.samples), window.quarantined
+    summary.quarantined_files = [f"{moved.path}: {moved.reason}" for moved in window.quarantined_files]
     # Drift
     base_path = pull_base_model(settings)
     champion = build_reference(settings, client, spec, list(splits["validation"]["text"]), base_path)
@@ -94,7 +99,10 @@ def _nightly(workload: str, force: bool, budget: int | None, config_path: str | 
     summary.drift_detected, summary.drift_reason = report.drifted, report.reason
     summary.drift_tests = report.to_dict().get("tests", [])
     if not (report.drifted or force):
-        advance_watermark(settings, window)
+        # A window too small to test is not a quiet one: its samples are tested with the next.
+        summary.carried_over = report.insufficient
+        if not report.insufficient:
+            advance_watermark(settings, window)
         return summary
     # Relabel
     selected = select_samples(window.samples, embeddings, champion.reference.embeddings, budget if budget is not None else config.relabel.budget)

@@ -129,34 +129,149 @@ def answer_to_text(answer: Any) -> str | None:
     return answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
 
 
-def read_samples(root: Path, workload: str, start: date | datetime | None = None, end: date | datetime | None = None) -> Any:
-    """Samples of `workload` with `start <= timestamp < end` (dates are whole UTC days), as pandas."""
+QUARANTINE_DIR = "_quarantine"  # under the store root: unreadable files and folders, moved aside
+QUARANTINE_LOG = "quarantine.jsonl"  # in QUARANTINE_DIR: one line per move, with the reason
+
+
+@dataclass(frozen=True)
+class QuarantinedFile:
+    """A file or folder of the sample store that could not be read, moved aside with the reason."""
+
+    path: str  # where it was, relative to the store root
+    moved_to: str  # where it is now, relative to the store root
+    reason: str
+
+
+@dataclass(frozen=True)
+class SampleScan:
+    """What one read of the store found: the rows, the files they came from, what was set aside."""
+
+    frame: Any  # pandas, the SCHEMA_FIELDS columns (and any newer ones), sorted by timestamp
+    files: list[str]  # the Parquet files read, relative to the store root
+    quarantined: list[QuarantinedFile]
+
+
+def _as_dt(value: date | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+
+
+def _quarantine(root: Path, path: Path, reason: str) -> QuarantinedFile | None:
+    """Move `path` under `<root>/_quarantine/` (same relative path) and log why; None when another
+    reader moved it first."""
+    relative = path.relative_to(root)
+    target = root / QUARANTINE_DIR / relative
+    if target.exists():  # the same bad name again: keep both
+        target = target.with_name(f"{target.name}.{time.time_ns()}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.rename(target)
+    except FileNotFoundError:
+        return None
+    record = QuarantinedFile(relative.as_posix(), target.relative_to(root).as_posix(), reason)
+    with (root / QUARANTINE_DIR / QUARANTINE_LOG).open("a", encoding="utf-8") as log:
+        log.write(json.dumps({**asdict(record), "at": now_utc().isoformat()}) + "\n")
+    return record
+
+
+def _folder_date(name: str) -> date | None:
+    if not name.startswith("date="):
+        return None
+    try:
+        return date.fromisoformat(name.removeprefix("date="))
+    except ValueError:
+        return None
+
+
+def _read_file(path: Path) -> tuple[Any, str | None]:
+    """(the file's rows, None) or (None, why it cannot be used)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        return None, f"unreadable Parquet: {type(exc).__name__}: {str(exc)[:200]}"
+    missing = [column for column in SCHEMA_FIELDS if column not in frame.columns]
+    if missing:
+        return None, f"missing columns: {', '.join(missing)}"
+    if not pd.api.types.is_datetime64_any_dtype(frame["timestamp"]):
+        return None, f"timestamp column is {frame['timestamp'].dtype}, not a timestamp"
+    stamps = frame["timestamp"]
+    # Writers store UTC; a zone-less column is read as UTC so that every file compares alike.
+    frame["timestamp"] = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps.dt.tz_convert("UTC")
+    return frame, None
+
+
+def scan_samples(
+    root: Path,
+    workload: str,
+    start: date | datetime | None = None,
+    end: date | datetime | None = None,
+    *,
+    exclude: frozenset[str] = frozenset(),
+) -> SampleScan:
+    """Samples of `workload` with `start <= timestamp < end` (dates are whole UTC days), from the
+    files not in `exclude` (paths relative to `root`).
+
+    Nothing stops the read: a file that is not readable Parquet with the sample schema, a folder
+    that is not `date=YYYY-MM-DD`, anything else where only date folders belong, is moved to
+    `<root>/_quarantine/` (logged with the reason in its `quarantine.jsonl`) and returned in
+    `quarantined`; the rest is read.
+    """
     import pandas as pd
 
-    folder = root / f"workload={workload}"
-    files = sorted(folder.glob("date=*/*.parquet")) if folder.exists() else []
     columns = list(SCHEMA_FIELDS)
-    if not files:
-        return pd.DataFrame(columns=columns)
+    quarantined: list[QuarantinedFile] = []
 
-    def as_dt(value: date | datetime) -> datetime:
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    def set_aside(path: Path, reason: str) -> None:
+        record = _quarantine(root, path, reason)
+        if record is not None:
+            quarantined.append(record)
 
-    keep = []
-    for path in files:
-        day = date.fromisoformat(path.parent.name.removeprefix("date="))
-        if start is not None and as_dt(day) < as_dt(start).replace(hour=0, minute=0, second=0, microsecond=0):
+    folder = root / f"workload={workload}"
+    days: list[tuple[date, Path]] = []
+    if folder.exists() and not folder.is_dir():
+        set_aside(folder, f"workload={workload} is a file, not a folder of date=YYYY-MM-DD folders")
+    elif folder.is_dir():
+        for entry in sorted(folder.iterdir()):
+            if not entry.is_dir():
+                set_aside(entry, "a file where only date=YYYY-MM-DD folders belong")
+                continue
+            day = _folder_date(entry.name)
+            if day is None:
+                set_aside(entry, f"folder name {entry.name!r} is not date=YYYY-MM-DD")
+            else:
+                days.append((day, entry))
+    frames, files = [], []
+    for day, path in days:
+        if start is not None and _as_dt(day) < _as_dt(start).replace(hour=0, minute=0, second=0, microsecond=0):
             continue
-        if end is not None and as_dt(day) >= as_dt(end):
+        if end is not None and _as_dt(day) >= _as_dt(end):
             continue
-        keep.append(path)
-    if not keep:
-        return pd.DataFrame(columns=columns)
-    frame = pd.concat([pd.read_parquet(path) for path in keep], ignore_index=True)
+        for file in sorted(path.glob("*.parquet")):
+            relative = file.relative_to(root).as_posix()
+            if relative in exclude:
+                continue
+            frame, problem = _read_file(file)
+            if problem:  # (a file another reader has just moved is skipped by `set_aside`)
+                set_aside(file, problem)
+                continue
+            frames.append(frame)
+            files.append(relative)
+    if not frames:
+        return SampleScan(pd.DataFrame(columns=columns), files, quarantined)
+    frame = pd.concat(frames, ignore_index=True)
     if start is not None:
-        frame = frame[frame["timestamp"] >= as_dt(start)]
+        frame = frame[frame["timestamp"] >= _as_dt(start)]
     if end is not None:
-        frame = frame[frame["timestamp"] < as_dt(end)]
-    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+        frame = frame[frame["timestamp"] < _as_dt(end)]
+    return SampleScan(frame.sort_values("timestamp", kind="stable").reset_index(drop=True), files, quarantined)
+
+
+def read_samples(root: Path, workload: str, start: date | datetime | None = None, end: date | datetime | None = None) -> Any:
+    """Samples of `workload` with `start <= timestamp < end`, as pandas; unreadable files and
+    folders are quarantined (see `scan_samples`)."""
+    return scan_samples(root, workload, start, end).frame
