@@ -368,18 +368,16 @@ def webhook_serve(
     port: Annotated[Optional[int], typer.Option(help="Port (default: webhook.port).")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Receive MLflow webhooks (HMAC-verified) and start the sync-serving deployment."""
-    import uvicorn
-
-    from deployments.webhook import create_webhook_app
+    """Receive MLflow webhooks (HMAC-verified) and start the sync-serving deployment on the Prefect
+    server at PREFECT_API_URL (refused when it is not set or not reachable)."""
+    from deployments.webhook import serve_webhook
 
     settings = _settings(config)
     try:
-        webhook = create_webhook_app(settings)
+        serve_webhook(settings, host or settings.webhook.host, port or settings.webhook.port)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{exc}[/red]", soft_wrap=True)
         raise typer.Exit(2) from exc
-    uvicorn.run(webhook, host=host or settings.webhook.host, port=port or settings.webhook.port)
 
 
 @webhook_app.command("register")

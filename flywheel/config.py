@@ -183,6 +183,7 @@ class WebhookConfig(_Strict):
     secret: str | None = None  # the HMAC secret given to MLflow; set it with FLYWHEEL_WEBHOOK__SECRET
     deployment: str = "sync-serving/sync-serving"  # <flow name>/<deployment name>
     max_age_s: float = Field(300.0, gt=0)  # older deliveries are refused (replay protection)
+    max_body_bytes: int = Field(64 * 1024, gt=0)  # larger bodies get 413, unread (MLflow's events are < 2 kB)
 
 
 class Settings(BaseSettings):

@@ -61,3 +61,22 @@ def test_only_a_new_champion_of_a_configured_workload_starts_the_deployment():
 def test_the_endpoint_refuses_to_start_without_a_secret():
     with pytest.raises(ValueError, match="FLYWHEEL_WEBHOOK__SECRET"):
         create_webhook_app(load_settings(REPO / "flywheel.yaml"))
+
+
+def test_malformed_headers_and_bodies_get_4xx_never_5xx_and_start_nothing():
+    started = []
+    settings = load_settings(REPO / "flywheel.yaml", webhook={"secret": "k", "max_body_bytes": 8192})
+    client = TestClient(create_webhook_app(settings, start_run=lambda *args: started.append(args) or "run-1"))
+    now = str(int(time.time()))
+
+    def post(body, **headers):
+        signed = {SIGNATURE_HEADER: sign("k", "d", now, body), TIMESTAMP_HEADER: now, DELIVERY_HEADER: "d"}
+        return client.post("/mlflow/webhook", content=body, headers={**signed, **headers}).status_code
+
+    assert post(b"{}", **{SIGNATURE_HEADER: "v1,\u00e9".encode()}) == 401  # was a 500
+    assert post(b"{}", **{TIMESTAMP_HEADER: "\u0661\u0662".encode()}) == 401  # non-ASCII digits
+    assert post(b"x" * 10_000) == 413
+    assert post(json.dumps({"entity": "model_version_alias", "action": "created", "data": "champion"}).encode()) == 400  # was a 500
+    assert post(b"[" * 3000 + b"]" * 3000) == 400  # nested past the parser's depth
+    assert post(b"[]") == 400
+    assert started == []
