@@ -46,6 +46,9 @@ def _offline_defaults() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry from an offline box
+    # The ephemeral API's default 20 s start-up wait fails the first run on a busy machine. Prefect
+    # reads its settings once, at import: this runs before any command imports it.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 @model_app.command("pull")

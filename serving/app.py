@@ -214,7 +214,9 @@ def create_app(state: ServerState) -> FastAPI:
         body = await _json_body(request, state.limits)
         name = _field(body, "lora_name", str)
         unload = body.get("unload_previous", True)
-        previous = await _await(state.engine.switch(workload, name, bool(unload)))
+        if not isinstance(unload, bool):  # bool("false") is True: a string would unload the old adapter
+            raise ApiError(400, "field 'unload_previous' must be a JSON boolean (true or false)")
+        previous = await _await(state.engine.switch(workload, name, unload))
         return {"workload": workload, "adapter": name, "previous": previous}
 
     @app.get("/v1/workloads")

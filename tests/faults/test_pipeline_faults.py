@@ -330,3 +330,18 @@ def test_webhook_serve_exits_cleanly_on_sigterm_leaving_no_process_behind(prefec
         assert "Traceback" not in log.read_text()
     finally:
         _stop(process)
+
+
+@pytest.mark.parametrize("preset, expected", [(None, 120), ("45", 45)])
+def test_the_cli_gives_the_ephemeral_prefect_api_time_to_start_on_a_busy_machine(preset, expected):
+    """Prefect's default is 20 s; the CLI raises it before Prefect is imported, unless the user set it."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    if preset:
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = preset
+    script = (
+        "import sys, flywheel.cli as cli; assert 'prefect' not in sys.modules; cli._offline_defaults(); "
+        "from prefect.settings import get_current_settings; print(get_current_settings().server.ephemeral.startup_timeout_seconds)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip().splitlines()[-1]) == expected

@@ -217,3 +217,11 @@ def test_load_by_registry_reference_resolves_to_the_local_adapter(server):
         assert models["restaurant-slots@v1"] == str(settings.adapters_dir / "restaurant-slots" / "v1")
         answer = http.post("/v1/workloads/restaurant-slots/predict", json={"inputs": ["table for 2 please"]}).json()
         assert answer["predictions"][0]["version"] == "restaurant-slots@v1"
+
+
+def test_route_refuses_a_non_boolean_unload_previous(server):
+    srv, _, _ = server
+    route = f"{srv.url}/v1/workloads/banking-intent/route"
+    for value in ("false", "true", 0, None):  # "false" used to be read as true
+        response = httpx.post(route, json={"lora_name": "banking-intent@v1", "unload_previous": value}, headers=TOKEN, timeout=30)
+        assert response.status_code == 400 and "JSON boolean" in response.json()["error"]["message"], (value, response.text)
