@@ -170,6 +170,14 @@ class CostLedger:
         }
 
 
+def format_usd(value: float) -> str:
+    """Dollars to the cent; an amount under a cent (one request's price) to two significant digits."""
+    if abs(value) >= 0.01 or value == 0:
+        return f"${value:,.2f}"
+    decimals = min(8, 1 - math.floor(math.log10(abs(value))))
+    return f"${value:.{decimals}f}"
+
+
 def call_usd(record: UsageRecord, prices: CostConfig, simulated_price_per_item: float) -> float:
     """What one paid call cost at the configured prices."""
     if record.model == SIMULATED_MODEL:

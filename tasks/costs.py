@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from flywheel.config import Settings
-from models.costs import CostLedger, CostLine, TrainingRun, build_ledger, capture_traffic
+from models.costs import CostLedger, CostLine, TrainingRun, build_ledger, capture_traffic, format_usd
 from models.usage import audit_path, read_audits, read_usage, usage_path
 from serving.capture import read_samples
 
@@ -92,10 +92,6 @@ def compute_ledger(settings: Settings, client: Any, workload: str, since: date |
     )
 
 
-def _usd(value: float) -> str:
-    return f"${value:,.2f}" if abs(value) >= 0.01 or value == 0 else f"${value:.4f}"
-
-
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}%"
 
@@ -109,8 +105,8 @@ def ledger_rows(ledger: CostLedger) -> tuple[list[str], list[list[str]]]:
         agreement = "n/a" if line.audited_agreement is None else f"{line.audited_agreement:.3f} ({line.audited})"
         rows.append([
             line.period, str(line.requests), str(line.slm_served), str(line.frontier_served), str(line.relabel_calls),
-            str(line.audit_calls), _usd(line.frontier_usd), _usd(line.relabel_usd), _usd(line.serving_usd),
-            _usd(line.training_usd), _usd(line.cost_usd), _usd(line.frontier_only_usd), _usd(line.savings_usd),
+            str(line.audit_calls), format_usd(line.frontier_usd), format_usd(line.relabel_usd), format_usd(line.serving_usd),
+            format_usd(line.training_usd), format_usd(line.cost_usd), format_usd(line.frontier_only_usd), format_usd(line.savings_usd),
             _pct(line.savings_pct), agreement,
         ])
     return header, rows
@@ -118,13 +114,13 @@ def ledger_rows(ledger: CostLedger) -> tuple[list[str], list[list[str]]]:
 
 def break_even_text(ledger: CostLedger) -> str:
     """One sentence on the volume at which the small model starts paying for itself."""
-    fixed = f"fixed costs {_usd(ledger.fixed_usd_per_day)}/day (serving share, training, relabelling, audits)"
+    fixed = f"fixed costs {format_usd(ledger.fixed_usd_per_day)}/day (serving share, training, relabelling, audits)"
     if ledger.frontier_usd_per_request is None:
         return f"Break-even: n/a (no captured requests); {fixed}."
     if ledger.break_even_requests_per_day is None:
         return f"Break-even: never at these prices (a frontier-served request saves nothing); {fixed}."
     return (
-        f"Break-even: {ledger.break_even_requests_per_day:,.0f} requests/day at {_usd(ledger.frontier_usd_per_request)} "
+        f"Break-even: {ledger.break_even_requests_per_day:,.0f} requests/day at {format_usd(ledger.frontier_usd_per_request)} "
         f"per frontier request ({ledger.frontier_model}, measured mean tokens); {fixed}."
     )
 

@@ -195,3 +195,38 @@ def test_an_unpriced_counterfactual_model_is_rejected_naming_the_field(tmp_path)
     path = _config(tmp_path, lambda data: data["costs"].update(frontier_model="claude-unpriced"))
     with pytest.raises(ConfigError, match=r"costs\.frontier_model: 'claude-unpriced'"):
         load_settings(path)
+
+
+def test_relabel_and_audit_tasks_leave_the_records_the_ledger_reads(tmp_path, data_dir):
+    from prefect.logging import disable_run_logger
+
+    from flywheel.tracking import mlflow_client
+    from tasks.costs import compute_ledger
+    from tasks.guard import measure_live_signals
+    from tasks.relabel import relabel_with_teacher, truth_path
+
+    settings = load_settings(REPO / "flywheel.yaml", home=tmp_path, data_dir=data_dir)
+    spec = TaskSpec("banking-intent", "classification", "{text}", labels=("card_arrival", "exchange_rate"))
+    gold = {f"r{i}": spec.labels[i % 2] for i in range(30)}
+    truth_path(settings).parent.mkdir(parents=True)
+    truth_path(settings).write_text("".join(json.dumps({"request_id": rid, "gold": label}) + "\n" for rid, label in gold.items()))
+    relabelled = pd.DataFrame({"request_id": [f"r{i}" for i in range(10)], "input": [f"text {i}" for i in range(10)]})
+    # The served answers: the first 10 of the audited 20 are the gold, the rest the other label.
+    served = pd.DataFrame({
+        "request_id": [f"r{i}" for i in range(10, 30)],
+        "input": [f"served text {i}" for i in range(10, 30)],
+        "answer": [gold[f"r{i}"] if i < 20 else spec.labels[(i + 1) % 2] for i in range(10, 30)],
+        "valid": True,
+        "confidence": 0.9,
+    })
+    with disable_run_logger():
+        result = relabel_with_teacher.fn(settings, spec, relabelled, "run1")
+        signals = measure_live_signals.fn(settings, spec, 2, served, audit_budget=20)
+
+    ledger = compute_ledger(settings, mlflow_client(settings), "banking-intent", count_tokens=lambda texts: [1] * len(texts))
+    total = ledger.total
+    price = settings.workload("banking-intent").teacher.simulated_price_per_item
+    assert total.relabel_calls == 10 and total.relabel_usd == pytest.approx(result.cost_usd) == pytest.approx(10 * price)
+    assert total.audit_calls == signals.audited == 20 and total.audit_usd == pytest.approx(20 * price)
+    assert total.audited == 20 and total.audited_agreement == pytest.approx(signals.agreement)
+    assert total.requests == 0  # nothing was captured in this test
