@@ -287,13 +287,13 @@ def capture_traffic(
     """
     import pandas as pd
 
-    fleet = pd.concat([frame[["timestamp"]] for frame in frames.values() if len(frame)] or [pd.DataFrame({"timestamp": pd.Series([], dtype="datetime64[ns, UTC]")})])
-    fleet_days = pd.to_datetime(fleet["timestamp"], utc=True).dt.date
-    fleet_requests = fleet_days.value_counts().to_dict()
-    span = pd.to_datetime(fleet["timestamp"], utc=True).groupby(fleet_days).agg(lambda t: (t.max() - t.min()).total_seconds())
     frame = frames.get(workload)
     if frame is None or not len(frame):
         return []
+    fleet = pd.concat([pd.to_datetime(other["timestamp"], utc=True) for other in frames.values() if len(other)])
+    fleet_days = fleet.dt.date
+    fleet_requests = fleet_days.value_counts().to_dict()
+    span = fleet.groupby(fleet_days).agg(lambda stamps: (stamps.max() - stamps.min()).total_seconds())
     frame = frame.copy()
     frame["day"] = pd.to_datetime(frame["timestamp"], utc=True).dt.date
     if {"prompt_tokens", "completion_tokens"} <= set(frame.columns):

@@ -59,13 +59,13 @@ def training_runs(client: Any, workload: str) -> list[TrainingRun]:
     experiment = client.get_experiment_by_name(f"slm-flywheel/{workload}")
     if experiment is None:
         return []
-    runs, token = [], None
+    runs: list[TrainingRun] = []
+    token = None
     while True:
-        page = client.search_runs([experiment.experiment_id], filter_string="metrics.train_seconds >= 0", max_results=1000, page_token=token)
-        runs += [
-            TrainingRun(run.info.run_id, datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc), float(run.data.metrics["train_seconds"]))
-            for run in page
-        ]
+        page = client.search_runs([experiment.experiment_id], "metrics.train_seconds >= 0", max_results=1000, page_token=token)
+        for run in page:
+            started = datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc)
+            runs.append(TrainingRun(run.info.run_id, started, float(run.data.metrics["train_seconds"])))
         token = page.token
         if not token:
             return runs
@@ -149,7 +149,8 @@ def log_ledger_to_mlflow(client: Any, settings: Settings, ledger: CostLedger, ru
 
     from tasks.training import experiment_id
 
-    run = client.create_run(experiment_id(client, settings, ledger.workload), run_name=f"costs-{ledger.workload}-{run_tag}", tags={"kind": "cost-ledger", "workload": ledger.workload})
+    tags = {"kind": "cost-ledger", "workload": ledger.workload}
+    run = client.create_run(experiment_id(client, settings, ledger.workload), run_name=f"costs-{ledger.workload}-{run_tag}", tags=tags)
     run_id = run.info.run_id
     try:
         metrics = []

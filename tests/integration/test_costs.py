@@ -116,3 +116,23 @@ def test_ledger_spend_equals_the_servers_usage_log_times_the_prices(tmp_path, sp
     assert "frontier-only" in table.output and f"${total.relabel_usd:,.2f}" in table.output and "Break-even" in table.output
     bad = CliRunner().invoke(app, ["costs", WORKLOAD, "--config", config, "--since", "yesterday"])
     assert bad.exit_code == 2 and "--since must be a date" in bad.output
+
+
+def test_a_call_without_usage_is_logged_at_the_worst_case_it_was_charged(tmp_path, spec):
+    from models.costs import CostConfig, FrontierPrice, build_ledger
+    from models.teacher import OpenAICompatibleTeacher
+    from models.usage import UsageLog, read_usage
+
+    items = [TeacherItem(f"req-{i}", f"card question {i}") for i in range(6)]
+    provider = FakeProvider({item.text: {"label": spec.labels[0]} for item in items}, report_usage=False)
+    log = UsageLog(tmp_path / "usage.jsonl", WORKLOAD, "relabel")
+    with BackgroundServer(provider.app) as server:
+        teacher = OpenAICompatibleTeacher(
+            spec, base_url=f"{server.url}/v1", model="gpt-test", api_key=KEY, price_per_million_input=PRICE_IN,
+            price_per_million_output=PRICE_OUT, budget_usd=100.0, batch_size=4, usage_log=log,
+        )
+        run = teacher.label(items)
+    records = read_usage(log.path)
+    assert len(records) == run.calls == 2 and all(record.estimated for record in records)
+    prices = CostConfig(frontier_prices={"gpt-4o-mini": FrontierPrice(input=0.15, output=0.6), "gpt-test": FrontierPrice(input=PRICE_IN, output=PRICE_OUT)})
+    assert build_ledger(WORKLOAD, [], records, [], [], prices).total.relabel_usd == pytest.approx(run.cost_usd, rel=1e-12)
