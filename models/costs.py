@@ -13,7 +13,7 @@ Per UTC day it prices them with `CostConfig` and sets them against the frontier-
 counterfactual: every request sent to `frontier_model` at the measured tokens. The counterfactual
 counts the workload's prompt and answer only, not the instructions (label set, schema) a frontier
 prompt would also need, so it is a lower bound and the savings are never overstated.
-Nothing here does I/O except `capture_traffic`'s reading of frames handed to it.
+Nothing here does I/O: `tasks/costs.py` reads the records and hands them over.
 """
 
 from __future__ import annotations
