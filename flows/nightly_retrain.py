@@ -13,6 +13,7 @@ from flywheel.config import load_settings
 from flywheel.tracking import mlflow_client
 from models.registry import get_version
 from models.workload import build_task_spec, load_splits
+from tasks.costs import publish_cost_ledger
 from tasks.dataset import build_training_set
 from tasks.drift import build_reference, detect_drift_in_window
 from tasks.gate import evaluate_candidate
@@ -73,10 +74,16 @@ def nightly_retrain(workload: str, force: bool = False, budget: int | None = Non
     7. on a gate pass, by the workload's `promotion` policy: `auto` runs the `promote` subflow
        (champion alias, push to every replica, all or nothing); `review` leaves the candidate
        `challenger`, tagged `awaiting_review`, for a reviewer
+    8. the cost ledger of the last days, with tonight's teacher calls and training: a markdown
+       artifact and daily metrics in MLflow
     One run per workload at a time (the workload's `retrain` lock).
     """
     with workload_lock("retrain", workload):
-        return _nightly(workload, force, budget, config_path)
+        summary = _nightly(workload, force, budget, config_path)
+    # Costs
+    settings = load_settings(config_path)
+    publish_cost_ledger(settings, mlflow_client(settings), workload, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
+    return summary
 
 
 def _nightly(workload: str, force: bool, budget: int | None, config_path: str | None) -> NightlySummary:

@@ -418,6 +418,49 @@ def history(workload: Annotated[str, typer.Argument(help="A workload name from f
 
 
 @app.command()
+def costs(
+    workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")],
+    since: Annotated[Optional[str], typer.Option(help="First UTC day to count, YYYY-MM-DD (default: every recorded day).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ledger as JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The cost ledger: spend per day (frontier calls, relabelling, serving, training) against frontier-only."""
+    _offline_defaults()
+    from datetime import date
+
+    from flywheel.tracking import mlflow_client
+    from models.costs import LedgerError
+    from models.usage import UsageLogError
+    from tasks.costs import break_even_text, compute_ledger, ledger_rows
+
+    settings = _workload_settings(config, workload)
+    try:
+        first_day = date.fromisoformat(since) if since else None
+    except ValueError as exc:
+        console.print(f"[red]--since must be a date YYYY-MM-DD, got {since!r}[/red]")
+        raise typer.Exit(2) from exc
+    try:
+        ledger = compute_ledger(settings, mlflow_client(settings), workload, first_day)
+    except (LedgerError, UsageLogError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(json.dumps(ledger.to_dict(), indent=1))
+        return
+    header, rows = ledger_rows(ledger)
+    table = Table(title=f"{workload}: costs against frontier-only ({ledger.frontier_model}), USD")
+    for column in header:
+        table.add_column(column, justify="left" if column == "day" else "right")
+    for row in rows:
+        table.add_row(*row, style="bold" if row[0] == "total" else None)
+    console.print(table)
+    console.print(break_even_text(ledger))
+    demo_config = settings.home / "demo" / "flywheel.yaml"
+    if not ledger.days and demo_config.exists():
+        console.print(f"nothing recorded under {settings.home}; the demo's records: flywheel costs {workload} --config {demo_config}")
+
+
+@app.command()
 def demo(
     workload: Annotated[str, typer.Option(help="The workload to run the flywheel for.")] = "banking-intent",
     scenario: Annotated[str, typer.Option(help="The drift scenario: prior-shift or new-phrasing.")] = "prior-shift",
@@ -440,6 +483,7 @@ def demo(
     console.print(summary_table(report.to_dict()))
     console.print(f"total {time.perf_counter() - started:.0f} s. Reports: {home / 'report.html'}, {home / 'report.md'}, {home / 'report.json'}")
     console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}  (then http://127.0.0.1:5000)")
+    console.print(f"Costs: flywheel costs {workload} --config {home / 'flywheel.yaml'}")
     console.print("Prefect UI: .venv/bin/prefect server start, then PREFECT_API_URL=http://127.0.0.1:4200/api make demo to see the demo's flow runs there")
 
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from models.costs import CostConfig
 from models.drift import DriftConfig
 from models.guard import GuardConfig
 
@@ -79,8 +80,7 @@ class TeacherConfig(_Strict):
     model: str | None = None
     api_key_env: str = "FLYWHEEL_TEACHER_API_KEY"  # or a Prefect Secret block, see `api_key_block`
     api_key_block: str | None = None  # name of a Prefect Secret block holding the key
-    price_per_million_input: float = Field(0.15, ge=0)
-    price_per_million_output: float = Field(0.60, ge=0)
+    # `model`'s prices come from `costs.frontier_prices`: one table for the teacher and the ledger.
     batch_size: int = Field(8, gt=0)
     max_concurrency: int = Field(4, gt=0)
     max_retries: int = Field(4, ge=0)
@@ -198,7 +198,18 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
     serving: ServingConfig = ServingConfig()
     webhook: WebhookConfig = WebhookConfig()
+    costs: CostConfig = CostConfig()
     workloads: dict[str, WorkloadConfig] = {}
+
+    @model_validator(mode="after")
+    def _check_teacher_prices(self) -> Settings:
+        # A teacher whose calls cannot be priced would spend outside the budget cap and the ledger.
+        for name, workload in self.workloads.items():
+            model = workload.teacher.model
+            if workload.teacher.kind == "openai" and model not in self.costs.frontier_prices:
+                priced = ", ".join(sorted(self.costs.frontier_prices)) or "none"
+                raise ValueError(f"workloads.{name}.teacher.model: {model!r} has no entry in costs.frontier_prices (priced: {priced})")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -5,8 +5,9 @@ push the champion; simulate launch traffic, then drifted traffic; run `nightly-r
 simulated teacher → contracts → retrain → gate → promote → push); simulate more drifted traffic
 and score live accuracy before and after. Then the rollback act: a reviewer overrides the gate and
 promotes a bad adapter (trained on shuffled labels); live traffic shows it; `rollback-guard` puts
-the previous champion back in the registry and in serving. Writes report.json, report.md and
-report.html (with plots) under the demo's state dir.
+the previous champion back in the registry and in serving. Last, the cost ledger of the run's
+records against frontier-only. Writes report.json, report.md and report.html (with plots) under
+the demo's state dir.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class DemoReport:
     gate_metrics: dict[str, float] = field(default_factory=dict)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # The cost ledger of the demo's records (`models/costs.py`): totals, and the ledger itself.
+    cost_usd: float | None = None
+    frontier_only_cost_usd: float | None = None
+    savings_pct: float | None = None
+    costs: dict[str, Any] | None = None
     home: str = ""
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -106,6 +112,8 @@ def prepare_home(settings: Settings, workload: str, fast: bool, port: int) -> Pa
     config["promotion"] = "auto"  # a gate pass is promoted and pushed by nightly-retrain itself
     # The rollback guard judges the bad version on the demo's small traffic volumes.
     config["guard"].update(min_samples=min(60, sizes["guard_traffic"] // 2), audit_budget=30, min_audited=20)
+    # The demo's serving tier runs only while the demo does: it is paid for the hours its traffic spans.
+    data["costs"]["serving_hours_per_day"] = None
     path = home / "flywheel.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -141,6 +149,7 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
     from models.promotion import history
     from serving.app import create_app
     from serving.server import BackgroundServer, build_state, free_port
+    from tasks.costs import compute_ledger
 
     sizes = SIZES["fast" if fast else "default"]
     report = DemoReport(workload, scenario, fast)
@@ -208,6 +217,10 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         state.engine.close()
         state.writer.close()
     report.history = [asdict(entry) for entry in history(mlflow_client(demo), workload)]
+    with _stage(report, "cost ledger"):
+        ledger = compute_ledger(demo, mlflow_client(demo), workload)
+    report.costs = ledger.to_dict()
+    report.cost_usd, report.frontier_only_cost_usd, report.savings_pct = ledger.total.cost_usd, ledger.total.frontier_only_usd, ledger.total.savings_pct
     interval = live_gain_ci95(report.to_dict())
     report.live_accuracy_gain_ci95 = [round(bound, 4) for bound in interval] if interval else None
     (demo.home / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))

@@ -21,6 +21,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from models.costs import format_usd
+
 NA = "n/a"
 DRIFT_RUNS = (("launch", "nightly run on launch traffic"), ("drifted", "nightly run on drifted traffic"))
 GATE_MODELS = ("base", "champion", "candidate")
@@ -46,6 +48,7 @@ STAGES = (
     ("promote and push", "moved the `champion` alias to the candidate and pushed it to every replica, all or nothing"),
     ("bad", "promoted a deliberately bad version, to show the rollback guard at work"),
     ("rollback", "ran `rollback-guard`: the new champion against the previous one on live traffic"),
+    ("cost ledger", "priced the run's records (traffic, teacher calls, training runs) against frontier-only"),
 )
 
 
@@ -239,8 +242,81 @@ def _headline(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("live accuracy before → after", _live_change(report)),
         ("rollback completed", _rollback_summary(report)),
         ("teacher (SIMULATED)", _teacher_summary(report)),
+        ("cost vs frontier-only", _cost_summary(report)),
         ("total seconds", _num(_total_seconds(report), ".0f")),
     ]
+
+
+def _usd(value: Any) -> str:
+    return NA if value is None else format_usd(value)
+
+
+def _cost_summary(report: dict[str, Any]) -> str:
+    if report.get("cost_usd") is None:
+        return NA
+    pct = report.get("savings_pct")
+    return (
+        f"{_usd(report['cost_usd'])} vs {_usd(report.get('frontier_only_cost_usd'))} "
+        f"(savings {NA if pct is None else f'{pct:.1f}%'})"
+    )
+
+
+COST_COLUMNS = (
+    ("requests", "requests", _count),
+    ("frontier $", "frontier_usd", _usd),
+    ("relabel $", "relabel_usd", _usd),
+    ("serving $", "serving_usd", _usd),
+    ("training $", "training_usd", _usd),
+    ("cost $", "cost_usd", _usd),
+    ("frontier-only $", "frontier_only_usd", _usd),
+    ("savings %", "savings_pct", lambda value: NA if value is None else f"{value:.1f}%"),
+)
+
+
+def _cost_blocks(report: dict[str, Any], plot: Plot | None) -> list[Block]:
+    """The cost ledger of the demo's traffic: per day, the total, the chart, the break-even volume."""
+    ledger = report.get("costs") or {}
+    blocks: list[Block] = [Heading("Costs")]
+    if not ledger:
+        return blocks + [Paragraph(NA)]
+    model = ledger.get("frontier_model") or NA
+    blocks.append(
+        Paragraph(
+            "What this run cost with the small model (frontier calls for relabelling and audits, the serving fleet's "
+            "hours, the training runs), against **frontier-only**: every request sent to "
+            f"`{model}` at the measured tokens (the workload's prompt and answer only, so a lower bound of the "
+            "frontier's cost). Prices are the examples of `costs` in `flywheel.yaml`; the teacher's calls are "
+            "SIMULATED and priced per label. From the records: `flywheel costs <workload>`."
+        )
+    )
+    lines = [*(ledger.get("days") or []), *([ledger["total"]] if ledger.get("total") else [])]
+    rows = [[str(line.get("period") or NA)] + [render(line.get(key)) for _, key, render in COST_COLUMNS] for line in lines]
+    blocks.append(_table_or_na(["day", *(name for name, _, _ in COST_COLUMNS)], rows))
+    total = ledger.get("total") or {}
+    agreement = total.get("audited_agreement")
+    if agreement is not None:
+        blocks.append(
+            Paragraph(
+                f"Served answers the teacher audited: {_count(total.get('audited'))}, of which {agreement:.1%} agreed "
+                "with the frontier's answer (the frontier scores 100% on its own answers): the savings come with this accuracy."
+            )
+        )
+    per_request, break_even = ledger.get("frontier_usd_per_request"), ledger.get("break_even_requests_per_day")
+    fixed = f"fixed costs {_usd(ledger.get('fixed_usd_per_day'))} a day (serving share, training, relabelling, audits)"
+    if per_request is None:
+        blocks.append(Paragraph(f"**Break-even:** n/a (no requests); {fixed}."))
+    elif break_even is None:
+        blocks.append(Paragraph(f"**Break-even:** never at these prices; {fixed}."))
+    else:
+        blocks.append(
+            Paragraph(
+                f"**Break-even:** {break_even:,.0f} requests a day, at {_usd(per_request)} per frontier request and {fixed}; "
+                "below that volume the frontier API is cheaper."
+            )
+        )
+    if plot is not None:
+        blocks.append(Image(plot))
+    return blocks
 
 
 # The report's text.
@@ -332,7 +408,9 @@ def build_blocks(report: dict[str, Any], plots: list[Plot]) -> list[Block]:
         ),
     ]
     for plot in plots:
-        blocks += [Heading(plot.title), Paragraph(plot.caption), Image(plot)]
+        if plot.name != "costs":  # drawn in the cost section, beside its table
+            blocks += [Heading(plot.title), Paragraph(plot.caption), Image(plot)]
+    blocks += _cost_blocks(report, next((plot for plot in plots if plot.name == "costs"), None))
     blocks += [Heading("Registry history"), Paragraph("Every move of the `champion` alias, as recorded in the MLflow registry.")]
     blocks.append(
         _table_or_na(
@@ -445,7 +523,7 @@ def to_html(blocks: list[Block], title: str) -> str:
 
 
 def build_plots(report: dict[str, Any]) -> list[Plot]:
-    plots = [_drift_plot(report), _live_accuracy_plot(report), _teacher_plot(report), _gate_plot(report)]
+    plots = [_drift_plot(report), _live_accuracy_plot(report), _teacher_plot(report), _gate_plot(report), _cost_plot(report)]
     return [plot for plot in plots if plot is not None]
 
 
@@ -596,5 +674,36 @@ def _gate_plot(report: dict[str, Any]) -> Plot | None:
         "The same evaluation for the base model, the champion and the candidate, on the golden split and on the "
         "held-out drift slice. The candidate is promoted only if it beats the champion on the drift slice "
         f"(significantly) without regressing on golden. Decision: {'; '.join(report.get('gate_reasons') or []) or NA}.",
+        _png(fig),
+    )
+
+
+COST_PARTS = (("relabel_usd", "relabelling", "tab:orange"), ("audit_usd", "audits", "tab:red"), ("fallback_usd", "frontier fallbacks", "tab:purple"),
+              ("serving_usd", "serving", "tab:blue"), ("training_usd", "training", "tab:green"))
+
+
+def _cost_plot(report: dict[str, Any]) -> Plot | None:
+    total = (report.get("costs") or {}).get("total") or {}
+    if total.get("frontier_only_usd") is None or total.get("cost_usd") is None:
+        return None
+    fig, (ax,) = _figure(width=7.0)
+    left = 0.0
+    for key, label, color in COST_PARTS:
+        value = total.get(key) or 0.0
+        if value > 0:
+            ax.barh(["small model"], [value], left=[left], color=color, label=label)
+            left += value
+    ax.barh(["frontier-only"], [total["frontier_only_usd"]], color="tab:gray", label="frontier-only")
+    for name, value in (("small model", total["cost_usd"]), ("frontier-only", total["frontier_only_usd"])):
+        ax.annotate(_usd(value), (value, name), textcoords="offset points", xytext=(4, 0), va="center", fontsize=8)
+    ax.set_xlim(0, max(total["cost_usd"], total["frontier_only_usd"], 1e-9) * 1.25)  # room for the labels
+    ax.set_xlabel("USD over the run")
+    ax.legend(fontsize=7, loc="lower right")
+    pct = total.get("savings_pct")
+    ax.set_title(f"Cost against frontier-only: savings {NA if pct is None else f'{pct:.1f}%'}", fontsize=10)
+    return Plot(
+        "costs",
+        "Costs against frontier-only",
+        "What the run cost with the small model, by part, and what the same requests would have cost on the frontier model.",
         _png(fig),
     )

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from models.usage import SIMULATED_MODEL, UsageLog
+
 if TYPE_CHECKING:
     from models.workload import TaskSpec
 
@@ -132,6 +134,7 @@ class _Call:
     body: dict[str, Any]
     cache_key: str
     worst_case_usd: float
+    prompt_bound: int  # tokens the prompt can take at most; with max_tokens, what a call without usage is charged
 
 
 @dataclass
@@ -165,12 +168,14 @@ class OpenAICompatibleTeacher:
         timeout_s: float = 30.0,
         backoff_s: float = 0.5,
         cache_dir: Path | None = None,
+        usage_log: UsageLog | None = None,
     ):
         """Args:
         api_key: the bearer key; None reads FLYWHEEL_TEACHER_API_KEY.
         price_per_million_input / _output: USD per million prompt / completion tokens.
         budget_usd: the most one `label` run may spend.
         cache_dir: where responses are kept so a rerun never pays twice; None disables it.
+        usage_log: where each paid call's tokens are appended as it is paid (the cost ledger's record).
         """
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not key:
@@ -203,6 +208,7 @@ class OpenAICompatibleTeacher:
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
         self.cache_dir = cache_dir
+        self.usage_log = usage_log
         self._api_key = key
         self._label_set = frozenset(spec.labels)
         self._system_prompt = _system_prompt(spec)
@@ -268,7 +274,7 @@ class OpenAICompatibleTeacher:
         # reservation is replaced by the call's reported usage as soon as it returns.
         prompt_bound = sum(len(message["content"].encode()) + _TOKENS_PER_MESSAGE for message in messages)
         prompt_bound += len(json.dumps(self._response_format).encode())
-        return _Call(members, body, cache_key, self._cost_usd(prompt_bound, max_tokens))
+        return _Call(members, body, cache_key, self._cost_usd(prompt_bound, max_tokens), prompt_bound)
 
     def _cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_per_million_input + completion_tokens * self.price_per_million_output) / 1e6
@@ -333,11 +339,15 @@ class OpenAICompatibleTeacher:
             # A completion happened but its price is unknown: charge the most it could have cost.
             logger.warning("%s: a response without usage; charged its worst case $%.6f", self.name, call.worst_case_usd)
             cost = call.worst_case_usd
+            if self.usage_log is not None:
+                self.usage_log.record(self.model, call.prompt_bound, call.body["max_tokens"], len(call.members), estimated=True)
         else:
             prompt_tokens, completion_tokens = completion.usage
             state.prompt_tokens += prompt_tokens
             state.completion_tokens += completion_tokens
             cost = self._cost_usd(prompt_tokens, completion_tokens)
+            if self.usage_log is not None:
+                self.usage_log.record(self.model, prompt_tokens, completion_tokens, len(call.members))
             if cost > call.worst_case_usd:
                 logger.warning("%s: a call cost $%.6f, over its worst case $%.6f", self.name, cost, call.worst_case_usd)
         state.spent_usd += cost
@@ -480,6 +490,7 @@ class SimulatedTeacher:
         latency_s: float = 0.0,
         seed: int = 0,
         budget_usd: float = 5.0,
+        usage_log: UsageLog | None = None,
     ):
         _check_spec(spec)
         if not 0.0 <= error_rate <= 1.0:
@@ -499,6 +510,7 @@ class SimulatedTeacher:
         self.latency_s = latency_s
         self.seed = seed
         self.budget_usd = budget_usd
+        self.usage_log = usage_log
 
     def label(self, items: list[TeacherItem]) -> TeacherRun:
         """Answer each item from its gold, wrong on purpose at `error_rate`, within the budget."""
@@ -515,6 +527,8 @@ class SimulatedTeacher:
                 labels.append(TeacherLabel(item.item_id, None, False, BUDGET_EXHAUSTED, 0.0, False, self.name))
                 continue
             charged += 1
+            if self.usage_log is not None:  # one simulated call per answered item, priced per item
+                self.usage_log.record(SIMULATED_MODEL, 0, 0, 1)
             if self.latency_s:
                 time.sleep(self.latency_s)
             # One generator per item: an item's answer does not depend on its batch or position.

@@ -15,6 +15,7 @@ from models.guard import GuardConfig, LiveSignals
 from models.promotion import HistoryEntry, history
 from models.registry import CHAMPION, alias_version
 from models.teacher import TeacherItem
+from models.usage import audit_path, record_audit
 from models.workload import TaskSpec
 from serving.capture import read_samples
 from tasks.relabel import build_teacher, label_with_cache
@@ -48,13 +49,15 @@ def measure_live_signals(settings: Settings, spec: TaskSpec, version: int, sampl
     agreement, audited = None, 0
     if audit_budget and len(valid):
         audit = valid.sample(n=min(audit_budget, len(valid)), random_state=seed)
-        teacher = build_teacher(settings, spec)
+        teacher = build_teacher(settings, spec, "audit")
         items = [TeacherItem(str(r), str(t)) for r, t in zip(audit["request_id"], audit["input"])]
         run, _ = label_with_cache(teacher, items, settings.state_dir / "teacher-labels" / spec.name)
         parse = spec.parse_label if spec.task == "extraction" else (lambda text: text)  # slot order must not matter
         pairs = [(parse(answer), parse(label.label)) for answer, label in zip(audit["answer"], run.labels) if label.valid]
         audited = len(pairs)
-        agreement = sum(answer == label for answer, label in pairs) / audited if audited else None
+        agreed = sum(answer == label for answer, label in pairs)
+        agreement = agreed / audited if audited else None
+        record_audit(audit_path(settings.state_dir, spec.name), spec.name, version, audited, agreed)  # the ledger's served-vs-frontier accuracy
         get_run_logger().info("%s v%d audit by %s: %d answers, agreement %s", spec.name, version, teacher.name, audited, agreement)
     return LiveSignals(
         version=version,

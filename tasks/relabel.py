@@ -18,6 +18,7 @@ from models.drift import WindowEmbeddings
 from models.review import OUT_OF_SCHEMA, SAMPLED, ReviewItem, ReviewQueue, spot_check_sample
 from models.selection import select_informative
 from models.teacher import OpenAICompatibleTeacher, SimulatedTeacher, Teacher, TeacherItem, TeacherLabel, TeacherRun
+from models.usage import Purpose, UsageLog, usage_path
 from models.workload import TaskSpec
 
 
@@ -43,16 +44,20 @@ def truth_path(settings: Settings) -> Path:
     return settings.home.resolve() / "simulator" / "ground_truth.jsonl"
 
 
-def build_teacher(settings: Settings, spec: TaskSpec) -> Teacher:
-    """The configured teacher: the SIMULATED one (offline, demo) or an OpenAI-compatible API."""
+def build_teacher(settings: Settings, spec: TaskSpec, purpose: Purpose) -> Teacher:
+    """The configured teacher: the SIMULATED one (offline, demo) or an OpenAI-compatible API.
+
+    Every call it pays is appended to the workload's usage log with `purpose` (relabel or audit).
+    """
     config = settings.workload(spec.name).teacher
     budget = settings.workload(spec.name).relabel.budget_usd
+    usage_log = UsageLog(usage_path(settings.state_dir, spec.name), spec.name, purpose)
     if config.kind == "simulated":
         from flywheel.simulate import read_ground_truth
 
         return SimulatedTeacher(
             spec, read_ground_truth(truth_path(settings)), error_rate=config.simulated_error_rate,
-            price_per_item_usd=config.simulated_price_per_item, budget_usd=budget,
+            price_per_item_usd=config.simulated_price_per_item, budget_usd=budget, usage_log=usage_log,
         )
     if config.api_key_block:
         from prefect.blocks.system import Secret
@@ -64,11 +69,13 @@ def build_teacher(settings: Settings, spec: TaskSpec) -> Teacher:
         api_key = os.environ.get(config.api_key_env)
         if not api_key:
             raise ValueError(f"the teacher's API key is missing: set {config.api_key_env} or teacher.api_key_block")
+    price = settings.costs.frontier_prices[config.model or ""]  # present: checked when the config loads
     return OpenAICompatibleTeacher(
         spec, base_url=config.base_url or "", model=config.model or "", api_key=api_key,
-        price_per_million_input=config.price_per_million_input, price_per_million_output=config.price_per_million_output,
+        price_per_million_input=price.input, price_per_million_output=price.output,
         budget_usd=budget, batch_size=config.batch_size, max_concurrency=config.max_concurrency,
         max_retries=config.max_retries, timeout_s=config.timeout_s, cache_dir=settings.state_dir / "teacher-cache",
+        usage_log=usage_log,
     )
 
 
@@ -132,7 +139,7 @@ def relabel_with_teacher(settings: Settings, spec: TaskSpec, selected: pd.DataFr
             f"{config.agreement_floor}: refusing to train on teacher labels (review more items or fix the teacher)"
         )
     logger = get_run_logger()
-    teacher = build_teacher(settings, spec)
+    teacher = build_teacher(settings, spec, "relabel")
     items = [TeacherItem(str(rid), str(text)) for rid, text in zip(selected["request_id"], selected["input"])]
     run, from_cache = label_with_cache(teacher, items, settings.state_dir / "teacher-labels" / spec.name)
     simulated = "SIMULATED" in teacher.name

@@ -92,6 +92,17 @@ def test_steady_traffic_no_drift_then_prior_shift_drift_relabel_retrain_gate(lau
     assert {"gate_drift_gain", "gate_mcnemar_p", "gate_base_golden_accuracy", "gate_champion_drift_accuracy"} <= set(metrics)
     assert client.get_run(candidate.run_id).data.params["train_examples"] == str(summary.training_rows)
 
+    # Each run ends with the cost ledger in MLflow (daily metrics): tonight's labels are relabel calls.
+    experiment = client.get_experiment_by_name("slm-flywheel/banking-intent").experiment_id
+    ledgers = client.search_runs([experiment], filter_string="tags.kind = 'cost-ledger'", order_by=["attributes.start_time DESC"])
+    assert len(ledgers) == 2  # the quiet night's and tonight's
+
+    def daily_sum(name):
+        return sum(metric.value for metric in client.get_metric_history(ledgers[0].info.run_id, name))
+
+    assert daily_sum("relabel_calls") == summary.relabeled and daily_sum("requests") == 280
+    assert daily_sum("training_usd") > 0 and daily_sum("frontier_only_cost_usd") > 0
+
 
 def test_contract_failure_stops_the_flow_naming_the_expectation(launched, tiny_config):
     settings = _configure(tiny_config, min_per_label=500)

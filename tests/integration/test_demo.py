@@ -41,7 +41,12 @@ def test_fast_demo_detects_drift_promotes_improves_and_rolls_back(tmp_path, real
     assert low <= report["live_accuracy_after"] - report["live_accuracy_before"] <= high
     assert report["live_accuracy_after_rollback"] is not None
     assert set(report["stage_seconds"]) >= {"train launch champion", "nightly-retrain", "rollback-guard"}
+    # The cost ledger of the demo's own records: every simulated label a relabel call, the trainings timed.
+    costs = report["costs"]["total"]
+    assert costs["relabel_calls"] == report["relabeled"] and costs["training_seconds"] > 0
+    assert costs["requests"] >= sum(phase["requests"] for phase in report["timeline"])
+    assert report["cost_usd"] == pytest.approx(costs["cost_usd"]) and report["frontier_only_cost_usd"] > 0 and report["savings_pct"] is not None
     html = (home / "report.html").read_text()
     assert "data:image/png;base64," in html and "SIMULATED" in html
-    assert "mlflow ui" in (home / "report.md").read_text()
+    assert "mlflow ui" in (home / "report.md").read_text() and "## Costs" in (home / "report.md").read_text()
     assert "rollback completed" in run.stdout.lower()

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 
+import pytest
 from rich.console import Console
 
 from flywheel.report import difference_ci95, summary_table, write_reports
+from models.costs import CostConfig, TrafficDay, TrainingRun, build_ledger
+from models.usage import SIMULATED_MODEL, AuditRecord, UsageRecord
+
+
+def _ledger() -> dict:
+    """A synthetic ledger of the demo's shape: one day, 1,300 requests, 300 simulated labels, two trainings."""
+    day = datetime(2026, 11, 28, 16, tzinfo=timezone.utc)
+    traffic = [TrafficDay(day.date(), 1300, 0, 26_000, 6_500, 0, 0, 1300, 1.0)]
+    usage = [UsageRecord(day, "banking-intent", "relabel", SIMULATED_MODEL, 0, 0, 1)] * 300
+    usage += [UsageRecord(day, "banking-intent", "audit", SIMULATED_MODEL, 0, 0, 1)] * 40
+    audits = [AuditRecord(day, "banking-intent", 3, 40, 30)]
+    training = [TrainingRun("a", day, 250.0), TrainingRun("b", day, 300.0)]
+    return build_ledger("banking-intent", traffic, usage, audits, training, CostConfig(), simulated_price_per_item=0.0005).to_dict()
+
+
+COSTS = _ledger()
 
 
 def _test(name, effect, threshold, p, drifted):
@@ -65,6 +83,10 @@ FULL = {
     ],
     "rollback": {"bad_version": 3, "restored_version": 2, "reasons": ["teacher agreement fell from 0.95 to 0.40"], "completed": True},
     "rollback_completed": True,
+    "costs": COSTS,
+    "cost_usd": COSTS["total"]["cost_usd"],
+    "frontier_only_cost_usd": COSTS["total"]["frontier_only_usd"],
+    "savings_pct": COSTS["total"]["savings_pct"],
     "stage_seconds": {"pull base model": 0.0, "train launch champion": 250.7, "traffic: drift (prior-shift)": 40.2, "nightly-retrain": 300.1, "promote and push": 3.0},
 }
 
@@ -81,13 +103,13 @@ MINIMAL = {
 def test_full_report_writes_markdown_with_plot_files_and_self_contained_html(tmp_path):
     paths = write_reports(FULL, tmp_path)
     assert paths["markdown"] == tmp_path / "report.md" and paths["html"] == tmp_path / "report.html"
-    assert {name for name in paths if name.startswith("plot:")} == {"plot:drift", "plot:live_accuracy", "plot:teacher", "plot:gate"}
+    assert {name for name in paths if name.startswith("plot:")} == {"plot:drift", "plot:live_accuracy", "plot:teacher", "plot:gate", "plot:costs"}
     md, page = paths["markdown"].read_text(encoding="utf-8"), paths["html"].read_text(encoding="utf-8")
-    for name in ("drift", "live_accuracy", "teacher", "gate"):
+    for name in ("drift", "live_accuracy", "teacher", "gate", "costs"):
         png = tmp_path / "plots" / f"{name}.png"
         assert png.read_bytes().startswith(b"\x89PNG")
         assert f"](plots/{name}.png)" in md
-    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]+"', page)) == 4
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]+"', page)) == 5
     assert "plots/" not in page  # nothing outside the file
 
     # The margin comes with its 95% interval from the traffic counts (400 requests each side).
@@ -147,3 +169,27 @@ def test_difference_interval_matches_newcombes_worked_example():
     # Small samples: a 3.5-point move on 160 and 60 requests is noise, and the interval says so.
     low, high = difference_ci95(0.131, 160, 0.167, 60)
     assert low < 0 < high
+
+
+def test_cost_section_shows_the_ledger_against_frontier_only_with_its_chart(tmp_path):
+    total = COSTS["total"]
+    # The synthetic ledger's arithmetic: 1 h of serving at $0.50, 550 s of training at $1.20/h,
+    # 340 simulated calls at $0.0005, against 26,000 + 6,500 tokens at gpt-4o-mini's $0.15 / $0.60.
+    assert total["cost_usd"] == pytest.approx(0.5 + 550 / 3600 * 1.2 + 340 * 0.0005)
+    assert total["frontier_only_usd"] == pytest.approx((26_000 * 0.15 + 6_500 * 0.60) / 1e6)
+    md = write_reports(FULL, tmp_path)["markdown"].read_text(encoding="utf-8")
+    section = md[md.index("## Costs") : md.index("## Registry history")]
+    assert "every request sent to `gpt-4o-mini`" in section and "SIMULATED" in section
+    assert "| day | requests | frontier $ | relabel $ | serving $ | training $ | cost $ | frontier-only $ | savings % |" in section
+    assert "| 2026-11-28 | 1300 | $0.17 | $0.15 | $0.50 | $0.18 | $0.85 | $0.0078 | -10840.2% |" in section
+    assert "| total | 1300 |" in section
+    assert "40, of which 75.0% agreed" in section
+    # $0.85333 a day of fixed costs over $0.0000060 saved per request.
+    assert "**Break-even:** 142,222 requests a day, at $0.0000060 per frontier request" in section
+    assert "](plots/costs.png)" in section  # the chart sits beside its table
+    assert "| cost vs frontier-only | $0.85 vs $0.0078 (savings -10840.2%) |" in md
+
+
+def test_cost_section_says_na_without_a_ledger(tmp_path):
+    md = write_reports(MINIMAL, tmp_path)["markdown"].read_text(encoding="utf-8")
+    assert "## Costs\n\nn/a" in md and "| cost vs frontier-only | n/a |" in md
