@@ -1,0 +1,278 @@
+"""OpenAI's chat-completions wire protocol for a constrained classifier/extractor.
+
+What a workload adapter can honour is honoured by OpenAI's contract; what it cannot is refused
+with a 400 in OpenAI's error shape naming the parameter, never silently ignored:
+
+* honoured: `stream` (SSE chunks, `data: [DONE]`) with `stream_options.include_usage`;
+  `max_tokens` / `max_completion_tokens` (the answer is cut after that many tokens,
+  `finish_reason: "length"`, exactly what decoding would have stopped at: decoding is greedy);
+  `logprobs` (each answer token's log-probability under the constraint); text content parts.
+* accepted, no effect on the answer: `temperature`, `top_p`, `seed` (the answer is the
+  constraint's greedy answer, the same for every sampling setting), `user`, `metadata`, `store`,
+  `service_tier`, `prompt_cache_*`, `safety_identifier`, `prediction`, `parallel_tool_calls`.
+* refused: `n > 1`, `tools`/`tool_choice`/`functions`/`function_call`, image/audio/file parts,
+  `audio`/audio `modalities`, `response_format` other than text, `stop`, non-zero penalties,
+  `logit_bias`, `top_logprobs > 0`, `reasoning_effort`, `verbosity`, `web_search_options`,
+  `moderation`, and any argument OpenAI does not define (as OpenAI does).
+
+The model reads one input: the text of the last user message, inside the workload's own prompt
+template (a system prompt or earlier turns do not reach it).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.inference import Prediction
+from serving.capture import answer_to_text
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape; `param` names the offending request field."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def error_body(error: ApiError) -> dict[str, Any]:
+    kind = "invalid_request_error" if error.status < 500 else "server_error"
+    return {"error": {"message": error.message, "type": kind, "param": error.param, "code": error.code}}
+
+
+class _Request(BaseModel):
+    # Unknown arguments are refused, as OpenAI refuses them: one could change the answer.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_call_id, refusal, ... do not reach the model
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(_Request):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None  # nothing is padded: chunks hold the answer only
+
+
+class ChatCompletionRequest(_Request):
+    """Every argument of OpenAI's `POST /v1/chat/completions`."""
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    n: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    stop: str | list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    audio: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    prediction: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    service_tier: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    web_search_options: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
+
+    @property
+    def limit(self) -> int | None:
+        """The completion-token cap (`max_tokens` is the older name of the same cap)."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def _param(location: tuple[Any, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def parse_chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
+    """Validate a request body; the first problem becomes a 400 naming its parameter."""
+    try:
+        request = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = _param(first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ApiError(400, f"Unrecognized request argument supplied: {param}", param, "unrecognized_argument") from exc
+        raise ApiError(400, f"{param}: {first['msg']}", param, "invalid_value") from exc
+    _refuse_unsupported(request)
+    return request
+
+
+def _refuse(param: str, message: str) -> ApiError:
+    return ApiError(400, f"{param}: {message}", param, "unsupported_parameter")
+
+
+def _refuse_unsupported(request: ChatCompletionRequest) -> None:
+    if request.n not in (None, 1):
+        raise _refuse("n", f"n={request.n} is not supported: the answer is deterministic, so every choice would be the same; send n=1")
+    for name in ("tools", "functions"):
+        if getattr(request, name):
+            raise _refuse(name, "tool calling is not supported: the model answers inside its workload's schema")
+    for name in ("tool_choice", "function_call"):
+        if getattr(request, name) not in (None, "none", "auto"):
+            raise _refuse(name, "tool calling is not supported: the model answers inside its workload's schema")
+    if request.response_format and request.response_format.get("type") != "text":
+        raise _refuse("response_format", "only {'type': 'text'}: the answer's format is the workload's schema (a label, or slot JSON)")
+    if request.audio is not None or (request.modalities and request.modalities != ["text"]):
+        raise _refuse("audio" if request.audio is not None else "modalities", "audio output is not supported; the model answers in text")
+    if request.stop:
+        raise _refuse("stop", "stop sequences are not supported: the answer ends where its schema ends")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(request, name):
+            raise _refuse(name, "penalties are not supported: they would change the constrained answer")
+    if request.logit_bias:
+        raise _refuse("logit_bias", "logit bias is not supported: it would change the constrained answer")
+    if request.top_logprobs:
+        raise _refuse("top_logprobs", "only 0 is supported: logprobs=true returns each answer token's log-probability under the constraint")
+    if request.top_logprobs is not None and not request.logprobs:
+        raise ApiError(400, "top_logprobs: requires logprobs=true", "top_logprobs", "invalid_value")
+    for name in ("reasoning_effort", "verbosity", "web_search_options", "moderation"):
+        if getattr(request, name) is not None:
+            raise _refuse(name, "not supported by a workload adapter")
+
+
+def last_user_text(messages: list[Message]) -> str:
+    """The model's input: the text of the last user message (string or text parts)."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message.role != "user":
+            continue
+        if isinstance(message.content, str):
+            return message.content
+        texts = []
+        for part_index, part in enumerate(message.content or []):
+            param = f"messages[{index}].content[{part_index}]"
+            kind = part.get("type")
+            if kind != "text":
+                raise ApiError(400, f"{param}: {kind!r} content parts are not supported; the model reads text only", param, "unsupported_content")
+            if not isinstance(part.get("text"), str):
+                raise ApiError(400, f"{param}.text: must be a string", f"{param}.text", "invalid_value")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise ApiError(400, "messages: no user message (the model classifies the last user message)", "messages", "invalid_value")
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    """What one prediction answers, cut to the request's token cap."""
+
+    content: str
+    finish_reason: str
+    tokens: list[str]  # each answer token as text (the first carries the space before the answer)
+    logprobs: list[float]
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def usage(self) -> dict[str, int]:
+        total = self.prompt_tokens + self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
+
+    def logprobs_body(self) -> dict[str, Any]:
+        return {
+            "content": [
+                {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8")), "top_logprobs": []}
+                for token, logprob in zip(self.tokens, self.logprobs)
+            ],
+            "refusal": None,
+        }
+
+
+def chat_answer(prediction: Prediction, decode: Callable[[list[int]], str], limit: int | None) -> ChatAnswer:
+    """The reply to a prediction, cut after `limit` tokens.
+
+    No valid answer gives empty content and `finish_reason: "length"` (decoding ran out of tokens
+    or of schema-valid continuations); its usage still counts the tokens decoding spent.
+    """
+    ids, logprobs = list(prediction.tokens), list(prediction.token_logprobs)
+    if limit is not None and len(ids) > limit:
+        # Greedy decoding capped at `limit` would have produced exactly this prefix (every token
+        # in it was schema-valid). The completion starts with the space after the prompt's
+        # colon; content does not.
+        ids, logprobs = ids[:limit], logprobs[:limit]
+        content, finish_reason = decode(ids).removeprefix(" "), "length"
+    elif not prediction.valid:
+        return ChatAnswer("", "length", [], [], prediction.prompt_tokens, len(ids))
+    else:
+        content, finish_reason = answer_to_text(prediction.answer) or "", "stop"
+    return ChatAnswer(content, finish_reason, [decode([i]) for i in ids], logprobs, prediction.prompt_tokens, len(ids))
+
+
+def chat_completion(request_id: str, model: str, request: ChatCompletionRequest, answer: ChatAnswer) -> dict[str, Any]:
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": answer.content, "refusal": None},
+        "logprobs": answer.logprobs_body() if request.logprobs else None,
+        "finish_reason": answer.finish_reason,
+    }
+    return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model, "choices": [choice], "usage": answer.usage}
+
+
+def chat_chunks(request_id: str, model: str, request: ChatCompletionRequest, answer: ChatAnswer) -> list[dict[str, Any]]:
+    """The streamed reply: a role chunk, one content chunk (the answer is decided whole before
+    anything is sent), the finish chunk, and the usage chunk when `include_usage` asks for it."""
+    base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    if request.include_usage:
+        base["usage"] = None  # OpenAI's shape: null on every chunk but the last
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    if answer.content:
+        chunks.append(chunk({"content": answer.content}, logprobs=answer.logprobs_body() if request.logprobs else None))
+    chunks.append(chunk({}, answer.finish_reason))
+    if request.include_usage:
+        chunks.append({**base, "choices": [], "usage": answer.usage})
+    return chunks
+
+
+def sse(chunks: list[dict[str, Any]]) -> Iterator[bytes]:
+    """Server-sent events as OpenAI sends them: `data: <json>` per chunk, then `data: [DONE]`."""
+    for chunk in chunks:
+        yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+def model_card(model_id: str, created: int, root: str, parent: str | None) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "slm-flywheel", "root": root, "parent": parent}
