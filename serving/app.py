@@ -7,6 +7,7 @@ Endpoints
   GET  /v1/models, GET /v1/models/{id}                        (vLLM / OpenAI)
   POST /v1/chat/completions     {"model": adapter or workload, "messages": [...]}  (OpenAI:
                                  streaming, usage, logprobs, max_tokens; see serving/openai_api.py)
+  POST /v1/completions          {"model", "prompt": text or [texts]}  (OpenAI legacy / vLLM)
   POST /v1/workloads/{workload}/predict  {"inputs": [...]}
   POST /v1/workloads/{workload}/route    {"lora_name"}        (switch the served version)
   GET  /v1/workloads                                          (workload -> served adapter)
@@ -266,25 +267,31 @@ def create_app(state: ServerState) -> FastAPI:
             ],
         }
 
+    async def _complete(request: Request, model: str, texts: list[str], id_prefix: str, started: float) -> tuple[str, list[ServedPrediction]]:
+        """Answer OpenAI-protocol inputs with `model` (an adapter or a workload), captured."""
+        adapters, routes = state.engine.snapshot()
+        if model not in adapters and model not in routes:
+            raise ApiError(404, f"The model {model!r} does not exist (see GET /v1/models)", "model", "model_not_found")
+        workload = workload_of(model)
+        texts = _check_texts(texts, state.limits)
+        request_id = request.headers.get("x-request-id") or f"{id_prefix}-{uuid.uuid4().hex}"
+        # As in vLLM, naming an adapter answers with that adapter, routed or not (a push's smoke
+        # test); naming the workload answers with whatever it is routed to.
+        served = await _served(workload, texts, model if model in adapters else None)
+        latency_ms = (time.perf_counter() - started) * 1000
+        _capture(workload, request_id, texts, served, latency_ms)
+        adapter = served[0].adapter
+        metrics.requests.labels(workload, adapter).inc()
+        metrics.predictions.labels(workload, adapter).inc(len(texts))
+        metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
+        return request_id, served
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> dict[str, Any] | StreamingResponse:
         started = time.perf_counter()
         chat = openai_api.parse_chat_request(await _json_body(request, state.limits))
-        adapters, routes = state.engine.snapshot()
-        if chat.model not in adapters and chat.model not in routes:
-            raise ApiError(404, f"The model {chat.model!r} does not exist (see GET /v1/models)", "model", "model_not_found")
-        workload = workload_of(chat.model)
-        text = _check_texts([openai_api.last_user_text(chat.messages)], state.limits)
-        request_id = request.headers.get("x-request-id") or f"chatcmpl-{uuid.uuid4().hex}"
-        # As in vLLM, naming an adapter answers with that adapter, routed or not (a push's smoke
-        # test); naming the workload answers with whatever it is routed to.
-        served = await _served(workload, text, chat.model if chat.model in adapters else None)
-        latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, text, served, latency_ms)
+        request_id, served = await _complete(request, chat.model, [openai_api.last_user_text(chat.messages)], "chatcmpl", started)
         item = served[0]
-        metrics.requests.labels(workload, item.adapter).inc()
-        metrics.predictions.labels(workload, item.adapter).inc()
-        metrics.latency.labels(workload, item.adapter).observe(latency_ms / 1000)
         answer = openai_api.chat_answer(item.prediction, state.engine.tokenizer.decode, chat.limit)
         if chat.stream:
             chunks = openai_api.chat_chunks(request_id, item.adapter, chat, answer)
@@ -292,6 +299,17 @@ def create_app(state: ServerState) -> FastAPI:
         body = openai_api.chat_completion(request_id, item.adapter, chat, answer)
         body["flywheel"] = {"confidence": item.prediction.confidence, "valid": item.prediction.valid}
         return body
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: Request) -> dict[str, Any] | StreamingResponse:
+        started = time.perf_counter()
+        call = openai_api.parse_completion_request(await _json_body(request, state.limits))
+        request_id, served = await _complete(request, call.model, call.prompts, "cmpl", started)
+        answers = [openai_api.chat_answer(item.prediction, state.engine.tokenizer.decode, call.max_tokens) for item in served]
+        if call.stream:
+            chunks = openai_api.completion_chunks(request_id, served[0].adapter, call, answers)
+            return StreamingResponse(openai_api.sse(chunks), media_type="text/event-stream")
+        return openai_api.completion(request_id, served[0].adapter, call, answers)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -25,7 +25,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -52,6 +52,9 @@ def error_body(error: ApiError) -> dict[str, Any]:
 class _Request(BaseModel):
     # Unknown arguments are refused, as OpenAI refuses them: one could change the answer.
     model_config = ConfigDict(extra="forbid")
+
+
+_R = TypeVar("_R", bound=_Request)
 
 
 class Message(BaseModel):
@@ -117,23 +120,36 @@ class ChatCompletionRequest(_Request):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
 def _param(location: tuple[Any, ...]) -> str:
+    """OpenAI's spelling of a field path, e.g. `messages[0].content`. Pydantic's union-member
+    tags (`str`, `list[str]`, ...) are dropped: a client never wrote them."""
     text = ""
     for part in location:
+        if isinstance(part, str) and (part in _UNION_TAGS or "[" in part):
+            break
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 
 
-def parse_chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
+def _validate(kind: type[_R], body: dict[str, Any]) -> _R:
     """Validate a request body; the first problem becomes a 400 naming its parameter."""
     try:
-        request = ChatCompletionRequest.model_validate(body)
+        return kind.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = _param(first["loc"])
         if first["type"] == "extra_forbidden":
             raise ApiError(400, f"Unrecognized request argument supplied: {param}", param, "unrecognized_argument") from exc
-        raise ApiError(400, f"{param}: {first['msg']}", param, "invalid_value") from exc
+        # A union's members each report why they failed: name them all, for the one parameter.
+        reasons = dict.fromkeys(error["msg"] for error in exc.errors() if _param(error["loc"]) == param)
+        raise ApiError(400, f"{param}: {'; or '.join(reasons)}", param, "invalid_value") from exc
+
+
+def parse_chat_request(body: dict[str, Any]) -> ChatCompletionRequest:
+    request = _validate(ChatCompletionRequest, body)
     _refuse_unsupported(request)
     return request
 
@@ -177,10 +193,8 @@ def last_user_text(messages: list[Message]) -> str:
         message = messages[index]
         if message.role != "user":
             continue
-        if isinstance(message.content, str):
-            return message.content
-        texts = []
-        for part_index, part in enumerate(message.content or []):
+        texts = [message.content] if isinstance(message.content, str) else []
+        for part_index, part in enumerate(message.content if isinstance(message.content, list) else []):
             param = f"messages[{index}].content[{part_index}]"
             kind = part.get("type")
             if kind != "text":
@@ -188,7 +202,10 @@ def last_user_text(messages: list[Message]) -> str:
             if not isinstance(part.get("text"), str):
                 raise ApiError(400, f"{param}.text: must be a string", f"{param}.text", "invalid_value")
             texts.append(part["text"])
-        return "\n".join(texts)
+        text = "\n".join(texts)
+        if not text.strip():
+            raise ApiError(400, f"messages[{index}].content: the last user message is empty", f"messages[{index}].content", "invalid_value")
+        return text
     raise ApiError(400, "messages: no user message (the model classifies the last user message)", "messages", "invalid_value")
 
 
@@ -272,6 +289,105 @@ def sse(chunks: list[dict[str, Any]]) -> Iterator[bytes]:
     for chunk in chunks:
         yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
     yield b"data: [DONE]\n\n"
+
+
+class CompletionRequest(_Request):
+    """Every argument of OpenAI's legacy `POST /v1/completions` (what vLLM users call)."""
+
+    model: str
+    prompt: str | list[str]  # token-id prompts are refused by validation: the input is text
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's (and vLLM's) default for completions
+    logprobs: int | None = Field(None, ge=0, le=5)
+    n: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1)
+    echo: bool | None = None
+    suffix: str | None = None
+    stop: str | list[str] | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def parse_completion_request(body: dict[str, Any]) -> CompletionRequest:
+    """Each prompt is one input for the workload (one choice per prompt, as OpenAI answers)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and any(isinstance(item, (int, list)) for item in prompt):
+        raise _refuse("prompt", "token-id prompts are not supported: the model reads text inside its workload's template")
+    request = _validate(CompletionRequest, body)
+    for name in ("n", "best_of"):
+        if getattr(request, name) not in (None, 1):
+            raise _refuse(name, f"{name}={getattr(request, name)} is not supported: the answer is deterministic; send 1")
+    if request.echo:
+        raise _refuse("echo", "echo is not supported: the model reads the prompt inside its workload's template")
+    if request.suffix:
+        raise _refuse("suffix", "suffix (insertion) is not supported")
+    if request.stop:
+        raise _refuse("stop", "stop sequences are not supported: the answer ends where its schema ends")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(request, name):
+            raise _refuse(name, "penalties are not supported: they would change the constrained answer")
+    if request.logit_bias:
+        raise _refuse("logit_bias", "logit bias is not supported: it would change the constrained answer")
+    if request.logprobs:
+        raise _refuse("logprobs", "only 0 is supported: each answer token's log-probability under the constraint")
+    if not request.prompts:
+        raise ApiError(400, "prompt: is empty", "prompt", "invalid_value")
+    for index, prompt in enumerate(request.prompts):
+        if not prompt.strip():
+            param = "prompt" if isinstance(request.prompt, str) else f"prompt[{index}]"
+            raise ApiError(400, f"{param}: is empty", param, "invalid_value")
+    return request
+
+
+def _completion_logprobs(answer: ChatAnswer) -> dict[str, Any]:
+    # Offsets into `text`, which drops the space the first token carries.
+    offsets, position = [], -1
+    for token in answer.tokens:
+        offsets.append(max(position, 0))
+        position += len(token)
+    return {"tokens": answer.tokens, "token_logprobs": answer.logprobs, "top_logprobs": None, "text_offset": offsets}
+
+
+def _usage(answers: list[ChatAnswer]) -> dict[str, int]:
+    prompt, completion = sum(a.prompt_tokens for a in answers), sum(a.completion_tokens for a in answers)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def completion(request_id: str, model: str, request: CompletionRequest, answers: list[ChatAnswer]) -> dict[str, Any]:
+    choices = [
+        {"index": index, "text": answer.content, "logprobs": _completion_logprobs(answer) if request.logprobs is not None else None, "finish_reason": answer.finish_reason}
+        for index, answer in enumerate(answers)
+    ]
+    return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model, "choices": choices, "usage": _usage(answers)}
+
+
+def completion_chunks(request_id: str, model: str, request: CompletionRequest, answers: list[ChatAnswer]) -> list[dict[str, Any]]:
+    """Per prompt: a text chunk and a finish chunk; then the usage chunk when asked for."""
+    base = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model}
+    if request.include_usage:
+        base["usage"] = None
+    chunks = []
+    for index, answer in enumerate(answers):
+        logprobs = _completion_logprobs(answer) if request.logprobs is not None else None
+        chunks.append({**base, "choices": [{"index": index, "text": answer.content, "logprobs": logprobs, "finish_reason": None}]})
+        chunks.append({**base, "choices": [{"index": index, "text": "", "logprobs": None, "finish_reason": answer.finish_reason}]})
+    if request.include_usage:
+        chunks.append({**base, "choices": [], "usage": _usage(answers)})
+    return chunks
 
 
 def model_card(model_id: str, created: int, root: str, parent: str | None) -> dict[str, Any]:

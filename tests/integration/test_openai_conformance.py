@@ -167,3 +167,25 @@ def test_langchain_chat_openai_invoke_stream_batch(served):
     assert sum(chunk.usage_metadata["output_tokens"] for chunk in chunks if chunk.usage_metadata) == message.usage_metadata["output_tokens"]
     answers = chat.batch([TEXT, "how do I top up by card", "I want a refund"])
     assert all(answer.content in spec.labels for answer in answers)
+
+
+def test_legacy_completions_answer_one_choice_per_prompt(client, served):
+    _, state, specs = served
+    spec, tokenizer = specs["banking-intent"], state.engine.tokenizer
+    prompts = [TEXT, "how do I top up by card"]
+    reply = client.completions.create(model="banking-intent", prompt=prompts, logprobs=0)
+    assert [choice.index for choice in reply.choices] == [0, 1] and reply.object == "text_completion"
+    assert all(choice.text in spec.labels and choice.finish_reason == "stop" for choice in reply.choices)
+    assert reply.usage.prompt_tokens == sum(_count(tokenizer, spec.prompt(p)) for p in prompts)
+    assert reply.usage.completion_tokens == sum(_count(tokenizer, spec.completion(c.text)) for c in reply.choices)
+    assert "".join(reply.choices[0].logprobs.tokens) == " " + reply.choices[0].text
+    chat = client.chat.completions.create(model="banking-intent", messages=[{"role": "user", "content": TEXT}])
+    assert reply.choices[0].text == chat.choices[0].message.content
+
+    chunks = list(client.completions.create(model="banking-intent", prompt=TEXT, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == reply.choices[0].text
+    assert chunks[-1].usage.prompt_tokens == _count(tokenizer, spec.prompt(TEXT))
+    for arguments, param in (({"logprobs": 2}, "logprobs"), ({"echo": True}, "echo"), ({"best_of": 3}, "best_of"), ({"prompt": [1, 2, 3]}, "prompt")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.completions.create(**{"model": "banking-intent", "prompt": TEXT, **arguments})
+        assert refused.value.param == param, refused.value.message

@@ -72,11 +72,13 @@ def test_stream_chunks_follow_openai_and_end_with_done():
         ({"modalities": ["text", "audio"]}, "modalities", "audio"),
         ({"logit_bias": {"42": 5}}, "logit_bias", "not supported"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "Input should be"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "valid string; or Input should be a valid list"),
+        ({"messages": [{"role": "user", "content": " "}]}, "messages[0].content", "is empty"),
     ],
 )
 def test_refusals_name_the_parameter(arguments, param, message):
     with pytest.raises(ApiError) as refused:
-        request(**arguments)
+        last_user_text(request(**arguments).messages)
     assert (refused.value.status, refused.value.param) == (400, param)
     assert message in refused.value.message
 
@@ -100,3 +102,17 @@ def test_the_input_is_the_last_user_message_with_text_parts_joined():
     with pytest.raises(ApiError) as image:
         last_user_text(request(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]}]).messages)
     assert image.value.param == "messages[0].content[1]" and "'image_url'" in image.value.message
+
+
+def test_completions_default_to_16_tokens_and_refuse_what_they_cannot_honour():
+    from serving.openai_api import completion, parse_completion_request
+
+    parsed = parse_completion_request({"model": "m", "prompt": ["a", "b"]})
+    assert parsed.max_tokens == 16 and parsed.prompts == ["a", "b"]  # OpenAI's default cap
+    answers = [chat_answer(SLOTS, decode, parsed.max_tokens), chat_answer(SLOTS, decode, 2)]
+    body = completion("cmpl-1", "m", parsed, answers)
+    assert [c["finish_reason"] for c in body["choices"]] == ["stop", "length"]
+    assert body["usage"] == {"prompt_tokens": 38, "completion_tokens": 7, "total_tokens": 45}
+    with pytest.raises(ApiError) as empty:
+        parse_completion_request({"model": "m", "prompt": ["a", " "]})
+    assert empty.value.param == "prompt[1]"
