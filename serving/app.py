@@ -292,7 +292,7 @@ def create_app(state: ServerState) -> FastAPI:
         chat = openai_api.parse_chat_request(await _json_body(request, state.limits))
         request_id, served = await _complete(request, chat.model, [openai_api.last_user_text(chat.messages)], "chatcmpl", started)
         item = served[0]
-        answer = openai_api.chat_answer(item.prediction, state.engine.tokenizer.decode, chat.limit)
+        answer = openai_api.reply_to(item.prediction, state.engine.tokenizer.decode, chat.limit)
         if chat.stream:
             chunks = openai_api.chat_chunks(request_id, item.adapter, chat, answer)
             return StreamingResponse(openai_api.sse(chunks), media_type="text/event-stream")
@@ -305,7 +305,7 @@ def create_app(state: ServerState) -> FastAPI:
         started = time.perf_counter()
         call = openai_api.parse_completion_request(await _json_body(request, state.limits))
         request_id, served = await _complete(request, call.model, call.prompts, "cmpl", started)
-        answers = [openai_api.chat_answer(item.prediction, state.engine.tokenizer.decode, call.max_tokens) for item in served]
+        answers = [openai_api.reply_to(item.prediction, state.engine.tokenizer.decode, call.max_tokens) for item in served]
         if call.stream:
             chunks = openai_api.completion_chunks(request_id, served[0].adapter, call, answers)
             return StreamingResponse(openai_api.sse(chunks), media_type="text/event-stream")

@@ -1,4 +1,4 @@
-"""OpenAI's chat-completions wire protocol for a constrained classifier/extractor.
+"""OpenAI's chat-completions (and legacy completions) protocol for a constrained answer.
 
 What a workload adapter can honour is honoured by OpenAI's contract; what it cannot is refused
 with a 400 in OpenAI's error shape naming the parameter, never silently ignored:
@@ -158,28 +158,39 @@ def _refuse(param: str, message: str) -> ApiError:
     return ApiError(400, f"{param}: {message}", param, "unsupported_parameter")
 
 
-def _refuse_unsupported(request: ChatCompletionRequest) -> None:
+_TOOLS = "tool calling is not supported: the model answers inside its workload's schema"
+_CHANGES_ANSWER = "not supported: it would change the constrained answer"
+
+
+def _refuse_sampling_controls(request: ChatCompletionRequest | CompletionRequest) -> None:
+    """What both endpoints refuse: several choices, stop sequences, logit penalties and bias."""
     if request.n not in (None, 1):
-        raise _refuse("n", f"n={request.n} is not supported: the answer is deterministic, so every choice would be the same; send n=1")
-    for name in ("tools", "functions"):
-        if getattr(request, name):
-            raise _refuse(name, "tool calling is not supported: the model answers inside its workload's schema")
-    for name in ("tool_choice", "function_call"):
-        if getattr(request, name) not in (None, "none", "auto"):
-            raise _refuse(name, "tool calling is not supported: the model answers inside its workload's schema")
-    if request.response_format and request.response_format.get("type") != "text":
-        raise _refuse("response_format", "only {'type': 'text'}: the answer's format is the workload's schema (a label, or slot JSON)")
-    if request.audio is not None or (request.modalities and request.modalities != ["text"]):
-        raise _refuse("audio" if request.audio is not None else "modalities", "audio output is not supported; the model answers in text")
+        raise _refuse("n", f"n={request.n} is not supported: the answer is deterministic, every choice would be the same; send 1")
     if request.stop:
         raise _refuse("stop", "stop sequences are not supported: the answer ends where its schema ends")
     for name in ("frequency_penalty", "presence_penalty"):
         if getattr(request, name):
-            raise _refuse(name, "penalties are not supported: they would change the constrained answer")
+            raise _refuse(name, _CHANGES_ANSWER)
     if request.logit_bias:
-        raise _refuse("logit_bias", "logit bias is not supported: it would change the constrained answer")
+        raise _refuse("logit_bias", _CHANGES_ANSWER)
+
+
+def _refuse_unsupported(request: ChatCompletionRequest) -> None:
+    _refuse_sampling_controls(request)
+    for name in ("tools", "functions"):
+        if getattr(request, name):
+            raise _refuse(name, _TOOLS)
+    for name in ("tool_choice", "function_call"):
+        if getattr(request, name) not in (None, "none", "auto"):
+            raise _refuse(name, _TOOLS)
+    if request.response_format and request.response_format.get("type") != "text":
+        raise _refuse("response_format", "only {'type': 'text'}: the answer's format is the workload's schema")
+    if request.audio is not None:
+        raise _refuse("audio", "audio output is not supported; the model answers in text")
+    if request.modalities and request.modalities != ["text"]:
+        raise _refuse("modalities", "audio output is not supported; the model answers in text")
     if request.top_logprobs:
-        raise _refuse("top_logprobs", "only 0 is supported: logprobs=true returns each answer token's log-probability under the constraint")
+        raise _refuse("top_logprobs", "only 0: logprobs=true gives each answer token's log-probability under the constraint")
     if request.top_logprobs is not None and not request.logprobs:
         raise ApiError(400, "top_logprobs: requires logprobs=true", "top_logprobs", "invalid_value")
     for name in ("reasoning_effort", "verbosity", "web_search_options", "moderation"):
@@ -198,19 +209,21 @@ def last_user_text(messages: list[Message]) -> str:
             param = f"messages[{index}].content[{part_index}]"
             kind = part.get("type")
             if kind != "text":
-                raise ApiError(400, f"{param}: {kind!r} content parts are not supported; the model reads text only", param, "unsupported_content")
+                message = f"{param}: {kind!r} content parts are not supported; the model reads text only"
+                raise ApiError(400, message, param, "unsupported_content")
             if not isinstance(part.get("text"), str):
                 raise ApiError(400, f"{param}.text: must be a string", f"{param}.text", "invalid_value")
             texts.append(part["text"])
         text = "\n".join(texts)
         if not text.strip():
-            raise ApiError(400, f"messages[{index}].content: the last user message is empty", f"messages[{index}].content", "invalid_value")
+            param = f"messages[{index}].content"
+            raise ApiError(400, f"{param}: the last user message is empty", param, "invalid_value")
         return text
-    raise ApiError(400, "messages: no user message (the model classifies the last user message)", "messages", "invalid_value")
+    raise ApiError(400, "messages: no user message (the model answers the last one)", "messages", "invalid_value")
 
 
 @dataclass(frozen=True)
-class ChatAnswer:
+class Reply:
     """What one prediction answers, cut to the request's token cap."""
 
     content: str
@@ -235,7 +248,7 @@ class ChatAnswer:
         }
 
 
-def chat_answer(prediction: Prediction, decode: Callable[[list[int]], str], limit: int | None) -> ChatAnswer:
+def reply_to(prediction: Prediction, decode: Callable[[list[int]], str], limit: int | None) -> Reply:
     """The reply to a prediction, cut after `limit` tokens.
 
     No valid answer gives empty content and `finish_reason: "length"` (decoding ran out of tokens
@@ -249,23 +262,26 @@ def chat_answer(prediction: Prediction, decode: Callable[[list[int]], str], limi
         ids, logprobs = ids[:limit], logprobs[:limit]
         content, finish_reason = decode(ids).removeprefix(" "), "length"
     elif not prediction.valid:
-        return ChatAnswer("", "length", [], [], prediction.prompt_tokens, len(ids))
+        return Reply("", "length", [], [], prediction.prompt_tokens, len(ids))
     else:
         content, finish_reason = answer_to_text(prediction.answer) or "", "stop"
-    return ChatAnswer(content, finish_reason, [decode([i]) for i in ids], logprobs, prediction.prompt_tokens, len(ids))
+    return Reply(content, finish_reason, [decode([i]) for i in ids], logprobs, prediction.prompt_tokens, len(ids))
 
 
-def chat_completion(request_id: str, model: str, request: ChatCompletionRequest, answer: ChatAnswer) -> dict[str, Any]:
+def chat_completion(request_id: str, model: str, request: ChatCompletionRequest, answer: Reply) -> dict[str, Any]:
     choice = {
         "index": 0,
         "message": {"role": "assistant", "content": answer.content, "refusal": None},
         "logprobs": answer.logprobs_body() if request.logprobs else None,
         "finish_reason": answer.finish_reason,
     }
-    return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model, "choices": [choice], "usage": answer.usage}
+    return {
+        "id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [choice], "usage": answer.usage,
+    }
 
 
-def chat_chunks(request_id: str, model: str, request: ChatCompletionRequest, answer: ChatAnswer) -> list[dict[str, Any]]:
+def chat_chunks(request_id: str, model: str, request: ChatCompletionRequest, answer: Reply) -> list[dict[str, Any]]:
     """The streamed reply: a role chunk, one content chunk (the answer is decided whole before
     anything is sent), the finish chunk, and the usage chunk when `include_usage` asks for it."""
     base = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
@@ -328,32 +344,25 @@ def parse_completion_request(body: dict[str, Any]) -> CompletionRequest:
     if isinstance(prompt, list) and any(isinstance(item, (int, list)) for item in prompt):
         raise _refuse("prompt", "token-id prompts are not supported: the model reads text inside its workload's template")
     request = _validate(CompletionRequest, body)
-    for name in ("n", "best_of"):
-        if getattr(request, name) not in (None, 1):
-            raise _refuse(name, f"{name}={getattr(request, name)} is not supported: the answer is deterministic; send 1")
+    _refuse_sampling_controls(request)
+    if request.best_of not in (None, 1):
+        raise _refuse("best_of", f"best_of={request.best_of} is not supported: the answer is deterministic; send 1")
     if request.echo:
         raise _refuse("echo", "echo is not supported: the model reads the prompt inside its workload's template")
     if request.suffix:
         raise _refuse("suffix", "suffix (insertion) is not supported")
-    if request.stop:
-        raise _refuse("stop", "stop sequences are not supported: the answer ends where its schema ends")
-    for name in ("frequency_penalty", "presence_penalty"):
-        if getattr(request, name):
-            raise _refuse(name, "penalties are not supported: they would change the constrained answer")
-    if request.logit_bias:
-        raise _refuse("logit_bias", "logit bias is not supported: it would change the constrained answer")
     if request.logprobs:
-        raise _refuse("logprobs", "only 0 is supported: each answer token's log-probability under the constraint")
+        raise _refuse("logprobs", "only 0: each answer token's log-probability under the constraint")
     if not request.prompts:
         raise ApiError(400, "prompt: is empty", "prompt", "invalid_value")
-    for index, prompt in enumerate(request.prompts):
-        if not prompt.strip():
+    for index, text in enumerate(request.prompts):
+        if not text.strip():
             param = "prompt" if isinstance(request.prompt, str) else f"prompt[{index}]"
             raise ApiError(400, f"{param}: is empty", param, "invalid_value")
     return request
 
 
-def _completion_logprobs(answer: ChatAnswer) -> dict[str, Any]:
+def _completion_logprobs(answer: Reply) -> dict[str, Any]:
     # Offsets into `text`, which drops the space the first token carries.
     offsets, position = [], -1
     for token in answer.tokens:
@@ -362,20 +371,26 @@ def _completion_logprobs(answer: ChatAnswer) -> dict[str, Any]:
     return {"tokens": answer.tokens, "token_logprobs": answer.logprobs, "top_logprobs": None, "text_offset": offsets}
 
 
-def _usage(answers: list[ChatAnswer]) -> dict[str, int]:
+def _usage(answers: list[Reply]) -> dict[str, int]:
     prompt, completion = sum(a.prompt_tokens for a in answers), sum(a.completion_tokens for a in answers)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def completion(request_id: str, model: str, request: CompletionRequest, answers: list[ChatAnswer]) -> dict[str, Any]:
+def completion(request_id: str, model: str, request: CompletionRequest, answers: list[Reply]) -> dict[str, Any]:
     choices = [
-        {"index": index, "text": answer.content, "logprobs": _completion_logprobs(answer) if request.logprobs is not None else None, "finish_reason": answer.finish_reason}
+        {
+            "index": index, "text": answer.content, "finish_reason": answer.finish_reason,
+            "logprobs": _completion_logprobs(answer) if request.logprobs is not None else None,
+        }
         for index, answer in enumerate(answers)
     ]
-    return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model, "choices": choices, "usage": _usage(answers)}
+    return {
+        "id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
+        "choices": choices, "usage": _usage(answers),
+    }
 
 
-def completion_chunks(request_id: str, model: str, request: CompletionRequest, answers: list[ChatAnswer]) -> list[dict[str, Any]]:
+def completion_chunks(request_id: str, model: str, request: CompletionRequest, answers: list[Reply]) -> list[dict[str, Any]]:
     """Per prompt: a text chunk and a finish chunk; then the usage chunk when asked for."""
     base = {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model}
     if request.include_usage:

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from models.inference import Prediction
-from serving.openai_api import ApiError, chat_answer, chat_chunks, last_user_text, parse_chat_request, sse
+from serving.openai_api import ApiError, reply_to, chat_chunks, last_user_text, parse_chat_request, sse
 
 # A slot answer as the decoder produced it: ' {"people": "2"}' in five tokens.
 PIECES = {1: " {", 2: '"people', 3: '":', 4: ' "2', 5: '"}'}
@@ -22,7 +22,7 @@ def request(**arguments):
 
 
 def test_a_full_answer_counts_its_tokens_and_they_spell_it():
-    answer = chat_answer(SLOTS, decode, None)
+    answer = reply_to(SLOTS, decode, None)
     assert (answer.content, answer.finish_reason) == ('{"people": "2"}', "stop")
     assert answer.usage == {"prompt_tokens": 19, "completion_tokens": 5, "total_tokens": 24}
     assert "".join(answer.tokens) == " " + answer.content
@@ -30,21 +30,21 @@ def test_a_full_answer_counts_its_tokens_and_they_spell_it():
 
 
 def test_a_token_cap_cuts_the_answer_like_capped_decoding():
-    answer = chat_answer(SLOTS, decode, 2)
+    answer = reply_to(SLOTS, decode, 2)
     assert (answer.content, answer.finish_reason, answer.completion_tokens) == ('{"people', "length", 2)
     assert answer.logprobs == [-0.1, -0.2]
-    assert chat_answer(SLOTS, decode, 5).finish_reason == "stop"
+    assert reply_to(SLOTS, decode, 5).finish_reason == "stop"
 
 
 def test_no_valid_answer_is_empty_but_counts_the_tokens_spent():
     spent = Prediction(None, 0.0, False, prompt_tokens=19, tokens=(1, 2), token_logprobs=(-0.1, -0.2))
-    answer = chat_answer(spent, decode, None)
+    answer = reply_to(spent, decode, None)
     assert (answer.content, answer.finish_reason, answer.tokens, answer.completion_tokens) == ("", "length", [], 2)
-    assert chat_answer(spent, decode, 1).content == "{"  # a capped prefix was schema-valid
+    assert reply_to(spent, decode, 1).content == "{"  # a capped prefix was schema-valid
 
 
 def test_stream_chunks_follow_openai_and_end_with_done():
-    answer = chat_answer(SLOTS, decode, None)
+    answer = reply_to(SLOTS, decode, None)
     chunks = chat_chunks("chatcmpl-1", "restaurant-slots@v1", request(stream=True, logprobs=True, stream_options={"include_usage": True}), answer)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert chunks[1]["choices"][0]["delta"] == {"content": answer.content}
@@ -62,7 +62,7 @@ def test_stream_chunks_follow_openai_and_end_with_done():
 @pytest.mark.parametrize(
     ("arguments", "param", "message"),
     [
-        ({"n": 3}, "n", "send n=1"),
+        ({"n": 3}, "n", "every choice would be the same"),
         ({"best_of": 2}, "best_of", "Unrecognized request argument supplied: best_of"),
         ({"stream_options": {"include_usage": True, "chunk_size": 2}}, "stream_options.chunk_size", "Unrecognized"),
         ({"max_completion_tokens": 0}, "max_completion_tokens", "greater than or equal to 1"),
@@ -109,7 +109,7 @@ def test_completions_default_to_16_tokens_and_refuse_what_they_cannot_honour():
 
     parsed = parse_completion_request({"model": "m", "prompt": ["a", "b"]})
     assert parsed.max_tokens == 16 and parsed.prompts == ["a", "b"]  # OpenAI's default cap
-    answers = [chat_answer(SLOTS, decode, parsed.max_tokens), chat_answer(SLOTS, decode, 2)]
+    answers = [reply_to(SLOTS, decode, parsed.max_tokens), reply_to(SLOTS, decode, 2)]
     body = completion("cmpl-1", "m", parsed, answers)
     assert [c["finish_reason"] for c in body["choices"]] == ["stop", "length"]
     assert body["usage"] == {"prompt_tokens": 38, "completion_tokens": 7, "total_tokens": 45}
