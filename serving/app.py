@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import openai_api
 from serving.capture import Sample, SampleWriter, answer_to_text, now_utc
@@ -131,6 +132,11 @@ def create_app(state: ServerState) -> FastAPI:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         metrics.errors.labels(request.url.path, str(exc.status)).inc()
         return JSONResponse(openai_api.error_body(exc), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown paths and methods too answer in OpenAI's error shape (clients parse it).
+        return await _api_error(request, ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"))
 
     def _require_admin(request: Request) -> None:
         if state.admin_token is None:

@@ -52,6 +52,9 @@ def test_models_list_and_retrieve(client, served):
     with pytest.raises(openai.NotFoundError) as missing:
         client.models.retrieve("ghost@v1")
     assert missing.value.code == "model_not_found" and missing.value.type == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError) as no_route:
+        client.embeddings.create(model="banking-intent", input="hi")  # not served: a 404 in OpenAI's shape
+    assert "/v1/embeddings" in no_route.value.message and no_route.value.type == "invalid_request_error"
 
 
 def test_chat_completion_usage_equals_the_tokenizer_counts(client, served):
