@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,12 @@ class Prediction:
     confidence: float
     valid: bool
     latency_ms: float = 0.0
+    prompt_tokens: int = 0  # the length of the tokenized prompt the model read
+    # The answer's tokens (the completion after the prompt, end-of-sequence excluded) and each
+    # one's log-probability under the constraint; they sum to log(confidence). Without a valid
+    # answer: the tokens decoding produced before it gave up.
+    tokens: tuple[int, ...] = ()
+    token_logprobs: tuple[float, ...] = ()
 
 
 def load_tokenizer(path: str) -> Any:
@@ -68,16 +75,17 @@ class Predictor:
         self.batch_size = batch_size
         self.eos_id = tokenizer.eos_token_id
         self._label_constraint: LabelConstraint | None = None
+        self._label_ids: dict[str, list[int]] = {}
         self._token_strings: list[str] | None = None
 
     def _constraint(self, text: str) -> Constraint:
         if self.spec.task == "classification":
             if self._label_constraint is None:
-                ids = {
-                    label: self.tokenizer(self.spec.completion(label), add_special_tokens=False).input_ids + [self.eos_id]
+                self._label_ids = {
+                    label: self.tokenizer(self.spec.completion(label), add_special_tokens=False).input_ids
                     for label in self.spec.labels
                 }
-                self._label_constraint = LabelConstraint(ids)
+                self._label_constraint = LabelConstraint({label: ids + [self.eos_id] for label, ids in self._label_ids.items()})
             return self._label_constraint
         if self._token_strings is None:
             self._token_strings = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
@@ -109,6 +117,7 @@ class Predictor:
         finished = [False] * len(texts)
         valid = [True] * len(texts)
         generated: list[list[int]] = [[] for _ in texts]
+        generated_logprobs: list[list[float]] = [[] for _ in texts]
         past = None
         step_ids, step_positions = input_ids, positions
         decoder, lm_head = self.model.get_decoder(), self.model.get_output_embeddings()
@@ -137,6 +146,7 @@ class Predictor:
                     continue
                 confidence[row] *= prob
                 generated[row].append(token)
+                generated_logprobs[row].append(math.log(prob) if prob > 0 else -math.inf)
                 finished[row] = done
                 next_ids.append(token)
             if all(finished):
@@ -146,13 +156,24 @@ class Predictor:
             attention = torch.cat([attention, torch.ones(len(texts), 1, dtype=attention.dtype)], dim=-1)
         latency_ms = (time.perf_counter() - started) * 1000 / len(texts)
         return [
-            self._finish(states[row], finished[row] and valid[row], confidence[row], latency_ms)
+            self._finish(
+                states[row], finished[row] and valid[row], confidence[row], latency_ms,
+                len(prompts[row]), generated[row], generated_logprobs[row],
+            )
             for row in range(len(texts))
         ]
 
-    def _finish(self, state: Any, ok: bool, confidence: float, latency_ms: float) -> Prediction:
-        if not ok:
-            return Prediction(None, 0.0, False, latency_ms)
+    def _finish(
+        self, state: Any, ok: bool, confidence: float, latency_ms: float,
+        prompt_tokens: int, generated: list[int], logprobs: list[float],
+    ) -> Prediction:
+        if generated and generated[-1] == self.eos_id:
+            generated, logprobs = generated[:-1], logprobs[:-1]
+        if not ok:  # no answer, but the tokens decoding spent are kept (usage counts them)
+            return Prediction(None, 0.0, False, latency_ms, prompt_tokens, tuple(generated), tuple(logprobs))
         if self.spec.task == "classification":
-            return Prediction(state.decided, confidence, True, latency_ms)
-        return Prediction(json.loads(state.text), confidence, True, latency_ms)
+            # Decoding stops once one label is left; its remaining tokens are forced (p = 1).
+            tokens = self._label_ids[state.decided]
+            logprobs = logprobs + [0.0] * (len(tokens) - len(generated))
+            return Prediction(state.decided, confidence, True, latency_ms, prompt_tokens, tuple(tokens), tuple(logprobs))
+        return Prediction(json.loads(state.text), confidence, True, latency_ms, prompt_tokens, tuple(generated), tuple(logprobs))

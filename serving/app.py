@@ -4,8 +4,10 @@ predictions with capture, health and Prometheus metrics.
 Endpoints
   POST /v1/load_lora_adapter    {"lora_name", "lora_path"}   (vLLM; path or models:/ reference)
   POST /v1/unload_lora_adapter  {"lora_name"}                (vLLM)
-  GET  /v1/models                                             (vLLM / OpenAI)
-  POST /v1/chat/completions     {"model": adapter or workload, "messages": [...]}
+  GET  /v1/models, GET /v1/models/{id}                        (vLLM / OpenAI)
+  POST /v1/chat/completions     {"model": adapter or workload, "messages": [...]}  (OpenAI:
+                                 streaming, usage, logprobs, max_tokens; see serving/openai_api.py)
+  POST /v1/completions          {"model", "prompt": text or [texts]}  (OpenAI legacy / vLLM)
   POST /v1/workloads/{workload}/predict  {"inputs": [...]}
   POST /v1/workloads/{workload}/route    {"lora_name"}        (switch the served version)
   GET  /v1/workloads                                          (workload -> served adapter)
@@ -23,19 +25,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving import openai_api
 from serving.capture import Sample, SampleWriter, answer_to_text, now_utc
 from serving.engine import AdapterEngine, EngineError, ServedPrediction, workload_of
+from serving.openai_api import ApiError
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -133,7 +131,12 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         metrics.errors.labels(request.url.path, str(exc.status)).inc()
-        return JSONResponse({"error": {"message": exc.message, "code": exc.status}}, status_code=exc.status)
+        return JSONResponse(openai_api.error_body(exc), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown paths and methods too answer in OpenAI's error shape (clients parse it).
+        return await _api_error(request, ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"))
 
     def _require_admin(request: Request) -> None:
         if state.admin_token is None:
@@ -224,13 +227,25 @@ def create_app(state: ServerState) -> FastAPI:
         _, routes = state.engine.snapshot()
         return {"workloads": {name: routes.get(name) for name in sorted(state.engine.specs)}}
 
+    def _model_cards() -> dict[str, dict[str, Any]]:
+        """Base, loaded adapters, and each routed workload (a name chat completions accept)."""
+        adapters, routes = state.engine.snapshot()
+        created, base = int(state.started), state.engine.base_path
+        cards = {base: openai_api.model_card(base, created, base, None)}
+        cards.update({name: openai_api.model_card(name, created, path, base) for name, path in sorted(adapters.items())})
+        cards.update({workload: openai_api.model_card(workload, created, adapters[name], base) for workload, name in sorted(routes.items()) if name in adapters})
+        return cards
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        adapters, _ = state.engine.snapshot()
-        created = int(state.started)
-        data = [{"id": state.engine.base_path, "object": "model", "created": created, "owned_by": "slm-flywheel", "root": state.engine.base_path, "parent": None}]
-        data += [{"id": name, "object": "model", "created": created, "owned_by": "slm-flywheel", "root": path, "parent": state.engine.base_path} for name, path in sorted(adapters.items())]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": list(_model_cards().values())}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        card = _model_cards().get(model_id)
+        if card is None:
+            raise ApiError(404, f"The model {model_id!r} does not exist (see GET /v1/models)", "model", "model_not_found")
+        return card
 
     @app.post("/v1/workloads/{workload}/predict")
     async def predict(workload: str, request: Request) -> dict[str, Any]:
@@ -260,40 +275,49 @@ def create_app(state: ServerState) -> FastAPI:
             ],
         }
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> dict[str, Any]:
-        started = time.perf_counter()
-        body = await _json_body(request, state.limits)
-        model = _field(body, "model", str)
-        messages = _field(body, "messages", list)
-        user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)]
-        if not user:
-            raise ApiError(400, "messages hold no user message with string content")
+    async def _complete(request: Request, model: str, texts: list[str], id_prefix: str, started: float) -> tuple[str, list[ServedPrediction]]:
+        """Answer OpenAI-protocol inputs with `model` (an adapter or a workload), captured."""
         adapters, routes = state.engine.snapshot()
-        workload = workload_of(model)
         if model not in adapters and model not in routes:
-            raise ApiError(404, f"model {model!r} does not exist (see GET /v1/models)")
-        text = _check_texts([user[-1]["content"]], state.limits)
-        request_id = request.headers.get("x-request-id") or f"chatcmpl-{uuid.uuid4().hex}"
+            raise ApiError(404, f"The model {model!r} does not exist (see GET /v1/models)", "model", "model_not_found")
+        workload = workload_of(model)
+        texts = _check_texts(texts, state.limits)
+        request_id = request.headers.get("x-request-id") or f"{id_prefix}-{uuid.uuid4().hex}"
         # As in vLLM, naming an adapter answers with that adapter, routed or not (a push's smoke
         # test); naming the workload answers with whatever it is routed to.
-        served = await _served(workload, text, model if model in adapters else None)
+        served = await _served(workload, texts, model if model in adapters else None)
         latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, text, served, latency_ms)
+        _capture(workload, request_id, texts, served, latency_ms)
+        adapter = served[0].adapter
+        metrics.requests.labels(workload, adapter).inc()
+        metrics.predictions.labels(workload, adapter).inc(len(texts))
+        metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
+        return request_id, served
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> dict[str, Any] | StreamingResponse:
+        started = time.perf_counter()
+        chat = openai_api.parse_chat_request(await _json_body(request, state.limits))
+        request_id, served = await _complete(request, chat.model, [openai_api.last_user_text(chat.messages)], "chatcmpl", started)
         item = served[0]
-        metrics.requests.labels(workload, item.adapter).inc()
-        metrics.predictions.labels(workload, item.adapter).inc()
-        metrics.latency.labels(workload, item.adapter).observe(latency_ms / 1000)
-        content = answer_to_text(item.prediction.answer) if item.prediction.valid else ""
-        return {
-            "id": request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": item.adapter,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop" if item.prediction.valid else "length"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            "flywheel": {"confidence": item.prediction.confidence, "valid": item.prediction.valid},
-        }
+        answer = openai_api.reply_to(item.prediction, state.engine.tokenizer.decode, chat.limit)
+        if chat.stream:
+            chunks = openai_api.chat_chunks(request_id, item.adapter, chat, answer)
+            return StreamingResponse(openai_api.sse(chunks), media_type="text/event-stream")
+        body = openai_api.chat_completion(request_id, item.adapter, chat, answer)
+        body["flywheel"] = {"confidence": item.prediction.confidence, "valid": item.prediction.valid}
+        return body
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: Request) -> dict[str, Any] | StreamingResponse:
+        started = time.perf_counter()
+        call = openai_api.parse_completion_request(await _json_body(request, state.limits))
+        request_id, served = await _complete(request, call.model, call.prompts, "cmpl", started)
+        answers = [openai_api.reply_to(item.prediction, state.engine.tokenizer.decode, call.max_tokens) for item in served]
+        if call.stream:
+            chunks = openai_api.completion_chunks(request_id, served[0].adapter, call, answers)
+            return StreamingResponse(openai_api.sse(chunks), media_type="text/event-stream")
+        return openai_api.completion(request_id, served[0].adapter, call, answers)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
