@@ -164,6 +164,10 @@ class SampleWriter:
                 item = None if self._stop.is_set() else ...  # a timeout: flush what we have
             if item is None:
                 self._flush(buffer + self._drain())
+                if self._retained:  # the store and the spill both failed at close: say so, count them
+                    log.error("capture writer %s closed with %d rows neither written nor spilled", self.replica_id, len(self._retained))
+                    self.dropped += len(self._retained)
+                    self._retained = []
                 return
             if isinstance(item, threading.Event):
                 self._flush(buffer)
