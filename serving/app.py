@@ -34,6 +34,16 @@ MAX_JSON_DEPTH = 64  # far beyond any request this API takes; deeper is refused 
 MAX_CLIENT_ID_CHARS = 200  # the client's x-request-id is captured as given, so it is bounded
 
 
+def _json_request(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """An OpenAPI request body for the schema (handlers parse bodies themselves, to answer a bad
+    one with an error that names the problem)."""
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_LORA_NAME = {"type": "string", "description": "<workload>@v<N>"}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -242,7 +252,7 @@ def create_app(state: ServerState) -> FastAPI:
                 )
             )
 
-    @app.post("/v1/load_lora_adapter")
+    @app.post("/v1/load_lora_adapter", openapi_extra=_json_request({"lora_name": _LORA_NAME, "lora_path": {"type": "string"}}, ["lora_name", "lora_path"]))
     async def load_lora_adapter(request: Request) -> PlainTextResponse:
         _require_admin(request)
         body = await _json_body(request, state.limits)
@@ -260,7 +270,7 @@ def create_app(state: ServerState) -> FastAPI:
         await _await(state.engine.load_adapter(name, path))
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
-    @app.post("/v1/unload_lora_adapter")
+    @app.post("/v1/unload_lora_adapter", openapi_extra=_json_request({"lora_name": _LORA_NAME}, ["lora_name"]))
     async def unload_lora_adapter(request: Request) -> PlainTextResponse:
         _require_admin(request)
         body = await _json_body(request, state.limits)
@@ -268,7 +278,7 @@ def create_app(state: ServerState) -> FastAPI:
         await _await(state.engine.unload_adapter(name))
         return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
-    @app.post("/v1/workloads/{workload}/route")
+    @app.post("/v1/workloads/{workload}/route", openapi_extra=_json_request({"lora_name": _LORA_NAME, "unload_previous": {"type": "boolean"}}, ["lora_name"]))
     async def route(workload: str, request: Request) -> dict[str, Any]:
         _require_admin(request)
         body = await _json_body(request, state.limits)
@@ -290,7 +300,7 @@ def create_app(state: ServerState) -> FastAPI:
         data += [{"id": name, "object": "model", "created": created, "owned_by": "slm-flywheel", "root": path, "parent": state.engine.base_path} for name, path in sorted(adapters.items())]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/workloads/{workload}/predict")
+    @app.post("/v1/workloads/{workload}/predict", openapi_extra=_json_request({"inputs": {"type": "array", "items": {"type": "string"}, "minItems": 1}}, ["inputs"]))
     async def predict(workload: str, request: Request) -> dict[str, Any]:
         started = time.perf_counter()
         body = await _json_body(request, state.limits)
