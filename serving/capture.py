@@ -177,7 +177,8 @@ class SampleWriter:
                 continue
             if item is not ...:
                 buffer.append(item)
-            if len(buffer) >= self.flush_records or (buffer and time.monotonic() - last_flush >= self.flush_seconds):
+            due = (buffer or self._retained) and time.monotonic() - last_flush >= self.flush_seconds
+            if len(buffer) >= self.flush_records or due:
                 self._flush(buffer)
                 buffer = []
                 last_flush = time.monotonic()
@@ -265,10 +266,14 @@ class SampleWriter:
                 log.error("capture: cannot read spill file %s (%s); left in place", path, exc)
                 continue
             left = [sample for group in _by_partition(samples) if not self._write_once(group) for sample in group]
-            if left:
-                _rewrite_spill(path, left)  # what was written is not written twice
+            try:
+                if left:
+                    _rewrite_spill(path, left)  # what was written is not written twice
+                    return
+                path.unlink()
+            except OSError as exc:  # the spill's disk failed under us: try again after the next write
+                log.error("capture: cannot update spill file %s (%s)", path, exc)
                 return
-            path.unlink()
             self.recovered += len(samples)
             log.info("capture: recovered %d spilled rows from %s", len(samples), path)
 
