@@ -151,7 +151,8 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None, 
             state.engine.close()
             flushed = state.writer.close()
             stats = state.writer.stats()
-            log.info("capture closed (%s): %d written, %d spilled, %d dropped", "flushed" if flushed else "NOT flushed", stats.written, stats.spilled, stats.dropped)
+            if not flushed or stats.dropped or stats.spilled > stats.recovered:
+                log.warning("capture closed: %d written, %d in %s, %d dropped", stats.written, stats.spilled - stats.recovered, state.writer.spill_dir, stats.dropped)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
