@@ -165,13 +165,18 @@ def serve(
     host: Annotated[Optional[str], typer.Option(help="Bind address (default: serving.host).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (default: serving.port).")] = None,
     replica_id: Annotated[Optional[str], typer.Option(help="This replica's id in captured samples.")] = None,
+    allow_open_admin: Annotated[bool, typer.Option("--allow-open-admin", help="Serve a non-loopback host with no admin token (load/unload/route open to anyone who reaches it).")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Start the embedded serving tier (vLLM LoRA API); loads each workload's champion."""
     _offline_defaults()
     from serving.server import serve as run_server
 
-    run_server(_settings(config), host=host, port=port, replica_id=replica_id)
+    try:
+        run_server(_settings(config), host=host, port=port, replica_id=replica_id, allow_open_admin=allow_open_admin)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
 @app.command()

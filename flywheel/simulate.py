@@ -74,12 +74,14 @@ def simulate(
                 if item is None:
                     return
                 index, request = item
-                request_id = f"sim-{scenario}-{run}-{index}"
+                client_id = f"sim-{scenario}-{run}-{index}"
+                request_id = client_id  # replaced by the server's id, the captured sample's key, once answered
                 ok, correct = False, False
                 try:
-                    response = client.post(f"/v1/workloads/{workload}/predict", json={"inputs": [request.text]}, headers={"x-request-id": request_id})
+                    response = client.post(f"/v1/workloads/{workload}/predict", json={"inputs": [request.text]}, headers={"x-request-id": client_id})
                     if response.status_code == 200:
                         ok = True
+                        request_id = response.json()["request_id"]
                         answer = response.json()["predictions"][0]["answer"]
                         correct = answer is not None and answer == spec.parse_label(request.gold)
                 except httpx.HTTPError:
@@ -88,7 +90,7 @@ def simulate(
                     counts["failed"] += not ok
                     counts["correct"] += correct
                     counts["done"] += 1
-                    truth_rows.append(json.dumps({"request_id": request_id, "workload": workload, "scenario": scenario, "gold": request.gold, "source_id": request.source_id}))
+                    truth_rows.append(json.dumps({"request_id": request_id, "client_request_id": client_id, "workload": workload, "scenario": scenario, "gold": request.gold, "source_id": request.source_id}))
                     if progress is not None:
                         progress(counts["done"], len(requests))  # type: ignore[operator]
 

@@ -17,10 +17,11 @@ Endpoints
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +35,18 @@ from serving.engine import AdapterEngine, EngineError, ServedPrediction, workloa
 from serving.openai_api import ApiError
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+MAX_JSON_DEPTH = 64  # far beyond any request this API takes; deeper is refused before it reaches a handler
+MAX_CLIENT_ID_CHARS = 200  # the client's x-request-id is captured as given, so it is bounded
+
+
+def _json_request(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """An OpenAPI request body for the schema (handlers parse bodies themselves, to answer a bad
+    one with an error that names the problem)."""
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_LORA_NAME = {"type": "string", "description": "<workload>@v<N>"}
 
 
 @dataclass
@@ -72,6 +85,14 @@ class Metrics:
         drops.set_function(lambda: writer.dropped)
         written = Gauge("flywheel_capture_written", "Samples written to the sample store", registry=self.registry)
         written.set_function(lambda: writer.written)
+        failures = Gauge("flywheel_capture_write_failures", "Failed sample-store write attempts (each retry counts)", registry=self.registry)
+        failures.set_function(lambda: writer.write_failures)
+        spilled = Gauge("flywheel_capture_spilled", "Samples spilled to the local fallback file after the store failed", registry=self.registry)
+        spilled.set_function(lambda: writer.spilled)
+        recovered = Gauge("flywheel_capture_recovered", "Spilled samples since moved into the sample store", registry=self.registry)
+        recovered.set_function(lambda: writer.recovered)
+        retained = Gauge("flywheel_capture_retained", "Samples held in memory because the store and the spill both failed", registry=self.registry)
+        retained.set_function(lambda: writer.stats().retained)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -94,9 +115,38 @@ async def _json_body(request: Request, limits: ServingLimits) -> dict[str, Any]:
         body = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise ApiError(400, f"request body is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    _check_json(body)
     return body
+
+
+def _check_json(body: Any) -> None:
+    """Refuse what JSON can carry but no handler should see: nesting deeper than MAX_JSON_DEPTH,
+    and strings with lone surrogates ("\\ud800" is valid JSON but not Unicode text: the tokenizer,
+    Parquet and the filesystem all fail on it)."""
+    stack: list[tuple[Any, str, int]] = [(body, "body", 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(400, f"request body is nested too deeply at {where} (the limit is {MAX_JSON_DEPTH} levels)")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, f"a key of {where}")
+                stack.append((item, f"{where}.{key}", depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{index}]", depth + 1) for index, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, where)
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, f"{where} holds a lone surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}; text must be valid Unicode") from exc
 
 
 def _field(body: dict[str, Any], name: str, kind: type) -> Any:
@@ -144,15 +194,28 @@ def create_app(state: ServerState) -> FastAPI:
         header = request.headers.get("authorization", "")
         if not header.startswith("Bearer "):
             raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
-        if header.removeprefix("Bearer ").strip() != state.admin_token:
+        # Constant-time, on bytes (compare_digest refuses non-ASCII str; a header is Latin-1).
+        given = header.removeprefix("Bearer ").strip().encode("latin-1")
+        if not hmac.compare_digest(given, state.admin_token.encode("utf-8")):
             raise ApiError(403, "wrong bearer token")
 
+    def _inside_roots(path: Path) -> bool:
+        return any(path.is_relative_to(root.resolve()) for root in state.adapter_roots)
+
     def _confined(path_text: str) -> Path:
-        path = Path(path_text).expanduser().resolve()
-        for root in state.adapter_roots:
-            if path.is_relative_to(root.resolve()):
-                return path
-        raise ApiError(403, f"adapter path {path_text!r} is outside the allowed adapter roots")
+        """The adapter folder, resolved, if it and every file in it (symlinks followed) lie inside
+        the adapter roots."""
+        try:
+            path = Path(path_text).expanduser().resolve()
+        except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+            raise ApiError(400, f"adapter path {path_text!r} is not a usable path: {exc}") from exc
+        if not _inside_roots(path):
+            raise ApiError(403, f"adapter path {path_text!r} is outside the allowed adapter roots")
+        if path.is_dir():
+            for item in sorted(path.rglob("*")):
+                if item.is_symlink() and not _inside_roots(item.resolve()):
+                    raise ApiError(403, f"{item} is a symlink to {item.resolve()}, outside the allowed adapter roots")
+        return path
 
     async def _await(future: Any) -> Any:
         try:
@@ -167,7 +230,13 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(exc.status, str(exc)) from exc
         return await _await(future)
 
-    def _capture(workload: str, request_id: str, texts: list[str], served: list[ServedPrediction], latency_ms: float) -> None:
+    def _client_request_id(request: Request) -> str | None:
+        client_id = request.headers.get("x-request-id")
+        if client_id is not None and len(client_id) > MAX_CLIENT_ID_CHARS:
+            raise ApiError(400, f"x-request-id is {len(client_id)} characters; the limit is {MAX_CLIENT_ID_CHARS}")
+        return client_id
+
+    def _capture(workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], latency_ms: float) -> None:
         stamp = now_utc()
         for index, (text, item) in enumerate(zip(texts, served)):
             state.writer.append(
@@ -182,10 +251,11 @@ def create_app(state: ServerState) -> FastAPI:
                     adapter_version=item.adapter,
                     latency_ms=latency_ms,
                     replica_id=state.replica_id,
+                    client_request_id=client_id,
                 )
             )
 
-    @app.post("/v1/load_lora_adapter")
+    @app.post("/v1/load_lora_adapter", openapi_extra=_json_request({"lora_name": _LORA_NAME, "lora_path": {"type": "string"}}, ["lora_name", "lora_path"]))
     async def load_lora_adapter(request: Request) -> PlainTextResponse:
         _require_admin(request)
         body = await _json_body(request, state.limits)
@@ -203,7 +273,7 @@ def create_app(state: ServerState) -> FastAPI:
         await _await(state.engine.load_adapter(name, path))
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
-    @app.post("/v1/unload_lora_adapter")
+    @app.post("/v1/unload_lora_adapter", openapi_extra=_json_request({"lora_name": _LORA_NAME}, ["lora_name"]))
     async def unload_lora_adapter(request: Request) -> PlainTextResponse:
         _require_admin(request)
         body = await _json_body(request, state.limits)
@@ -211,7 +281,7 @@ def create_app(state: ServerState) -> FastAPI:
         await _await(state.engine.unload_adapter(name))
         return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
-    @app.post("/v1/workloads/{workload}/route")
+    @app.post("/v1/workloads/{workload}/route", openapi_extra=_json_request({"lora_name": _LORA_NAME, "unload_previous": {"type": "boolean"}}, ["lora_name"]))
     async def route(workload: str, request: Request) -> dict[str, Any]:
         _require_admin(request)
         body = await _json_body(request, state.limits)
@@ -247,21 +317,23 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(404, f"The model {model_id!r} does not exist (see GET /v1/models)", "model", "model_not_found")
         return card
 
-    @app.post("/v1/workloads/{workload}/predict")
+    @app.post("/v1/workloads/{workload}/predict", openapi_extra=_json_request({"inputs": {"type": "array", "items": {"type": "string"}, "minItems": 1}}, ["inputs"]))
     async def predict(workload: str, request: Request) -> dict[str, Any]:
         started = time.perf_counter()
         body = await _json_body(request, state.limits)
         texts = _check_texts(_field(body, "inputs", list), state.limits)
-        request_id = request.headers.get("x-request-id") or str(uuid.uuid4())
+        client_id = _client_request_id(request)
+        request_id = str(uuid.uuid4())  # ours, so unique; a client's id may repeat
         served = await _served(workload, texts)
         latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, texts, served, latency_ms)
+        _capture(workload, request_id, client_id, texts, served, latency_ms)
         adapter = served[0].adapter
         metrics.requests.labels(workload, adapter).inc()
         metrics.predictions.labels(workload, adapter).inc(len(texts))
         metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
         return {
             "request_id": request_id,
+            "client_request_id": client_id,
             "workload": workload,
             "predictions": [
                 {
@@ -282,12 +354,13 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(404, f"The model {model!r} does not exist (see GET /v1/models)", "model", "model_not_found")
         workload = workload_of(model)
         texts = _check_texts(texts, state.limits)
-        request_id = request.headers.get("x-request-id") or f"{id_prefix}-{uuid.uuid4().hex}"
+        client_id = _client_request_id(request)
+        request_id = f"{id_prefix}-{uuid.uuid4().hex}"  # made here, unique; the client's id is captured beside it
         # As in vLLM, naming an adapter answers with that adapter, routed or not (a push's smoke
         # test); naming the workload answers with whatever it is routed to.
         served = await _served(workload, texts, model if model in adapters else None)
         latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, texts, served, latency_ms)
+        _capture(workload, request_id, client_id, texts, served, latency_ms)
         adapter = served[0].adapter
         metrics.requests.labels(workload, adapter).inc()
         metrics.predictions.labels(workload, adapter).inc(len(texts))
@@ -322,7 +395,16 @@ def create_app(state: ServerState) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         adapters, routes = state.engine.snapshot()
-        return {"status": "ok", "replica_id": state.replica_id, "base_model": state.engine.base_path, "adapters": sorted(adapters), "routes": routes}
+        capture = state.writer.stats()
+        # Still 200 when capture is failing: predictions are answered; the rows wait in the spill.
+        return {
+            "status": "ok" if capture.healthy else "degraded",
+            "replica_id": state.replica_id,
+            "base_model": state.engine.base_path,
+            "adapters": sorted(adapters),
+            "routes": routes,
+            "capture": {**asdict(capture), "healthy": capture.healthy},
+        }
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:

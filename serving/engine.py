@@ -156,8 +156,12 @@ class AdapterEngine:
             texts = [text for job in batch for text in job.texts]
             predictions = predictor.predict(texts)
         except BaseException as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # One bad request must not fail its batch-mates: retry each alone, so only it errs.
             for job in batch:
-                job.future.set_exception(exc)
+                self._predict_batch(workload, requested, [job])
             return
         start = 0
         for job in batch:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
+import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flywheel.config import Settings
+from flywheel.config import ConfigError, Settings
 from serving.app import ServerState, ServingLimits, create_app
 from serving.capture import SampleWriter
 from serving.engine import AdapterEngine
@@ -82,19 +86,73 @@ def load_registry_champions(settings: Settings, state: ServerState) -> dict[str,
     return loaded
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None, replica_id: str | None = None) -> None:
-    """Run the server until interrupted; capture is flushed on shutdown."""
+def is_loopback(host: str) -> bool:
+    """True when every address `host` names is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(address.split("%", 1)[0]).is_loopback for address in addresses)
+
+
+def check_admin_exposure(host: str, admin_token: str | None, allow_open_admin: bool = False) -> None:
+    """Refuse to open the admin API (load, unload, route) beyond loopback without a token.
+
+    Raises:
+        ConfigError: `host` is not loopback, no `serving.admin_token` is set and the open admin
+            API was not explicitly allowed.
+    """
+    if admin_token or is_loopback(host):
+        return
+    if not allow_open_admin:
+        raise ConfigError(
+            f"refusing to serve on {host}: without serving.admin_token (FLYWHEEL_SERVING__ADMIN_TOKEN) anyone who reaches "
+            "this address can load, unload and route adapters; set a token, bind 127.0.0.1, or pass --allow-open-admin"
+        )
+    log.warning("serving on %s with an OPEN admin API (no serving.admin_token): anyone who reaches it can load, unload and route adapters", host)
+
+
+@contextlib.contextmanager
+def _return_after_signals() -> Iterator[None]:
+    """Let `uvicorn.run` return after a SIGTERM or SIGINT instead of dying in it.
+
+    uvicorn shuts down gracefully on either, then re-raises the signal to the handler installed
+    before it: the default one kills the process (exit 143) before the caller can flush capture.
+    With these handlers installed the re-raise is a no-op, so the caller's cleanup runs."""
+    def handled(signum: int, frame: Any) -> None:
+        log.info("%s received: shutting down", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handled) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None, replica_id: str | None = None, allow_open_admin: bool = False) -> None:
+    """Run the server until SIGTERM or SIGINT; then answer what is in flight, flush capture, return.
+
+    Raises:
+        ConfigError: the admin API would be open beyond loopback (see `check_admin_exposure`).
+    """
     import uvicorn
 
+    bind = host or settings.serving.host
+    check_admin_exposure(bind, settings.serving.admin_token, allow_open_admin)
     if port is not None:
         settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"port": port})})
     state = build_state(settings, replica_id)
     app = create_app(state)
-    try:
-        uvicorn.run(app, host=host or settings.serving.host, port=settings.serving.port, log_level="info")
-    finally:
-        state.engine.close()
-        state.writer.close()
+    with _return_after_signals():
+        try:
+            uvicorn.run(app, host=bind, port=settings.serving.port, log_level="info")
+        finally:
+            state.engine.close()
+            flushed = state.writer.close()
+            stats = state.writer.stats()
+            if not flushed or stats.dropped or stats.spilled > stats.recovered:
+                log.warning("capture closed: %d written, %d in %s, %d dropped", stats.written, stats.spilled - stats.recovered, state.writer.spill_dir, stats.dropped)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

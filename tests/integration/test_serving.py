@@ -1,5 +1,6 @@
 """The serving tier on loopback with the tiny model: vLLM LoRA API, hot swap under load, capture."""
 
+import json
 import random
 import threading
 
@@ -109,7 +110,8 @@ def test_hot_swap_under_concurrent_traffic_loses_nothing(server):
     for workload in ("banking-intent", "restaurant-slots"):
         frame = read_samples(settings.samples_dir, workload)
         assert set(frame["replica_id"]) == {"replica-a"}
-        captured.update(dict(zip(frame["request_id"], frame["adapter_version"])))
+        assert frame["request_id"].is_unique  # made by the server
+        captured.update(dict(zip(frame["client_request_id"], frame["adapter_version"])))  # the client's x-request-id, kept
     for request_id, _, version, _ in results:
         assert captured[request_id] == version
     assert state.writer.dropped == 0
@@ -130,6 +132,15 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, tmp_pat
         escaped = load("banking-intent@v1", str(settings.home / ".." / "elsewhere"))
         assert escaped.status_code == 403 and "outside the allowed adapter roots" in escaped.json()["error"]["message"]
         assert load("banking-intent@v1", str(settings.home / "nothing-here")).status_code == 400
+        # A folder inside the roots whose weights file is a symlink to a file outside them.
+        linked = settings.home / "linked-adapter"
+        linked.mkdir()
+        (linked / "adapter_config.json").write_bytes((path / "adapter_config.json").read_bytes())
+        (outside / "adapter_model.safetensors").write_bytes((path / "adapter_model.safetensors").read_bytes())
+        (linked / "adapter_model.safetensors").symlink_to(outside / "adapter_model.safetensors")
+        smuggled = load("banking-intent@v1", str(linked))
+        assert smuggled.status_code == 403, smuggled.text
+        assert "adapter_model.safetensors is a symlink to" in smuggled.json()["error"]["message"]
         assert load("banking-intent@v1", str(path)).status_code == 200
         assert load("banking-intent@v1", str(path)).status_code == 400  # already loaded
         assert load("nope@v1", str(path)).status_code == 400
@@ -143,6 +154,12 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, tmp_pat
             (client.post(predict, json={"inputs": ["x" * 1_000_000]}), 413, "the limit is"),
             (client.post(predict, content=b'{"inputs": ["\xff\xfe"]}', headers={"content-type": "application/json"}), 400, "not valid UTF-8"),
             (client.post(predict, content=b"{not json", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+            (client.post(predict, content=b'{"inputs": ["ok \\ud800"]}', headers={"content-type": "application/json"}), 400, "body.inputs[0] holds a lone surrogate (U+D800) at character 3"),
+            (client.post(predict, content=b'{"inputs": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", headers={"content-type": "application/json"}), 400, "nested too deeply"),
+            (client.post(predict, content=b'{"inputs": [[[[' + b"[" * 70 + b"]" * 70 + b"]]]]}", headers={"content-type": "application/json"}), 400, "nested too deeply at body.inputs[0]"),
+            (client.post(predict, json={"inputs": ["hi"]}, headers={"x-request-id": "r" * 201}), 400, "x-request-id is 201 characters"),
+            (client.post("/v1/unload_lora_adapter", json={"lora_name": "x"}, headers={"Authorization": "Bearer caf\xe9".encode("latin-1")}), 403, "wrong bearer token"),
+            (load("banking-intent@v2", str(settings.home) + "/nul\x00byte"), 400, "not a usable path"),
             (client.post(predict, json={"text": "hi"}), 400, "missing field 'inputs'"),
             (client.post(predict, json={"inputs": ["a"] * 65}), 413, "the limit is 64"),
             (client.post("/v1/workloads/nope/predict", json={"inputs": ["hi"]}), 404, "unknown workload 'nope'"),
@@ -172,7 +189,9 @@ def test_simulator_sends_real_requests_and_keeps_gold_apart(server):
     result = simulate(settings, "banking-intent", "prior-shift", 30, srv.url, truth_path=truth, concurrency=3, seed=5)
     assert (result.sent, result.failed) == (30, 0)
     gold = read_ground_truth(truth)
-    assert len(gold) == 30 and all(request_id.startswith("sim-prior-shift-") for request_id in gold)
+    assert len(gold) == 30
+    rows = [json.loads(line) for line in truth.read_text().splitlines()]
+    assert all(row["client_request_id"].startswith("sim-prior-shift-") for row in rows)
     spec = build_task_spec("banking-intent", settings.workload("banking-intent"), settings.data_dir)
     assert set(gold.values()) <= set(spec.labels)
 

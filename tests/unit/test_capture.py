@@ -57,3 +57,18 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     _StalledWriter.gate.set()
     writer.close()
     assert writer.written == 5
+
+
+def test_a_file_written_before_client_request_id_existed_is_read_not_quarantined(tmp_path):
+    import pandas as pd
+
+    from serving.capture import SCHEMA_FIELDS, scan_samples
+
+    folder = tmp_path / "workload=w" / "date=2026-01-01"
+    folder.mkdir(parents=True)
+    old = {name: ["x"] for name in SCHEMA_FIELDS if name != "client_request_id"}
+    old.update(timestamp=[pd.Timestamp("2026-01-01T10:00:00", tz="UTC")], valid=[True], confidence=[0.9], latency_ms=[3.0])
+    pd.DataFrame(old).to_parquet(folder / "r0-old.parquet")
+    scan = scan_samples(tmp_path, "w")
+    assert scan.quarantined == []
+    assert len(scan.frame) == 1 and scan.frame["client_request_id"].isna().all()
