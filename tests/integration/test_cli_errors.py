@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -104,8 +105,12 @@ def test_debug_shows_the_traceback(tmp_path, home):
 def test_version_and_config_show(tmp_path, home):
     version = _flywheel("--version", cwd=tmp_path, home=home)
     assert version.returncode == 0 and version.stdout.startswith("slm-flywheel ")
-    shown = _flywheel("config", "show", "-c", CONFIG, cwd=tmp_path, home=home, FLYWHEEL_SERVING__PORT="8123", FLYWHEEL_WEBHOOK__SECRET="hush")
+    # The README's override: a hyphenated workload name in a variable that `env` (not `export`) sets.
+    override = {"FLYWHEEL_WORKLOADS__banking-intent__TRAINING__MAX_EXAMPLES": "500"}
+    shown = _flywheel("config", "show", "-c", CONFIG, cwd=tmp_path, home=home, FLYWHEEL_SERVING__PORT="8123", FLYWHEEL_WEBHOOK__SECRET="hush", **override)
     assert shown.returncode == 0, shown.stderr
+    workloads = yaml.safe_load(shown.stdout)["workloads"]
+    assert workloads["banking-intent"]["training"]["max_examples"] == 500 and workloads["restaurant-slots"]["task"] == "extraction"
     assert f"# file: {CONFIG}" in shown.stdout
     assert "FLYWHEEL_SERVING__PORT" in shown.stdout and "FLYWHEEL_HOME" in shown.stdout
     assert "http://127.0.0.1:8123" in shown.stdout  # the default replica follows serving.port
