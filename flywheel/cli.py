@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
@@ -25,28 +26,40 @@ class CommandError(Exception):
     """A mistake in how a command was called; the message names it and the fix."""
 
 
+def _raised(exc: BaseException, module: str, name: str) -> bool:
+    """`isinstance(exc, <module>.<name>)`, without importing a module that was never loaded (nothing
+    it defines can have been raised), so the error path stays as light as the command."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(exc, getattr(loaded, name))
+
+
+# Project errors whose message already names the problem and the fix.
+_SELF_EXPLAINED = [
+    ("models.data", "DataError"),
+    ("models.base_model", "BaseModelError"),
+    ("models.review", "ReviewError"),
+    ("models.promotion", "PromotionError"),
+    ("deployments.deploy", "DeployError"),
+]
+
+
 def explain(exc: BaseException) -> str | None:
     """One line naming an expected mistake and its fix, or None for a bug (whose traceback is shown).
 
-    Project errors are matched by type, imported only when the error comes from their module (so
-    the mapping costs nothing on the way in). Prefect raises bare RuntimeErrors for an unreachable
-    API, so those two are matched by their message.
+    Errors are matched by type; Prefect raises bare RuntimeErrors for an API it cannot reach, so
+    those two are matched by their message.
     """
-    module = type(exc).__module__
     if isinstance(exc, (CommandError, ConfigError)):
         first, *fields = [line.strip() for line in str(exc).splitlines()]  # a validation error lists one field a line
         return " ".join([first, "; ".join(fields)]).strip()
-    if module == "models.registry":
+    if _raised(exc, "models.registry", "RegistryError"):
         return f"{exc} (`flywheel history <workload>` shows the champion's moves; `flywheel train <workload>` registers a new version)"
-    if module in ("models.data", "models.base_model", "models.review", "models.promotion", "deployments.deploy"):
+    if any(_raised(exc, module, name) for module, name in _SELF_EXPLAINED):
         return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    if module.startswith("mlflow"):
-        from mlflow.exceptions import MlflowException
-
-        if isinstance(exc, MlflowException):
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return f"{exc.message}: nothing is registered under that name yet; train it first (`flywheel train <workload>`)"
-            return f"the MLflow registry refused: {exc.message} (check `tracking_uri` / FLYWHEEL_TRACKING_URI)"
+    if _raised(exc, "mlflow.exceptions", "MlflowException"):
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return f"{exc.message}: nothing is registered under that name yet; train it first (`flywheel train <workload>`)"
+        return f"the MLflow registry refused: {exc.message} (check `tracking_uri` / FLYWHEEL_TRACKING_URI)"
     if isinstance(exc, RuntimeError) and "ephemeral Prefect API server" in str(exc):
         timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
         return (
@@ -161,11 +174,9 @@ def _secret(value: str | None) -> str | None:
 @config_app.command("show")
 def config_show(config: ConfigOption = None) -> None:
     """Print the resolved configuration (file, FLYWHEEL_* overrides, defaults) and where it came from."""
-    from flywheel.config import Settings as SettingsModel
-
     path = config_file(config)
     settings = _settings(config, need_file=False)
-    overrides = sorted(name for name in os.environ if name.upper().startswith("FLYWHEEL_") and name[9:].split("__")[0].lower() in SettingsModel.model_fields)
+    overrides = sorted(name for name in os.environ if name.upper().startswith("FLYWHEEL_") and name[9:].split("__")[0].lower() in Settings.model_fields)
     values = settings.model_dump(mode="json")
     values["serving"]["admin_token"] = _secret(settings.serving.admin_token)
     values["webhook"]["secret"] = _secret(settings.webhook.secret)

@@ -97,6 +97,16 @@ def test_a_prefect_start_up_timeout(tmp_path, home):
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in error and "prefect server start" in error
 
 
+def test_an_unreachable_prefect_server(tmp_path, home):
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        api = f"http://127.0.0.1:{closed.getsockname()[1]}/api"
+    result = _flywheel("train", "banking-intent", "-c", CONFIG, cwd=tmp_path, home=home, PREFECT_API_URL=api)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert f"cannot reach the Prefect API at {api}" in error and "prefect server start" in error
+
+
 def test_debug_shows_the_traceback(tmp_path, home):
     result = _flywheel("--debug", "history", "banking-intent", "-c", CONFIG, cwd=tmp_path, home=home)
     assert result.returncode != 0 and "Traceback" in result.stderr and "no champion yet" in result.stderr
