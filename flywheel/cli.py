@@ -479,6 +479,8 @@ def sync(
     _offline_defaults()
     from flows.sync_serving import sync_serving
 
+    for name in workload or []:
+        _workload_settings(config, name)
     _settings(config)
     try:
         results = sync_serving(config_path=str(config) if config else None, workloads=workload or None)
