@@ -3,42 +3,159 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
+import sys
 import time
+from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from flywheel.config import ConfigError, Settings, load_settings
+from flywheel.config import ConfigError, Settings, config_file, load_settings
 
-app = typer.Typer(help="slm-flywheel: keep fine-tuned small language models sharp in production.", no_args_is_help=True)
+
+class CommandError(Exception):
+    """A mistake in how a command was called; the message names it and the fix."""
+
+
+def _raised(exc: BaseException, module: str, name: str) -> bool:
+    """`isinstance(exc, <module>.<name>)`, without importing a module that was never loaded (nothing
+    it defines can have been raised), so the error path stays as light as the command."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(exc, getattr(loaded, name))
+
+
+# Project errors whose message already names the problem and the fix.
+_SELF_EXPLAINED = [
+    ("models.data", "DataError"),
+    ("models.base_model", "BaseModelError"),
+    ("models.review", "ReviewError"),
+    ("models.promotion", "PromotionError"),
+    ("deployments.deploy", "DeployError"),
+]
+
+
+def explain(exc: BaseException) -> str | None:
+    """One line naming an expected mistake and its fix, or None for a bug (whose traceback is shown).
+
+    Errors are matched by type; Prefect raises bare RuntimeErrors for an API it cannot reach, so
+    those two are matched by their message.
+    """
+    if isinstance(exc, (CommandError, ConfigError)):
+        first, *fields = [line.strip() for line in str(exc).splitlines()]  # a validation error lists one field a line
+        return " ".join([first, "; ".join(fields)]).strip()
+    if _raised(exc, "models.registry", "RegistryError"):
+        return f"{exc} (`flywheel history <workload>` shows the champion's moves; `flywheel train <workload>` registers a new version)"
+    if any(_raised(exc, module, name) for module, name in _SELF_EXPLAINED):
+        return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if _raised(exc, "mlflow.exceptions", "MlflowException"):
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return f"{exc.message}: nothing is registered under that name yet; train it first (`flywheel train <workload>`)"
+        return f"the MLflow registry refused: {exc.message} (check `tracking_uri` / FLYWHEEL_TRACKING_URI)"
+    if isinstance(exc, RuntimeError) and "ephemeral Prefect API server" in str(exc):
+        timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+        return (
+            f"the temporary Prefect server did not start within {timeout} s: raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (e.g. 180) on a busy machine, or run `prefect server start` "
+            "and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    if isinstance(exc, RuntimeError) and "Failed to reach API at" in str(exc):
+        api = os.environ.get("PREFECT_API_URL", "PREFECT_API_URL")
+        return f"cannot reach the Prefect API at {api}: start it (`prefect server start`), or unset PREFECT_API_URL to run on a temporary local server"
+    return None
+
+
+class _ErrorBoundary(TyperGroup):
+    """The command line's one error boundary: an expected mistake becomes one line on stderr and exit
+    code 2; anything else (a bug) keeps its traceback. `--debug` shows the traceback always."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            message = explain(exc)
+            if message is None or ctx.meta.get("flywheel.debug"):
+                raise
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=_ErrorBoundary, help="slm-flywheel: keep fine-tuned small language models sharp in production.", no_args_is_help=True)
 model_app = typer.Typer(help="The base model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+config_app = typer.Typer(help="The configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 console = Console()
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="flywheel.yaml to read (default: ./flywheel.yaml or $FLYWHEEL_CONFIG).")]
 
 
-def _settings(config: Path | None) -> Settings:
+def _version() -> str:
     try:
-        return load_settings(config)
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        return package_version("slm-flywheel")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
-def _workload_settings(config: Path | None, workload: str) -> Settings:
-    """The settings, after checking that `workload` is configured (exit 2 naming it if not)."""
-    settings = _settings(config)
-    try:
-        settings.workload(workload)
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"slm-flywheel {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of any error.")] = False,
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    ctx.meta["flywheel.debug"] = debug
+
+
+def _settings(config: Path | None, *, need_file: bool = True) -> Settings:
+    """The settings; with no configuration file and no workloads, stop and say where it looked."""
+    settings = load_settings(config)
+    path = config_file(config)
+    if need_file and not path.exists() and not settings.workloads:
+        raise ConfigError(
+            f"no flywheel.yaml found (looked for {path.resolve()}): run from the folder that holds yours, "
+            "or point at one with --config PATH or FLYWHEEL_CONFIG=PATH"
+        )
     return settings
+
+
+def _workload_settings(config: Path | None, workload: str, *, data: bool = False) -> Settings:
+    """The settings, after checking that `workload` is configured and, with `data`, that its dataset is there."""
+    settings = _settings(config)
+    if workload not in settings.workloads:
+        known = ", ".join(sorted(settings.workloads))
+        raise ConfigError(f"unknown workload {workload!r}: choose one of {known} (or add it under `workloads:` in {config_file(config)})")
+    if data:
+        dataset = settings.workload(workload).dataset
+        if not (settings.require_data_dir() / dataset).is_dir():
+            raise ConfigError(f"data_dir {str(settings.data_dir)!r} has no {dataset}/ folder: set FLYWHEEL_DATA_DIR to the folder holding banking77/ and restaurant8k/")
+    return settings
+
+
+def _require_champion(settings: Settings, workload: str) -> None:
+    """Stop before any work when `workload` has no champion yet (nothing was trained for it)."""
+    if settings.tracking_uri is None and not (settings.home / "mlflow.db").exists():
+        raise CommandError(f"{workload} has no champion yet: nothing is registered under {settings.home.resolve()}; train one first: flywheel train {workload}")
+    from flywheel.tracking import mlflow_client
+    from models.registry import CHAMPION, alias_version
+
+    if alias_version(mlflow_client(settings), workload, CHAMPION) is None:
+        raise CommandError(f"{workload} has no champion yet; train one first: flywheel train {workload}")
 
 
 def _offline_defaults() -> None:
@@ -51,19 +168,33 @@ def _offline_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def _secret(value: str | None) -> str | None:
+    return None if value is None else "<set>"
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None) -> None:
+    """Print the resolved configuration (file, FLYWHEEL_* overrides, defaults) and where it came from."""
+    path = config_file(config)
+    settings = _settings(config, need_file=False)
+    overrides = sorted(name for name in os.environ if name.upper().startswith("FLYWHEEL_") and name[9:].split("__")[0].lower() in Settings.model_fields)
+    values = settings.model_dump(mode="json")
+    values["serving"]["admin_token"] = _secret(settings.serving.admin_token)
+    values["webhook"]["secret"] = _secret(settings.webhook.secret)
+    typer.echo(f"# file: {path.resolve() if path.exists() else f'none ({path.resolve()} does not exist; defaults only)'}")
+    typer.echo(f"# environment overrides: {', '.join(overrides) or 'none'}")
+    typer.echo(yaml.safe_dump(values, sort_keys=False, allow_unicode=True), nl=False)
+
+
 @model_app.command("pull")
 def model_pull(config: ConfigOption = None) -> None:
     """Materialize the configured base model into a cached HF checkpoint (once)."""
     _offline_defaults()
-    from models.base_model import BaseModelError, resolve_base_model
+    from models.base_model import resolve_base_model
 
-    settings = _settings(config)
+    settings = _settings(config, need_file=False)
     with console.status(f"materializing {settings.base_model} (dequantizing the GGUF once)"):
-        try:
-            path = resolve_base_model(settings.base_model, settings.models_dir)
-        except BaseModelError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from exc
+        path = resolve_base_model(settings.base_model, settings.models_dir)
     console.print(f"base model ready: {path}")
 
 
@@ -79,7 +210,7 @@ def train(
     from flows.train_adapter import train_adapter_flow
     from flywheel import progress
 
-    settings = _workload_settings(config, workload)
+    settings = _workload_settings(config, workload, data=True)
     with progress.progress_bar():
         result = train_adapter_flow(workload=workload, config_path=str(config) if config else None, max_examples=max_examples, launch=launch)
     table = Table(title=f"{workload} version {result.version} (@{result.alias})")
@@ -109,27 +240,22 @@ def predict(
     from flywheel.tracking import mlflow_client
     from models.base_model import resolve_base_model
     from models.inference import Predictor, load_model, load_tokenizer
-    from models.registry import RegistryError, download_adapter, get_version
+    from models.registry import download_adapter, get_version
     from models.workload import build_task_spec
 
     if (text is None) == (input is None):
-        console.print("[red]give either one TEXT or --input FILE[/red]")
-        raise typer.Exit(2)
+        raise CommandError("give either one TEXT or --input FILE")
     if input is not None and output is None:
-        console.print("[red]--input needs --output[/red]")
-        raise typer.Exit(2)
+        raise CommandError("--input needs --output FILE")
     if version is not None and alias is not None:
-        console.print("[red]give --version or --alias, not both[/red]")
-        raise typer.Exit(2)
-    settings = _workload_settings(config, workload)
+        raise CommandError("give --version or --alias, not both")
+    settings = _workload_settings(config, workload, data=True)
+    if version is None and alias is None:
+        _require_champion(settings, workload)
     workload_config = settings.workload(workload)
     spec = build_task_spec(workload, workload_config, settings.data_dir)
     client = mlflow_client(settings)
-    try:
-        record = get_version(client, workload, version=version, alias=alias)
-    except RegistryError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+    record = get_version(client, workload, version=version, alias=alias)
     base_path = resolve_base_model(settings.base_model, settings.models_dir)
     adapter = download_adapter(client, record, settings.adapters_dir)
     predictor = Predictor(load_model(base_path, adapter), load_tokenizer(base_path), spec, workload_config.eval_batch_size)
@@ -147,8 +273,7 @@ def predict(
             item = json.loads(line)
             texts.append(str(item["text"]))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            console.print(f"[red]{input}:{number}: expected a JSON object with a \"text\" field ({exc})[/red]")
-            raise typer.Exit(2) from exc
+            raise CommandError(f"{input}:{number}: expected a JSON object with a \"text\" field ({exc})") from exc
     with progress.progress_bar(), output.open("w") as handle:
         batch = predictor.batch_size
         for start in range(0, len(texts), batch):
@@ -172,11 +297,39 @@ def serve(
     _offline_defaults()
     from serving.server import serve as run_server
 
-    try:
-        run_server(_settings(config), host=host, port=port, replica_id=replica_id, allow_open_admin=allow_open_admin)
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    configured = _settings(config)
+    settings = _served_settings(configured, host, port)
+    _require_free_port(settings.serving.host, settings.serving.port)  # before minutes of model loading
+    if settings.serving.local_url != configured.serving.local_url and configured.serving.replicas == [configured.serving.local_url]:
+        # `sync` and `promote` run in other processes: they push to this replica only if they see the same address.
+        typer.echo(
+            f"note: other commands (sync, promote) look for this replica at {configured.serving.local_url}; give them the same "
+            f"address: export FLYWHEEL_SERVING__HOST={settings.serving.host} FLYWHEEL_SERVING__PORT={settings.serving.port} (or set serving.host/port in flywheel.yaml)",
+            err=True,
+        )
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))  # uvicorn's look
+    logging.getLogger("flywheel.serving").addHandler(handler)
+    logging.getLogger("flywheel.serving").setLevel(logging.INFO)
+    run_server(settings, replica_id=replica_id, allow_open_admin=allow_open_admin)
+
+
+def _served_settings(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """`settings` with --host/--port applied; a default `serving.replicas` (this server) follows them."""
+    serving = settings.serving
+    moved = serving.model_copy(update={"host": host or serving.host, "port": port or serving.port})
+    if serving.replicas == [serving.local_url]:
+        moved.replicas = [moved.local_url]
+    return settings.model_copy(update={"serving": moved})
+
+
+def _require_free_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: only a live listener conflicts
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CommandError(f"cannot serve on {host}:{port}: {exc.strerror}; stop what runs there, or pick another port with --port") from exc
 
 
 @app.command()
@@ -225,7 +378,7 @@ def nightly(
     from flows.nightly_retrain import nightly_retrain
     from flywheel import progress
 
-    _workload_settings(config, workload)
+    _require_champion(_workload_settings(config, workload, data=True), workload)
     with progress.progress_bar():
         summary = nightly_retrain(workload=workload, force=force, budget=budget, config_path=str(config) if config else None)
     if as_json:
@@ -270,28 +423,16 @@ def review_list(workload: Annotated[str, typer.Argument()], show_all: Annotated[
 @review_app.command("accept")
 def review_accept(workload: Annotated[str, typer.Argument()], item_id: Annotated[str, typer.Argument()], reviewer: Annotated[str, typer.Option(help="Who reviewed it.")] = os.environ.get("USER", "reviewer"), config: ConfigOption = None) -> None:
     """Keep the teacher's label."""
-    from models.review import ReviewError
-
     queue, spec = _queue(workload, config)
-    try:
-        item = queue.accept(item_id, reviewer, spec)
-    except ReviewError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    item = queue.accept(item_id, reviewer, spec)
     console.print(f"{item.item_id}: accepted {item.final_label!r}")
 
 
 @review_app.command("correct")
 def review_correct(workload: Annotated[str, typer.Argument()], item_id: Annotated[str, typer.Argument()], label: Annotated[str, typer.Argument(help="The right label (or slot JSON).")], reviewer: Annotated[str, typer.Option(help="Who reviewed it.")] = os.environ.get("USER", "reviewer"), config: ConfigOption = None) -> None:
     """Replace the teacher's label (used for training from the next run on)."""
-    from models.review import ReviewError
-
     queue, spec = _queue(workload, config)
-    try:
-        item = queue.correct(item_id, label, reviewer, spec)
-    except ReviewError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    item = queue.correct(item_id, label, reviewer, spec)
     console.print(f"{item.item_id}: {item.status} -> {item.final_label!r}")
 
 
@@ -306,8 +447,10 @@ def promote_cmd(
     """Promote a version and push it to every serving replica, all or nothing (the `promote` flow)."""
     _offline_defaults()
     from flows.promote import promote
+    from flywheel.tracking import mlflow_client
+    from models.registry import get_version
 
-    _settings(config)
+    get_version(mlflow_client(_workload_settings(config, workload)), workload, version=version)
     try:
         result = promote(workload=workload, version=version, reviewer=reviewer, reason=reason, config_path=str(config) if config else None)
     except Exception as exc:  # the flow rolled everything back; say what failed
@@ -338,6 +481,8 @@ def sync(
     _offline_defaults()
     from flows.sync_serving import sync_serving
 
+    for name in workload or []:
+        _workload_settings(config, name)
     _settings(config)
     try:
         results = sync_serving(config_path=str(config) if config else None, workloads=workload or None)
@@ -353,15 +498,9 @@ def sync(
 def deploy(config: ConfigOption = None) -> None:
     """Deploy the flows of prefect.yaml to the Prefect server at PREFECT_API_URL (work pool, locks, schedules)."""
     _offline_defaults()
-    from deployments.deploy import DeployError
     from deployments.deploy import deploy as run_deploy
 
-    settings = _settings(config)
-    try:
-        locks = run_deploy(settings)
-    except DeployError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+    locks = run_deploy(_settings(config))
     console.print(f"deployed prefect.yaml; locks: {', '.join(locks)}")
     console.print("start a worker: .venv/bin/prefect worker start --pool flywheel-process")
 
@@ -412,7 +551,8 @@ def history(workload: Annotated[str, typer.Argument(help="A workload name from f
     from flywheel.tracking import mlflow_client
     from models.promotion import history as read_history
 
-    settings = _settings(config)
+    settings = _workload_settings(config, workload)
+    _require_champion(settings, workload)
     entries = read_history(mlflow_client(settings), workload)
     table = Table(title=f"{workload}: champion history")
     for column in ("when", "action", "who", "from", "to", "why"):

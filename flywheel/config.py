@@ -161,7 +161,10 @@ class ServingConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    replicas: list[str] = ["http://127.0.0.1:8000"]  # base URLs of every replica (embedded or vLLM)
+    # Base URLs of every replica (embedded or vLLM). Unset, it is the one embedded server this
+    # configuration starts, so `serving.port` (or FLYWHEEL_SERVING__PORT) moves `flywheel serve`
+    # and the push targets of `sync` / `promote` together.
+    replicas: list[str] = []
     admin_token: str | None = None  # bearer token for load/unload/route; None = open (loopback dev)
     adapter_roots: list[Path] = []  # extra folders adapters may be loaded from (the state dir always is)
     max_batch: int = Field(32, gt=0)
@@ -172,6 +175,18 @@ class ServingConfig(_Strict):
     capture_flush_records: int = Field(500, gt=0)
     capture_flush_seconds: float = Field(5.0, gt=0)
     capture_queue: int = Field(10_000, gt=0)
+
+    @model_validator(mode="after")
+    def _default_replica(self) -> ServingConfig:
+        if "replicas" not in self.model_fields_set:
+            self.replicas = [self.local_url]
+        return self
+
+    @property
+    def local_url(self) -> str:
+        """The URL the embedded server answers on (loopback when it binds every interface)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
 
 class WebhookConfig(_Strict):
@@ -270,7 +285,10 @@ class Settings(BaseSettings):
         if self.data_dir is None:
             raise ConfigError("data_dir is not set: set FLYWHEEL_DATA_DIR or `data_dir` in flywheel.yaml")
         if not self.data_dir.is_dir():
-            raise ConfigError(f"data_dir {str(self.data_dir)!r} is not a directory")
+            raise ConfigError(
+                f"data_dir {str(self.data_dir)!r} is not a directory: set FLYWHEEL_DATA_DIR (or `data_dir` in "
+                "flywheel.yaml) to the folder holding banking77/ and restaurant8k/"
+            )
         return self.data_dir
 
 
@@ -282,15 +300,18 @@ def _format_error(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def config_file(path: str | Path | None = None) -> Path:
+    """The file `load_settings(path)` reads: `path`, else `$FLYWHEEL_CONFIG`, else `./flywheel.yaml`."""
+    return Path(path if path is not None else os.environ.get("FLYWHEEL_CONFIG", DEFAULT_CONFIG_FILE))
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Read `path` (default: `$FLYWHEEL_CONFIG` or `./flywheel.yaml`), apply env and `overrides`.
 
     Raises:
         ConfigError: the file is missing or malformed, or a field is invalid (the field is named).
     """
-    if path is None:
-        path = os.environ.get("FLYWHEEL_CONFIG", DEFAULT_CONFIG_FILE)
-    path = Path(path)
+    path = config_file(path)
     values: dict[str, Any] = {}
     if path.exists():
         try:
@@ -301,7 +322,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"{path} must hold a mapping at the top level")
         values.update(loaded)
     elif "FLYWHEEL_CONFIG" in os.environ or str(path) != DEFAULT_CONFIG_FILE:
-        raise ConfigError(f"configuration file {path} does not exist")
+        raise ConfigError(f"configuration file {path} does not exist (check --config and FLYWHEEL_CONFIG)")
     values.update(overrides)
     try:
         return Settings(**values)

@@ -82,7 +82,8 @@ def load_registry_champions(settings: Settings, state: ServerState) -> dict[str,
         state.engine.load_adapter(name, path).result()
         state.engine.switch(workload, name).result()
         loaded[workload] = name
-        log.info("serving %s from %s", name, path)
+        log.info("serving %s v%d (%s) from %s", workload, record.version, name, path)
+    log.info("loaded adapters: %s", ", ".join(f"{workload} v{name.rsplit('@v', 1)[1]}" for workload, name in loaded.items()) or "none (no workload has a champion yet)")
     return loaded
 
 

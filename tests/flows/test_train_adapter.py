@@ -60,4 +60,4 @@ def test_cli_rejects_unknown_workload_and_missing_version(tiny_config):
     unknown = runner.invoke(app, ["train", "nope", "--config", str(tiny_config)])
     assert unknown.exit_code == 2 and "unknown workload 'nope'" in unknown.output
     missing = runner.invoke(app, ["predict", "banking-intent", "hi", "--version", "9", "--config", str(tiny_config)])
-    assert missing.exit_code == 1 and "no version 9" in missing.output
+    assert missing.exit_code == 2 and "no version 9" in missing.output  # a registry mistake: one line, exit 2

@@ -166,12 +166,13 @@ def test_deploy_declares_every_deployment_with_its_schedule_and_the_locks(stack)
 
     expected = {
         "nightly-retrain/banking-intent": "0 2 * * *", "nightly-retrain/restaurant-slots": "30 2 * * *",
-        "drift-check/banking-intent": "0 * * * *", "sync-serving/sync-serving": 300.0, "rollback-guard/rollback-guard": 900.0,
-        "promote/manual": None, "train-adapter/manual": None,
+        "drift-check/banking-intent-hourly": "0 * * * *", "sync-serving/sync-serving": 300.0, "rollback-guard/rollback-guard": 900.0,
+        "promote/manual": None, "train-adapter/manual-training": None,
     }
     for name, schedule in expected.items():
         deployment = _deployment(stack["api"], name)
         assert deployment.work_pool_name == "flywheel-process"
+        assert "config_path" not in deployment.parameter_openapi_schema["properties"], name  # the form a person fills in
         declared = [s.schedule for s in deployment.schedules]
         if schedule is None:
             assert declared == [], name

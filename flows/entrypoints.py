@@ -1,0 +1,115 @@
+"""The flows `prefect.yaml` deploys: the same flows, with only the parameters a person sets in the
+Prefect UI's run form, each described, and the workload chosen from a list.
+
+The flows in the sibling modules keep the parameters their callers need (`config_path` for the
+command line, `evidence` and `action` from the rollback guard, the training set and warm start
+from the nightly run); each flow here runs that flow's body (`.fn`) inside its own run, so a
+deployment run is one flow run with the same name and the same tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from prefect import flow
+from pydantic import GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from flows import drift_check as drift_check_module
+from flows import nightly_retrain as nightly_module
+from flows import promote as promote_module
+from flows import rollback_guard as rollback_guard_module
+from flows import sync_serving as sync_serving_module
+from flows import train_adapter as train_adapter_module
+from flows.nightly_retrain import NightlySummary
+from flywheel.config import ConfigError, load_settings
+from tasks.training import RegisteredAdapter
+
+
+class _ConfiguredWorkloads:
+    """JSON schema of a workload name: an enum of the workloads in flywheel.yaml (or
+    `$FLYWHEEL_CONFIG`), read when the schema is built (`prefect deploy`), never at import."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        try:
+            names = sorted(load_settings().workloads)
+        except ConfigError:  # no readable configuration here: free text, and the run names a wrong one
+            names = []
+        if names:
+            json_schema["enum"] = names
+        return json_schema
+
+
+Workload = Annotated[str, _ConfiguredWorkloads()]
+
+
+@flow(name="nightly-retrain")
+def nightly_retrain(workload: Workload, force: bool = False, budget: int | None = None) -> NightlySummary:
+    """Drift → relabel → contracts → retrain → gate → promote, for one workload.
+
+    Args:
+        workload: The workload to check and, on drift, retrain (one adapter per workload).
+        force: Relabel and retrain even when the drift tests find nothing.
+        budget: How many captured samples the teacher labels in this run; empty: the workload's
+            `relabel.budget` from flywheel.yaml.
+    """
+    return nightly_module.nightly_retrain.fn(workload=workload, force=force, budget=budget)
+
+
+@flow(name="drift-check")
+def drift_check(workload: Workload) -> dict[str, Any]:
+    """Run the drift tests on the samples captured since the last retrain (moves no watermark).
+
+    Args:
+        workload: The workload whose captured traffic is compared with its champion's reference.
+    """
+    return drift_check_module.drift_check.fn(workload=workload)
+
+
+@flow(name="promote")
+def promote(workload: Workload, version: int, reviewer: str, reason: str = "reviewer approval") -> dict[str, Any]:
+    """Make a registered version the champion and serve it on every replica, all or nothing.
+
+    Args:
+        workload: The workload whose champion changes.
+        version: The MLflow registry version to promote (the candidate's number, e.g. from the
+            `awaiting review` line of a nightly run).
+        reviewer: Who approves the promotion; kept in the champion's history.
+        reason: Why it is promoted; kept in the champion's history.
+    """
+    return promote_module.promote.fn(workload=workload, version=version, reviewer=reviewer, reason=reason)
+
+
+@flow(name="sync-serving")
+def sync_serving(workloads: list[Workload] | None = None) -> dict[str, Any]:
+    """Make every serving replica serve the registry's champion (adopting a move made in the MLflow UI).
+
+    Args:
+        workloads: Only these workloads; empty: every configured workload.
+    """
+    return sync_serving_module.sync_serving.fn(workloads=workloads)
+
+
+@flow(name="rollback-guard")
+def rollback_guard(workloads: list[Workload] | None = None) -> dict[str, Any]:
+    """Compare recently promoted champions with the previous ones; roll back a clear degradation.
+
+    Args:
+        workloads: Only these workloads; empty: every configured workload.
+    """
+    return rollback_guard_module.rollback_guard.fn(workloads=workloads)
+
+
+@flow(name="train-adapter")
+def train_adapter(workload: Workload, max_examples: int | None = None, launch: bool = False) -> RegisteredAdapter:
+    """Train, evaluate on golden and register a LoRA adapter (`champion` if there is none, else `challenger`).
+
+    Args:
+        workload: The workload to train an adapter for.
+        max_examples: Training examples at most; empty: the workload's `training.max_examples`.
+        launch: Train on the launch data, which under-represents the items later traffic favours
+            (the demo's launch champion).
+    """
+    return train_adapter_module.train_adapter_flow.fn(workload=workload, max_examples=max_examples, launch=launch)
