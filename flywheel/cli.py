@@ -388,8 +388,15 @@ def nightly(
     table.add_column("")
     table.add_column("value")
     for key, value in summary.to_dict().items():
-        table.add_row(key, "; ".join(value) if isinstance(value, list) else str(value))
+        table.add_row(key, "; ".join(map(_summary_cell, value)) if isinstance(value, list) else str(value))
     console.print(table)
+
+
+def _summary_cell(item: object) -> str:
+    """One list entry of a run summary: a drift test reads `name p=… effect=… (drift|ok)`."""
+    if isinstance(item, dict) and {"name", "p_value", "effect", "drifted"} <= item.keys():
+        return f"{item['name']} p={item['p_value']:.3g} effect={item['effect']:.3g} ({'drift' if item['drifted'] else 'ok'})"
+    return str(item)
 
 
 review_app = typer.Typer(help="The human review queue of teacher labels.", no_args_is_help=True)
