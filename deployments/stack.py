@@ -75,7 +75,7 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -305,7 +305,7 @@ class Stack:
             pid = int((self.pids / f"{name}.pid").read_text())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     def _start(self, service: Service) -> int:
         if (pid := self._pid(service.name)) is not None:
@@ -323,7 +323,7 @@ class Stack:
     def _wait(self, service: Service, pid: int) -> None:
         deadline = time.monotonic() + self.config.start_timeout_s
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not alive(pid):
                 raise StackError(f"{service.name} exited; its log {self.logs / f'{service.name}.log'} ends:\n{self.tail(service.name)}")
             if not service.health or _healthy(service.health):
                 return
@@ -362,7 +362,7 @@ class Stack:
         register_webhook(client, self.webhook_url, self._secret())
         return self.status()
 
-    def _marked(self) -> list[int]:
+    def marked_processes(self) -> list[int]:
         """Processes still carrying this stack's mark (flow runs the worker started, their children)."""
         mark = f"{MARK}={self.dir}".encode()
         found = []
@@ -374,7 +374,7 @@ class Stack:
                     found.append(int(entry.name))
             except OSError:
                 continue
-        return [pid for pid in found if _alive(pid)]
+        return [pid for pid in found if alive(pid)]
 
     def _terminate(self, pids: list[int], timeout_s: float = 30) -> None:
         for pid in pids:
@@ -383,9 +383,9 @@ class Stack:
             except ProcessLookupError:
                 continue
         deadline = time.monotonic() + timeout_s
-        while (alive := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
+        while (remaining := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
             time.sleep(0.2)
-        for pid in alive:
+        for pid in remaining:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -400,7 +400,7 @@ class Stack:
                 self._terminate([pid])
                 stopped.append(service.name)
             (self.pids / f"{service.name}.pid").unlink(missing_ok=True)
-        if leftovers := self._marked():
+        if leftovers := self.marked_processes():
             self._terminate(leftovers, timeout_s=10)
             stopped.append(f"{len(leftovers)} flow-run process(es)")
         if self.postgres and self.postgres.running():
@@ -417,7 +417,7 @@ class Stack:
             pid = self._pid(service.name)
             healthy = pid is not None and (not service.health or _healthy(service.health))
             statuses.append(ServiceStatus(service.name, pid, healthy, service.health.removesuffix("/health").removesuffix("/api")))
-        local = {url for _, host, port in self._replicas() for url in (f"http://{host}:{port}",)}
+        local = {f"http://{host}:{port}" for _, host, port in self._replicas()}
         for url in self.settings.serving.replicas:
             if url.rstrip("/") not in local:
                 statuses.append(ServiceStatus(f"remote {url}", None, _healthy(f"{url.rstrip('/')}/health"), url))
