@@ -394,12 +394,11 @@ class Stack:
     def down(self) -> list[str]:
         """Stop every service, any process left with the stack's mark, then PostgreSQL; returns
         what was stopped. The data (database, artifacts, samples) stays."""
-        stopped = []
-        for service in reversed(self.services()):
-            if (pid := self._pid(service.name)) is not None:
-                self._terminate([pid])
-                stopped.append(service.name)
-            (self.pids / f"{service.name}.pid").unlink(missing_ok=True)
+        running = {service.name: self._pid(service.name) for service in self.services()}
+        self._terminate([pid for pid in running.values() if pid is not None])  # all at once: each may take seconds
+        stopped = [name for name, pid in running.items() if pid is not None]
+        for name in running:
+            (self.pids / f"{name}.pid").unlink(missing_ok=True)
         if leftovers := self.marked_processes():
             self._terminate(leftovers, timeout_s=10)
             stopped.append(f"{len(leftovers)} flow-run process(es)")
