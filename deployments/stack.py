@@ -10,7 +10,7 @@ flywheel.yaml (ports, credentials, data dirs):
 3. a Prefect server on it, then `flywheel deploy` (work pool, locks, every deployment)
 4. a process worker on the `flywheel-process` pool
 5. the webhook receiver, registered with MLflow (a `champion` alias set anywhere starts sync-serving)
-6. one serving replica per loopback URL in `serving.replicas`, each with its own capture writer
+6. the base model, materialized once into `<home>/models`; then one serving replica per loopback URL in `serving.replicas`, each with its own capture writer
    (remote URLs, e.g. a vLLM fleet, are only health-checked: their operators run them)
 
 Every process gets `FLYWHEEL_STACK_DIR` in its environment; `down` stops the services by their pid
@@ -68,6 +68,8 @@ class ServiceStatus:
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As the servers do: a port left in TIME_WAIT by a service just stopped is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -355,6 +357,12 @@ class Stack:
             self._wait(service, pid)
         with temporary_settings(updates={PREFECT_API_URL: self.prefect_api}):
             deploy(self.settings, POOL)
+        if self._replicas():
+            # Materialize the base model once: replicas starting together on a fresh home would
+            # each write it into the same folder.
+            from models.base_model import resolve_base_model
+
+            resolve_base_model(self.settings.base_model, self.settings.models_dir)
         started = [(service, self._start(service)) for service in services.values()]
         for service, pid in started:
             self._wait(service, pid)
