@@ -284,11 +284,11 @@ class Stack:
         env, host, python = self.env(), self.config.host, sys.executable
         cli = [python, "-m", "flywheel.cli"]
         services = [
+            # The database URLs (passwords in them) go by environment, not argv, which `ps` shows anyone.
             Service("mlflow", [
-                str(BIN / "mlflow"), "server", "--backend-store-uri", database_url(self.database_server, "mlflow"),
-                "--artifacts-destination", str(self.dir / "artifacts"), "--serve-artifacts",
+                str(BIN / "mlflow"), "server", "--artifacts-destination", str(self.dir / "artifacts"), "--serve-artifacts",
                 "--host", host, "--port", str(self.config.mlflow_port), "--workers", "1",
-            ], env, f"{self.mlflow_url}/health"),
+            ], {**env, "MLFLOW_BACKEND_STORE_URI": database_url(self.database_server, "mlflow")}, f"{self.mlflow_url}/health"),
             Service("prefect", [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(self.config.prefect_port)], {
                 **env, "PREFECT_API_DATABASE_CONNECTION_URL": database_url(self.database_server, "prefect", "postgresql+asyncpg"),
             }, f"{self.prefect_api}/health"),
