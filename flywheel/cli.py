@@ -639,6 +639,59 @@ def demo(
     console.print("Prefect UI: .venv/bin/prefect server start, then PREFECT_API_URL=http://127.0.0.1:4200/api make demo to see the demo's flow runs there")
 
 
+stack_app = typer.Typer(help="The production stack on this machine: PostgreSQL, MLflow, Prefect, a worker, the webhook, the replicas.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+def _stack(config: Path | None) -> Any:
+    from deployments.stack import Stack
+
+    settings = _settings(config)
+    return Stack(settings, Path(config or os.environ.get("FLYWHEEL_CONFIG", "flywheel.yaml")))
+
+
+def _print_stack(stack: Any, statuses: list[Any]) -> bool:
+    table = Table("service", "pid", "healthy", "url")
+    for status in statuses:
+        table.add_row(status.name, str(status.pid or "-"), "[green]yes[/green]" if status.healthy else "[red]no[/red]", status.url)
+    console.print(table)
+    for name, url in stack.ui_urls().items():
+        console.print(f"{name}: {url}")
+    console.print(f"pids and logs: {stack.dir}")
+    return all(status.healthy for status in statuses)
+
+
+@stack_app.command("up")
+def stack_up(config: ConfigOption = None) -> None:
+    """Start every service that is not running (ports, credentials, data dirs: `stack` in flywheel.yaml)."""
+    from deployments.deploy import DeployError
+    from deployments.stack import StackError
+
+    stack = _stack(config)
+    try:
+        statuses = stack.up()
+    except (StackError, DeployError) as exc:
+        console.print(f"[red]{exc}[/red]\nstop what started with `flywheel stack down`")
+        raise typer.Exit(1) from exc
+    if not _print_stack(stack, statuses):
+        raise typer.Exit(1)
+
+
+@stack_app.command("status")
+def stack_status(config: ConfigOption = None) -> None:
+    """Each service's pid and health, and the MLflow and Prefect UI URLs (exit 1 if one is down)."""
+    stack = _stack(config)
+    if not _print_stack(stack, stack.status()):
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down(config: ConfigOption = None) -> None:
+    """Stop every service of the stack and the flow runs it started; the data stays."""
+    stopped = _stack(config).down()
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
 def main() -> None:
     app()
 

@@ -201,6 +201,25 @@ class WebhookConfig(_Strict):
     max_body_bytes: int = Field(64 * 1024, gt=0)  # larger bodies get 413, unread (MLflow's events are < 2 kB)
 
 
+class StackConfig(_Strict):
+    """`flywheel stack up`: PostgreSQL, MLflow and Prefect servers on it, a worker, the webhook
+    receiver and the loopback replicas of `serving.replicas`, on this machine (deployments/stack.py)."""
+
+    dir: Path | None = None  # pids, logs, the database and artifacts; None = <home>/stack
+    host: str = "127.0.0.1"  # every service binds here; loopback unless you mean otherwise
+    postgres_port: int = Field(5433, ge=1, le=65535)
+    postgres_user: str = "flywheel"
+    postgres_password: str = "flywheel"  # set FLYWHEEL_STACK__POSTGRES_PASSWORD beyond a laptop
+    postgres_bin: Path | None = None  # folder of initdb/pg_ctl; None = PATH, then /usr/lib/postgresql/*/bin
+    postgres_os_user: str = "postgres"  # PostgreSQL refuses root: who runs it when we are root
+    database_url: str | None = None  # postgresql://user:pw@host:port of a managed server: none started
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    work_pool: str = "flywheel-process"
+    worker_limit: int = Field(4, gt=0)  # flow runs the worker runs at once
+    start_timeout_s: float = Field(180.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The whole configuration of one slm-flywheel installation."""
 
@@ -214,6 +233,7 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     webhook: WebhookConfig = WebhookConfig()
     costs: CostConfig = CostConfig()
+    stack: StackConfig = StackConfig()
     workloads: dict[str, WorkloadConfig] = {}
 
     @model_validator(mode="after")

@@ -145,7 +145,10 @@ def experiment_id(client: Any, settings: Settings, workload: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None if settings.tracking_uri else (settings.artifact_root / workload).as_uri()
+    # A tracking server decides where artifacts go; a database URI (SQLite or PostgreSQL) would
+    # otherwise put them in ./mlruns of whatever directory the process runs in.
+    server = (settings.tracking_uri or "").startswith(("http://", "https://", "databricks"))
+    location = None if server else (settings.artifact_root / workload).as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 

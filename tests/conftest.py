@@ -1,5 +1,5 @@
 """Shared fixtures: offline hub, the shared datasets, a tiny model with the real tokenizer, and
-an MLflow SQLite registry per test."""
+an MLflow SQLite registry per test (or, where a module asks for both, SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,60 @@ def real_base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 def tracking_uri(tmp_path: Path) -> str:
     """Every test gets its own SQLite registry."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL for the session, started by the stack's own code; yields its server URL.
+    Its folder is outside pytest's tmp (0700 for root there) so the `postgres` user reaches it."""
+    import shutil
+    import tempfile
+
+    from deployments.stack import Postgres
+    from serving.server import free_port
+
+    root = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
+    root.chmod(0o755)
+    server = Postgres(root, "127.0.0.1", free_port(), "flywheel", "flywheel-test")
+    server.init()
+    server.start()
+    try:
+        yield server.server_url
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(postgres_server) -> str:
+    """A database with MLflow's schema, copied for each test (migrating a fresh one takes seconds)."""
+    import subprocess
+    import sys
+
+    from deployments.stack import create_database
+
+    uri = create_database(postgres_server, "mlflow_template")
+    schema = (
+        "import sys; from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as T; "
+        "from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as R; T(sys.argv[1], '/nonexistent'); R(sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", schema, uri], check=True, timeout=300)  # exits: no connection left to the template
+    return "mlflow_template"
+
+
+def registry_uri(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty MLflow registry on `backend` for one test."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    import uuid
+
+    from deployments.stack import create_database
+
+    template = request.getfixturevalue("mlflow_template")
+    return create_database(request.getfixturevalue("postgres_server"), f"t_{uuid.uuid4().hex[:16]}", template)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""The `promote` flow against two real serving replicas on loopback: all or nothing."""
+"""The `promote` flow against two real serving replicas on loopback: all or nothing, with the
+registry on SQLite and on PostgreSQL."""
 
 import httpx
 import pytest
@@ -12,6 +13,13 @@ from models.promotion import history
 from serving.app import create_app
 from serving.client import ServingClient
 from serving.server import BackgroundServer, build_state, free_port
+from tests.conftest import BACKENDS, registry_uri
+
+
+@pytest.fixture
+def tracking_uri(request, tmp_path):
+    """SQLite, or the backend a test is parametrized with (each extra backend costs a setup)."""
+    return registry_uri(getattr(request, "param", "sqlite"), tmp_path, request)
 
 
 @pytest.fixture
@@ -44,6 +52,7 @@ def _models(server):
     return {m["id"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]}
 
 
+@pytest.mark.parametrize("tracking_uri", BACKENDS, indirect=True)
 def test_promote_moves_alias_records_history_and_switches_every_replica(two_replicas, tiny_config):
     settings, servers = two_replicas
     assert [_routes(s) for s in servers] == ["banking-intent@v1", "banking-intent@v1"]
@@ -59,6 +68,7 @@ def test_promote_moves_alias_records_history_and_switches_every_replica(two_repl
         assert "banking-intent@v1" not in _models(server)  # unloaded after the commit
 
 
+@pytest.mark.parametrize("tracking_uri", BACKENDS, indirect=True)
 def test_a_replica_lost_mid_push_leaves_no_replica_switched_and_the_alias_unchanged(two_replicas, tiny_config, monkeypatch):
     settings, servers = two_replicas
     original = ServingClient.load_adapter

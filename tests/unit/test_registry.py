@@ -1,4 +1,4 @@
-"""Bootstrap / challenger logic against a real temporary SQLite registry."""
+"""Bootstrap / challenger logic against a real temporary registry, on SQLite and on PostgreSQL."""
 
 import pytest
 from mlflow import MlflowClient
@@ -13,6 +13,12 @@ from models.registry import (
     parse_model_ref,
     register_adapter,
 )
+from tests.conftest import BACKENDS, registry_uri
+
+
+@pytest.fixture(params=BACKENDS)
+def tracking_uri(request, tmp_path):
+    return registry_uri(request.param, tmp_path, request)
 
 
 @pytest.fixture
