@@ -356,7 +356,7 @@ class Stack:
         for service, pid in started:
             self._wait(service, pid)
         with temporary_settings(updates={PREFECT_API_URL: self.prefect_api}):
-            deploy(self.settings, POOL)
+            deploy(self.settings, POOL, self.config_path, self.config.prefect_file)
         if self._replicas():
             # Materialize the base model once: replicas starting together on a fresh home would
             # each write it into the same folder.

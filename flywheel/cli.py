@@ -507,8 +507,10 @@ def deploy(config: ConfigOption = None) -> None:
     _offline_defaults()
     from deployments.deploy import deploy as run_deploy
 
-    locks = run_deploy(_settings(config))
-    console.print(f"deployed prefect.yaml; locks: {', '.join(locks)}")
+    done = run_deploy(_settings(config), config_path=config_file(config))
+    console.print(f"deployed {', '.join(done.deployed)}; locks: {', '.join(done.locks)}")
+    for name, workload in done.skipped.items():
+        console.print(f"skipped {name}: its workload {workload!r} is not configured")
     console.print("start a worker: .venv/bin/prefect worker start --pool flywheel-process")
 
 

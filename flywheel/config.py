@@ -216,6 +216,7 @@ class StackConfig(_Strict):
     mlflow_port: int = Field(5000, ge=1, le=65535)
     prefect_port: int = Field(4200, ge=1, le=65535)
     work_pool: str = "flywheel-process"
+    prefect_file: Path | None = None  # the deployments to deploy; None = the project's prefect.yaml
     worker_limit: int = Field(4, gt=0)  # flow runs the worker runs at once
     start_timeout_s: float = Field(180.0, gt=0)
 

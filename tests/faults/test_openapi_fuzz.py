@@ -34,13 +34,27 @@ def serving_schema(tmp_path_factory, tiny_model_dir, data_dir, adapter_dir):
     state.writer.close()
 
 
+def _can_be_invalid(operation) -> bool:
+    """A body, or a path parameter constrained beyond "a string" (any string is a valid segment)."""
+    unconstrained = {"type", "title", "description"}
+    return bool(len(operation.body)) or any(
+        set(parameter.definition.get("schema", {})) - unconstrained or parameter.definition.get("schema", {}).get("type") != "string"
+        for parameter in operation.path_parameters
+    )
+
+
+def test_every_operation_with_a_body_is_fuzzed_with_invalid_input(serving_schema):
+    bodies = [result.ok() for result in serving_schema.get_all_operations() if len(result.ok().body)]
+    assert bodies and all(_can_be_invalid(operation) for operation in bodies)
+
+
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
 def test_no_request_gets_a_server_error(serving_schema, mode):
     # Bounded: 150 cases per operation and mode. A workload path is either generated or the served
     # workload's, so generated bodies reach the model too.
     for result in serving_schema.get_all_operations():
         operation = result.ok()
-        if mode is GenerationMode.NEGATIVE and not (len(operation.body) or len(operation.path_parameters)):
+        if mode is GenerationMode.NEGATIVE and not _can_be_invalid(operation):
             continue  # it declares no input that could be made invalid
         strategy = operation.as_strategy(mode)
         if "{workload}" in operation.path:

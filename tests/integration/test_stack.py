@@ -12,8 +12,9 @@ no service logged a lock or database error. `down` leaves no process behind.
 
 The second workload is a second classification workload (`card-intent`, on banking77) rather than
 restaurant-slots: the tiny random model gives no valid extraction JSON, which the smoke prediction
-on every push rightly refuses. It runs on the `nightly-retrain/restaurant-slots` deployment with its
-`workload` parameter set (what the UI's custom run does): each deployment allows one run at a time.
+on every push rightly refuses. The stack deploys the team's own prefect.yaml (`stack.prefect_file`),
+the project's with restaurant-slots' deployments renamed to card-intent's: a deployment's run form
+lists only configured workloads.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 WORKLOADS = ("banking-intent", "card-intent")
-NIGHTLY = {"banking-intent": "nightly-retrain/banking-intent", "card-intent": "nightly-retrain/restaurant-slots"}
+NIGHTLY = {"banking-intent": "nightly-retrain/banking-intent", "card-intent": "nightly-retrain/card-intent"}
 TRAFFIC = {"banking-intent": 60, "card-intent": 40}
 # What a lock or database problem looks like in MLflow's, Prefect's, the worker's and PostgreSQL's logs.
 DATABASE_ERRORS = re.compile(
@@ -65,6 +66,10 @@ def _config(home: Path, stack_dir: Path, tiny_model_dir: Path, data_dir: Path) -
         workload["drift"] = {"min_window": 20, "n_permutations": 100}
         workload["relabel"] = {"budget": 20, "review_share": 0.1, "min_per_label": 0}
         workload["guard"] = {"audit_budget": 0}
+    # The team's own prefect.yaml: restaurant-slots' deployments become card-intent's.
+    prefect_file = home.parent / "prefect.yaml"
+    prefect_file.write_text((REPO / "prefect.yaml").read_text().replace("restaurant-slots", "card-intent"))
+    data["stack"]["prefect_file"] = str(prefect_file)
     path = home.parent / "flywheel.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

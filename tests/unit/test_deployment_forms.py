@@ -71,3 +71,13 @@ def test_a_deployed_flow_keeps_the_name_of_the_flow_it_runs():
 
     internal = {flow.name for flow in (drift_check, nightly_retrain, promote, rollback_guard, sync_serving, train_adapter_flow)}
     assert {load_flow_from_entrypoint(str(REPO / entrypoint)).name for entrypoint in ENTRYPOINTS} == internal
+
+
+def test_deploy_selects_the_deployments_of_configured_workloads_and_names_the_rest():
+    from deployments.deploy import PREFECT_FILE, select_deployments
+
+    everything, none_skipped = select_deployments(PREFECT_FILE, ["banking-intent", "restaurant-slots"])
+    assert none_skipped == {} and {"banking-intent", "restaurant-slots", "manual", "sync-serving"} <= set(everything)
+    chosen, skipped = select_deployments(PREFECT_FILE, ["banking-intent"])
+    assert skipped == {"restaurant-slots": "restaurant-slots", "restaurant-slots-hourly": "restaurant-slots"}
+    assert set(chosen) == set(everything) - set(skipped)
