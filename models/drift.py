@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flywheel.config import DriftConfig
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -36,72 +37,6 @@ if TYPE_CHECKING:
 Answer = str | dict[str, str]
 INVALID = "<invalid>"  # the answer bucket for no schema-valid answer (or one outside the schema)
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
-TESTS_PER_WINDOW = 4  # input, answers, confidence KS, low-confidence share: one Holm family
-
-
-class DriftConfig(BaseModel):
-    """When a window counts as drifted; the thresholds are effect sizes, not p-values."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Below this many window samples the tests have little power: say "insufficient samples"
-    # rather than guess. 200 (~2.6 requests per Banking77 intent) is enough for the input test
-    # to catch rewritten traffic (tests/unit/test_drift.py).
-    min_window: int = Field(200, ge=10)
-    # Family-wise error rate across all tests of one window (Holm–Bonferroni), so a steady week
-    # raises a false alarm at most ~1 window in 20.
-    alpha: float = Field(0.05, gt=0, lt=1)
-    # Unbiased MMD² of MiniLM embeddings (RBF kernel, median bandwidth), measured on Banking77:
-    # same-distribution 200-row windows stay below 0.0011, fully rewritten traffic (lowercase,
-    # typos, fillers) scores ~0.05 and a window of 5 intents ~0.04. MMD² grows with the square of
-    # the shifted share, so 0.002 is about a fifth of traffic in a new phrasing.
-    mmd_threshold: float = Field(0.002, ge=0)
-    # Jensen–Shannon distance (base 2, in [0, 1]) of answer distributions, sampling noise removed
-    # (see `label_drift_test`). Over 77 intents: 1% of traffic moving onto one intent is 0.03, 5%
-    # onto one or 10% onto five is ~0.12, a launch taking 70% of traffic onto 12 intents is 0.52.
-    label_js_threshold: float = Field(0.1, ge=0, le=1)
-    # Largest absolute change of one slot's fill rate (or of the invalid share): 0.05 is one
-    # request in twenty more (or fewer) carrying that slot.
-    slot_fill_threshold: float = Field(0.05, ge=0, le=1)
-    # KS D of confidences: 0.1 means the two CDFs part by 10 points somewhere; a uniform
-    # calibration drift of 0.002 scores < 0.01 on 100k samples.
-    ks_threshold: float = Field(0.1, ge=0, le=1)
-    # An answer below this confidence (the product of its token probabilities) is
-    # "low-confidence": the champion found it less likely than not.
-    low_conf_threshold: float = Field(0.5, gt=0, lt=1)
-    # Absolute change in the share of low-confidence answers: 5 points more answers the champion
-    # is unsure of is worth a retrain even when the mean confidence barely moves.
-    low_conf_share_threshold: float = Field(0.05, ge=0, le=1)
-    # Permutations per test: the smallest p-value is 1/(n+1); 200 keeps it (0.005) below what
-    # Holm asks of the best of four tests (0.05/4 = 0.0125) and the input test under a second.
-    n_permutations: int = Field(200, ge=20)
-    # Rows per side for the input test: its kernel matrix is (2·cap)², 2000 keeps it at 128 MB
-    # and a 100k window as fast as a 2k one, with power to spare for shifts above the threshold.
-    max_test_samples: int = Field(2000, ge=50)
-    # Window rows the drift check embeds (a seeded random subsample of a larger window): the
-    # input test reads `max_test_samples` of them and the selection picks the teacher's samples
-    # among them. Embedding is nearly the whole cost of a check (bf16 MiniLM: ~650 texts per
-    # CPU-second here, 3x fp32), so 20,000 keeps a 100k window's check near 20 s on 2 idle cores
-    # (bench/drift.py) and still leaves selection 20k candidates for a budget of a few hundred.
-    max_embedded: int = Field(20_000, ge=50)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check_permutations_can_reach_alpha(self) -> DriftConfig:
-        # The best permutation p-value is 1/(n+1), and Holm multiplies the smallest by the number
-        # of tests: with too few permutations the input and answer tests could never fire.
-        if TESTS_PER_WINDOW / (self.n_permutations + 1) >= self.alpha:
-            needed = int(TESTS_PER_WINDOW / self.alpha)
-            raise ValueError(
-                f"n_permutations={self.n_permutations} can never reach alpha={self.alpha} after Holm over "
-                f"{TESTS_PER_WINDOW} tests: use n_permutations >= {needed}"
-            )
-        if self.max_embedded < self.max_test_samples:
-            raise ValueError(
-                f"max_embedded={self.max_embedded} is below max_test_samples={self.max_test_samples}: the input "
-                f"test would read fewer rows than it is configured for (raise max_embedded)"
-            )
-        return self
 
 
 @dataclass(frozen=True)
@@ -276,7 +211,7 @@ class Embedder:
     def bf16(self) -> bool:
         """Whether the weights are bf16 (resolved on first use where the constructor said None)."""
         if self._bf16 is None:
-            from models.training import cpu_supports_bf16
+            from models.inference import cpu_supports_bf16
 
             self._bf16 = cpu_supports_bf16()
         return self._bf16

@@ -472,6 +472,19 @@ class OpenAICompatibleTeacher:
         os.replace(handle.name, self.cache_dir / f"{key}.json")
 
 
+def ground_truth_path(home: Path) -> Path:
+    """Where the traffic simulator appends each request's hidden gold answer."""
+    return Path(home).resolve() / "simulator" / "ground_truth.jsonl"
+
+
+def read_ground_truth(path: Path) -> dict[str, str]:
+    """request id -> gold answer (for the simulated teacher and report scorekeeping only)."""
+    if not path.exists():
+        return {}
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {row["request_id"]: row["gold"] for row in rows}
+
+
 class SimulatedTeacher:
     """A stand-in teacher answering from the simulator's hidden gold, with plausible mistakes.
 

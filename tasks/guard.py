@@ -11,7 +11,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flywheel.config import Settings
-from models.guard import GuardConfig, LiveSignals
+from flywheel.config import GuardConfig
+from models.guard import LiveSignals
 from models.promotion import HistoryEntry, history
 from models.registry import CHAMPION, alias_version
 from models.teacher import TeacherItem

@@ -17,7 +17,16 @@ from flywheel.config import Settings
 from models.drift import WindowEmbeddings
 from models.review import OUT_OF_SCHEMA, SAMPLED, ReviewItem, ReviewQueue, spot_check_sample
 from models.selection import select_informative
-from models.teacher import OpenAICompatibleTeacher, SimulatedTeacher, Teacher, TeacherItem, TeacherLabel, TeacherRun
+from models.teacher import (
+    OpenAICompatibleTeacher,
+    SimulatedTeacher,
+    Teacher,
+    TeacherItem,
+    TeacherLabel,
+    TeacherRun,
+    ground_truth_path,
+    read_ground_truth,
+)
 from models.usage import Purpose, UsageLog, usage_path
 from models.workload import TaskSpec
 
@@ -40,10 +49,6 @@ class RelabelResult:
     agreement: float | None
 
 
-def truth_path(settings: Settings) -> Path:
-    return settings.home.resolve() / "simulator" / "ground_truth.jsonl"
-
-
 def build_teacher(settings: Settings, spec: TaskSpec, purpose: Purpose) -> Teacher:
     """The configured teacher: the SIMULATED one (offline, demo) or an OpenAI-compatible API.
 
@@ -53,10 +58,8 @@ def build_teacher(settings: Settings, spec: TaskSpec, purpose: Purpose) -> Teach
     budget = settings.workload(spec.name).relabel.budget_usd
     usage_log = UsageLog(usage_path(settings.state_dir, spec.name), spec.name, purpose)
     if config.kind == "simulated":
-        from flywheel.simulate import read_ground_truth
-
         return SimulatedTeacher(
-            spec, read_ground_truth(truth_path(settings)), error_rate=config.simulated_error_rate,
+            spec, read_ground_truth(ground_truth_path(settings.home)), error_rate=config.simulated_error_rate,
             price_per_item_usd=config.simulated_price_per_item, budget_usd=budget, usage_log=usage_log,
         )
     if config.api_key_block:

@@ -119,7 +119,8 @@ def test_ledger_spend_equals_the_servers_usage_log_times_the_prices(tmp_path, sp
 
 
 def test_a_call_without_usage_is_logged_at_the_worst_case_it_was_charged(tmp_path, spec):
-    from models.costs import CostConfig, FrontierPrice, build_ledger
+    from flywheel.config import CostConfig, FrontierPrice
+    from models.costs import build_ledger
     from models.teacher import OpenAICompatibleTeacher
     from models.usage import UsageLog, read_usage
 
