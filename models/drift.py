@@ -17,9 +17,8 @@ rows (`embed_window`), in bf16 where the hardware has it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flywheel.config import DriftConfig
+from flywheel.files import atomic_write
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -261,11 +261,10 @@ class Embedder:
         if path.exists():
             return np.load(path)
         vectors = self.encode(texts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a concurrent reader sees the whole array or none of it.
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-            np.save(handle, vectors)
-        os.replace(handle.name, path)
+        # Whole or not at all: a concurrent reader sees the whole array or none of it.
+        buffer = io.BytesIO()
+        np.save(buffer, vectors)
+        atomic_write(path, buffer.getvalue())
         return vectors
 
 

@@ -23,7 +23,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 import time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from flywheel.files import atomic_write
 from models.usage import SIMULATED_MODEL, UsageLog
 
 if TYPE_CHECKING:
@@ -464,12 +464,9 @@ class OpenAICompatibleTeacher:
     def _cache_put(self, key: str, completion: _Completion) -> None:
         if self.cache_dir is None:
             return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         stored = {"model": self.model, "content": completion.content, "usage": completion.usage}
-        # Written whole then renamed, so an interrupted run never leaves half an entry behind.
-        with tempfile.NamedTemporaryFile("w", dir=self.cache_dir, suffix=".tmp", delete=False, encoding="utf-8") as handle:
-            json.dump(stored, handle, ensure_ascii=False)
-        os.replace(handle.name, self.cache_dir / f"{key}.json")
+        # Whole or not at all, so an interrupted run never leaves half an entry behind.
+        atomic_write(self.cache_dir / f"{key}.json", json.dumps(stored, ensure_ascii=False))
 
 
 def ground_truth_path(home: Path) -> Path:

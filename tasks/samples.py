@@ -19,6 +19,7 @@ from prefect.cache_policies import NONE
 
 from data_contracts.contracts import split_quarantine, validate_production_samples
 from flywheel.config import Settings
+from flywheel.files import atomic_write
 from models.workload import TaskSpec
 from serving.capture import QuarantinedFile, scan_samples
 
@@ -100,8 +101,5 @@ def advance_watermark(settings: Settings, window: SampleWindow) -> None:
     the store are forgotten, since they cannot come back."""
     mark = read_watermark(settings, window.workload)
     read = {name for name in mark.read | set(window.files) if (settings.samples_dir / name).exists()}
-    path = _watermark_path(settings, window.workload)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"read": sorted(read)}))
-    tmp.replace(path)  # a crash mid-write leaves the old watermark, never half of one
+    # A crash mid-write leaves the old watermark, never half of one.
+    atomic_write(_watermark_path(settings, window.workload), json.dumps({"read": sorted(read)}))

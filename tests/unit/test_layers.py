@@ -1,6 +1,6 @@
 """The layer rule, read from the imports: a module imports only from its own layer or below.
 
-foundation (typed config, tracking URI, progress) < models, data_contracts < serving < tasks <
+foundation (typed config, atomic files, tracking URI, progress) < models, data_contracts < serving < tasks <
 flows < deployments < the command line, demo, report and simulator. `serving/` and `models/`
 never import Prefect. Every import counts, including ones inside functions."""
 
@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("flywheel", "models", "data_contracts", "serving", "tasks", "flows", "deployments")
-FOUNDATION = {"flywheel.config", "flywheel.tracking", "flywheel.progress", "flywheel"}
+FOUNDATION = {"flywheel.config", "flywheel.files", "flywheel.tracking", "flywheel.progress", "flywheel"}
 RANK = {"foundation": 0, "models": 1, "data_contracts": 1, "serving": 2, "tasks": 3, "flows": 4, "deployments": 5, "top": 6}
 
 
