@@ -230,6 +230,16 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(400, f"x-request-id is {len(client_id)} characters; the limit is {MAX_CLIENT_ID_CHARS}")
         return client_id
 
+    def _record(workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], started: float) -> float:
+        """Capture every answer of one request and count it in the metrics; returns its latency (ms)."""
+        latency_ms = (time.perf_counter() - started) * 1000
+        _capture(workload, request_id, client_id, texts, served, latency_ms)
+        adapter = served[0].adapter
+        metrics.requests.labels(workload, adapter).inc()
+        metrics.predictions.labels(workload, adapter).inc(len(texts))
+        metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
+        return latency_ms
+
     def _capture(workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], latency_ms: float) -> None:
         stamp = now_utc()
         for index, (text, item) in enumerate(zip(texts, served)):
@@ -319,12 +329,7 @@ def create_app(state: ServerState) -> FastAPI:
         client_id = _client_request_id(request)
         request_id = str(uuid.uuid4())  # ours, so unique; a client's id may repeat
         served = await _served(workload, texts)
-        latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, client_id, texts, served, latency_ms)
-        adapter = served[0].adapter
-        metrics.requests.labels(workload, adapter).inc()
-        metrics.predictions.labels(workload, adapter).inc(len(texts))
-        metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
+        latency_ms = _record(workload, request_id, client_id, texts, served, started)
         return {
             "request_id": request_id,
             "client_request_id": client_id,
@@ -353,12 +358,7 @@ def create_app(state: ServerState) -> FastAPI:
         # As in vLLM, naming an adapter answers with that adapter, routed or not (a push's smoke
         # test); naming the workload answers with whatever it is routed to.
         served = await _served(workload, texts, model if model in adapters else None)
-        latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, client_id, texts, served, latency_ms)
-        adapter = served[0].adapter
-        metrics.requests.labels(workload, adapter).inc()
-        metrics.predictions.labels(workload, adapter).inc(len(texts))
-        metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
+        _record(workload, request_id, client_id, texts, served, started)
         return request_id, served
 
     @app.post("/v1/chat/completions", response_model=None)
