@@ -82,7 +82,7 @@ def build_teacher(settings: Settings, spec: TaskSpec, purpose: Purpose) -> Teach
     )
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # a pure, seeded choice over in-memory frames: cheaper to redo than to hash its inputs
 def select_samples(samples: pd.DataFrame, embeddings: WindowEmbeddings, reference: np.ndarray, budget: int, seed: int = 0) -> pd.DataFrame:
     """Up to `budget` informative samples (uncertain, novel, deduplicated, spread out) among the
     window rows the drift check embedded (all of them up to its `max_embedded`)."""
@@ -130,7 +130,7 @@ def label_with_cache(teacher: Teacher, items: list[TeacherItem], cache_dir: Path
     return replace(run, labels=labels), len(cached)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # labels cached per (teacher, text): an overlapping window reuses the overlap; a whole-input key cannot
 def relabel_with_teacher(settings: Settings, spec: TaskSpec, selected: pd.DataFrame, run_tag: str) -> RelabelResult:
     """Label the selected samples; spot checks and out-of-schema answers go to the review queue."""
     config = settings.workload(spec.name).relabel

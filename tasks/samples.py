@@ -69,7 +69,7 @@ def _quarantine_rows(settings: Settings, workload: str, bad: pd.DataFrame) -> Pa
     return path
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # reads the live sample store past the watermark
 def load_new_samples(settings: Settings, workload: str, spec: TaskSpec) -> SampleWindow:
     """The samples of every file not used yet; rows failing the production contract, and files or
     folders that cannot be read, go to quarantine with the reason."""
@@ -95,7 +95,7 @@ def load_new_samples(settings: Settings, workload: str, spec: TaskSpec) -> Sampl
     return SampleWindow(workload, good.reset_index(drop=True), len(bad), quarantine_path, files, moved)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # side effect: moves the watermark
 def advance_watermark(settings: Settings, window: SampleWindow) -> None:
     """Mark the window's files used (only called once the run has used them); files gone from
     the store are forgotten, since they cannot come back."""
