@@ -200,11 +200,16 @@ class TeacherConfig(_Strict):
     # `model`'s prices come from `costs.frontier_prices`: one table for the teacher and the ledger.
     batch_size: int = Field(8, gt=0)
     max_concurrency: int = Field(4, gt=0)
-    max_retries: int = Field(4, ge=0)
+    max_retries: int = Field(4, ge=0)  # the openai SDK's retries of 408/409/429/5xx and timeouts
     timeout_s: float = Field(30.0, gt=0)
+    # Reasoning models (o-series, gpt-5) refuse temperature and max_tokens; a 400 naming them
+    # also switches the client. `reasoning_tokens` bounds their hidden reasoning per call.
+    reasoning: bool = False
+    reasoning_tokens: int = Field(1024, ge=0)
     # The simulation: answers from the simulator's hidden gold, wrong on purpose this often.
     simulated_error_rate: float = Field(0.05, ge=0, le=1)
     simulated_price_per_item: float = Field(0.0005, ge=0)
+    simulated_latency_s: float = Field(0.0, ge=0)  # per answered item, as a frontier call would take
 
     @model_validator(mode="after")
     def _check_openai(self) -> TeacherConfig:

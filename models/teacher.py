@@ -2,11 +2,11 @@
 
 Two implementations of one `Teacher` protocol:
 
-* `OpenAICompatibleTeacher` speaks the OpenAI chat-completions protocol (OpenAI, vLLM, most
-  gateways): several samples per call under a strict JSON schema, bounded concurrency, retries
-  with backoff, every answer checked against the schema and the workload's spec, one more call
-  for answers outside them, cost from the reported token usage, a hard per-run budget cap and
-  an on-disk response cache.
+* `OpenAICompatibleTeacher` asks a frontier model through `FrontierClient` (`models/frontier.py`,
+  the OpenAI SDK: retries, timeouts, Retry-After, any OpenAI-compatible endpoint): several
+  samples per call under a strict JSON schema, bounded concurrency, every answer checked against
+  the schema and the workload's spec, one more call for answers outside them, cost from the
+  reported token usage, a hard per-run budget cap and an on-disk response cache.
 * `SimulatedTeacher` answers from the traffic simulator's hidden gold with a controlled rate of
   plausible mistakes, for demos and tests without an API key. Its name and every log line it
   writes say that it is a simulation.
@@ -16,24 +16,20 @@ A label that is not `valid` never carries an answer: it goes to human review, no
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import logging
-import os
 import random
 import re
 import time
 from collections import Counter, defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
-
 from flywheel.files import atomic_write
+from models.frontier import FrontierCallFailed, FrontierClient, FrontierReply, answers_format
 from models.usage import SIMULATED_MODEL, UsageLog
 
 if TYPE_CHECKING:
@@ -41,16 +37,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flywheel.teacher")
 
-API_KEY_ENV = "FLYWHEEL_TEACHER_API_KEY"
-
 # `TeacherLabel.reason` values; a failed call's reason is "failed: <what went wrong>".
 OK = "ok"
 OUT_OF_SCHEMA = "out_of_schema"
 BUDGET_EXHAUSTED = "budget_exhausted"
 _NO_GROUND_TRUTH = "failed: no ground truth"  # the simulated teacher's item outside the simulator's gold
-
-# The official OpenAI SDK retries these statuses (and every 5xx).
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 # Token bounds for one answer's JSON: `{"id": "12", "label": ""},` is about a dozen tokens.
 _TOKENS_PER_ANSWER = 16
@@ -100,7 +91,7 @@ class TeacherRun:
     """One `Teacher.label` run: one label per input item, in input order, and what it cost."""
 
     labels: list[TeacherLabel]
-    calls: int  # calls sent to the API; a call's HTTP retries are not counted again
+    calls: int  # calls sent to the API; the SDK's retries of a call are not counted again
     cached_calls: int  # calls answered from the on-disk cache, for free
     cost_usd: float
     budget_usd: float
@@ -116,12 +107,10 @@ class Teacher(Protocol):
     def label(self, items: list[TeacherItem]) -> TeacherRun: ...
 
 
-class _CallFailed(Exception):
-    """A call that got no usable response after its retries."""
-
-
 @dataclass(frozen=True)
 class _Completion:
+    """What a paid call answered; what the on-disk cache keeps."""
+
     content: str | None  # None when the model refused or sent no text
     usage: tuple[int, int] | None  # (prompt, completion) tokens; None when the server did not say
 
@@ -131,10 +120,10 @@ class _Call:
     """One planned chat completion; its items are numbered 1..n in the prompt."""
 
     members: tuple[tuple[int, TeacherItem], ...]  # (position in the run's input, item)
-    body: dict[str, Any]
+    messages: list[dict[str, str]]
     cache_key: str
-    worst_case_usd: float
-    prompt_bound: int  # tokens the prompt can take at most; with max_tokens, what a call without usage is charged
+    prompt_bound: int  # tokens the prompt can take at most
+    answer_tokens: int  # tokens the visible answer can take at most
 
 
 @dataclass
@@ -150,69 +139,43 @@ class _RunState:
 
 
 class OpenAICompatibleTeacher:
-    """A frontier LLM behind an OpenAI-compatible `/chat/completions` endpoint."""
+    """A frontier LLM behind an OpenAI-compatible `/chat/completions` endpoint (`FrontierClient`)."""
 
     def __init__(
         self,
         spec: TaskSpec,
+        client: FrontierClient,
         *,
-        base_url: str,
-        model: str,
-        api_key: str | None = None,
-        price_per_million_input: float,
-        price_per_million_output: float,
         budget_usd: float,
         batch_size: int = 8,
         max_concurrency: int = 4,
-        max_retries: int = 4,
-        timeout_s: float = 30.0,
-        backoff_s: float = 0.5,
         cache_dir: Path | None = None,
         usage_log: UsageLog | None = None,
     ):
         """Args:
-        api_key: the bearer key; None reads FLYWHEEL_TEACHER_API_KEY.
-        price_per_million_input / _output: USD per million prompt / completion tokens.
+        client: the frontier model, its transport (retries, timeout) and its price.
         budget_usd: the most one `label` run may spend.
         cache_dir: where responses are kept so a rerun never pays twice; None disables it.
         usage_log: where each paid call's tokens are appended as it is paid (the cost ledger's record).
         """
-        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        if not key:
-            raise ValueError(f"the teacher needs an API key: pass api_key or set {API_KEY_ENV}")
         _check_spec(spec)
         for name, value in (("batch_size", batch_size), ("max_concurrency", max_concurrency)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        for name, number in (
-            ("price_per_million_input", price_per_million_input),
-            ("price_per_million_output", price_per_million_output),
-            ("budget_usd", budget_usd),
-            ("max_retries", max_retries),
-            ("backoff_s", backoff_s),
-        ):
-            if number < 0:
-                raise ValueError(f"{name} must not be negative, got {number}")
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if budget_usd < 0:
+            raise ValueError(f"budget_usd must not be negative, got {budget_usd}")
         self.spec = spec
-        self.name = f"openai-compatible:{model}"
-        self.base_url = base_url.rstrip("/") + "/"
-        self.model = model
-        self.price_per_million_input = price_per_million_input
-        self.price_per_million_output = price_per_million_output
+        self.client = client
+        self.name = f"openai-compatible:{client.model}"
+        self.model = client.model
         self.budget_usd = budget_usd
         self.batch_size = batch_size
         self.max_concurrency = max_concurrency
-        self.max_retries = max_retries
-        self.timeout_s = timeout_s
-        self.backoff_s = backoff_s
         self.cache_dir = cache_dir
         self.usage_log = usage_log
-        self._api_key = key
         self._label_set = frozenset(spec.labels)
         self._system_prompt = _system_prompt(spec)
-        self._response_format = _response_format(spec)
+        self._response_format = answers_format(spec)
         # A label is at most one token per UTF-8 byte (see `_plan_call`).
         self._label_tokens = max((len(label.encode()) for label in spec.labels), default=0)
 
@@ -220,16 +183,12 @@ class OpenAICompatibleTeacher:
         """Label `items`: answers outside the schema get one more call, then go to review."""
         _check_unique_ids(items)
         state = _RunState(budget_usd=self.budget_usd)
-        headers = {"Authorization": f"Bearer {self._api_key}"}
-        with (
-            httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout_s) as client,
-            ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="teacher") as pool,
-        ):
-            rejected = self._run_round(list(enumerate(items)), retry=False, state=state, client=client, pool=pool)
+        with ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="teacher") as pool:
+            rejected = self._run_round(list(enumerate(items)), retry=False, state=state, pool=pool)
             if rejected:
                 logger.info("%s: asking again for %d answers outside the schema", self.name, len(rejected))
                 # Whatever is still out of schema after this keeps reason out_of_schema.
-                self._run_round(rejected, retry=True, state=state, client=client, pool=pool)
+                self._run_round(rejected, retry=True, state=state, pool=pool)
         labels = []
         for index, item in enumerate(items):
             answer, reason, cached = state.outcome[index]
@@ -249,7 +208,11 @@ class OpenAICompatibleTeacher:
 
     def worst_case_cost_usd(self, items: list[TeacherItem]) -> float:
         """The most one call labelling `items` can cost: what the budget cap reserves for it."""
-        return self._plan_call(tuple(enumerate(items)), retry=False).worst_case_usd
+        return self._worst_case_usd(self._plan_call(tuple(enumerate(items)), retry=False))
+
+    def _worst_case_usd(self, call: _Call) -> float:
+        # Asked at submission: a client that has switched to reasoning mode allows more tokens.
+        return self.client.cost_usd(call.prompt_bound, self.client.output_limit(call.answer_tokens))
 
     def _plan_call(self, members: tuple[tuple[int, TeacherItem], ...], *, retry: bool) -> _Call:
         lines = [json.dumps({"id": str(n), "text": item.text}, ensure_ascii=False) for n, (_, item) in enumerate(members, 1)]
@@ -257,14 +220,7 @@ class OpenAICompatibleTeacher:
             {"role": "system", "content": self._system_prompt + (_RETRY_NOTE if retry else "")},
             {"role": "user", "content": "Texts, one JSON object per line:\n" + "\n".join(lines)},
         ]
-        max_tokens = _TOKENS_FOR_ENVELOPE + sum(self._answer_token_bound(item.text) for _, item in members)
-        body = {
-            "model": self.model,
-            "messages": messages,
-            "response_format": self._response_format,
-            "max_tokens": max_tokens,
-            "temperature": 0,
-        }
+        answer_tokens = _TOKENS_FOR_ENVELOPE + sum(self._answer_token_bound(item.text) for _, item in members)
         keyed = {"model": self.model, "messages": messages, "response_format": self._response_format}
         cache_key = hashlib.sha256(json.dumps(keyed, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         # The budget cap needs a bound, not an average: a byte-level BPE token covers at least one
@@ -274,45 +230,38 @@ class OpenAICompatibleTeacher:
         # reservation is replaced by the call's reported usage as soon as it returns.
         prompt_bound = sum(len(message["content"].encode()) + _TOKENS_PER_MESSAGE for message in messages)
         prompt_bound += len(json.dumps(self._response_format).encode())
-        return _Call(members, body, cache_key, self._cost_usd(prompt_bound, max_tokens), prompt_bound)
-
-    def _cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.price_per_million_input + completion_tokens * self.price_per_million_output) / 1e6
+        return _Call(members, messages, cache_key, prompt_bound, answer_tokens)
 
     def _answer_token_bound(self, text: str) -> int:
-        """max_tokens allowance for one item's answer; slot values are spans of the text."""
+        """The completion-token allowance for one item's answer; slot values are spans of the text."""
         if self.spec.task == "classification":
             return _TOKENS_PER_ANSWER + self._label_tokens
         keys = sum(len(slot.encode()) + _TOKENS_PER_SLOT_KEY for slot in self.spec.slots)
         return _TOKENS_PER_ANSWER + keys + len(text.encode())
 
     def _run_round(
-        self,
-        members: list[tuple[int, TeacherItem]],
-        *,
-        retry: bool,
-        state: _RunState,
-        client: httpx.Client,
-        pool: ThreadPoolExecutor,
+        self, members: list[tuple[int, TeacherItem]], *, retry: bool, state: _RunState, pool: ThreadPoolExecutor
     ) -> list[tuple[int, TeacherItem]]:
         """Label `members` in batches, `max_concurrency` calls at a time; returns the rejected ones."""
         batches = (tuple(members[i : i + self.batch_size]) for i in range(0, len(members), self.batch_size))
         pending = deque(self._plan_call(batch, retry=retry) for batch in batches)
-        in_flight: dict[Future[_Completion], _Call] = {}
+        in_flight: dict[Future[FrontierReply], tuple[_Call, float]] = {}  # the call and what it reserved
         rejected: list[tuple[int, TeacherItem]] = []
         while pending or in_flight:
             while pending and len(in_flight) < self.max_concurrency:
                 call = pending[0]
                 cached = self._cache_get(call.cache_key)
-                reserved = sum(flying.worst_case_usd for flying in in_flight.values())
+                reserved = sum(worst for _, worst in in_flight.values())
+                worst = self._worst_case_usd(call)
                 if cached is not None:
                     pending.popleft()
                     state.cached_calls += 1
                     rejected += self._accept(call, cached, cost=0.0, cached=True, state=state)
-                elif state.spent_usd + reserved + call.worst_case_usd <= state.budget_usd:
+                elif state.spent_usd + reserved + worst <= state.budget_usd:
                     pending.popleft()
                     state.calls += 1
-                    in_flight[pool.submit(self._post, client, call.body)] = call
+                    future = pool.submit(self.client.complete, call.messages, self._response_format, call.answer_tokens)
+                    in_flight[future] = (call, worst)
                 elif in_flight:
                     break  # calls in flight usually cost less than reserved: look again when one returns
                 else:
@@ -323,34 +272,36 @@ class OpenAICompatibleTeacher:
                 continue
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
-                rejected += self._settle(in_flight.pop(future), future, state)
+                call, worst = in_flight.pop(future)
+                rejected += self._settle(call, worst, future, state)
         return sorted(rejected, key=lambda member: member[0])  # a stable retry prompt keeps reruns cached
 
-    def _settle(self, call: _Call, future: Future[_Completion], state: _RunState) -> list[tuple[int, TeacherItem]]:
+    def _settle(self, call: _Call, worst: float, future: Future[FrontierReply], state: _RunState) -> list[tuple[int, TeacherItem]]:
         """Pay for a returned call (once), cache it and record its answers; returns the rejected members."""
         try:
-            completion = future.result()
-        except _CallFailed as error:
+            reply = future.result()
+        except FrontierCallFailed as error:
             logger.warning("%s: a call for %d items failed: %s", self.name, len(call.members), error)
             for index, _ in call.members:
                 state.outcome[index] = (None, f"failed: {error}", False)
             return []
-        if completion.usage is None:
+        if reply.usage is None:
             # A completion happened but its price is unknown: charge the most it could have cost.
-            logger.warning("%s: a response without usage; charged its worst case $%.6f", self.name, call.worst_case_usd)
-            cost = call.worst_case_usd
+            cost = self.client.cost_usd(call.prompt_bound, reply.output_limit)
+            logger.warning("%s: a response without usage; charged its worst case $%.6f", self.name, cost)
             if self.usage_log is not None:
-                self.usage_log.record(self.model, call.prompt_bound, call.body["max_tokens"], len(call.members), estimated=True)
+                self.usage_log.record(self.model, call.prompt_bound, reply.output_limit, len(call.members), estimated=True)
         else:
-            prompt_tokens, completion_tokens = completion.usage
+            prompt_tokens, completion_tokens = reply.usage
             state.prompt_tokens += prompt_tokens
             state.completion_tokens += completion_tokens
-            cost = self._cost_usd(prompt_tokens, completion_tokens)
+            cost = self.client.cost_usd(prompt_tokens, completion_tokens)
             if self.usage_log is not None:
                 self.usage_log.record(self.model, prompt_tokens, completion_tokens, len(call.members))
-            if cost > call.worst_case_usd:
-                logger.warning("%s: a call cost $%.6f, over its worst case $%.6f", self.name, cost, call.worst_case_usd)
+            if cost > worst:
+                logger.warning("%s: a call cost $%.6f, over its worst case $%.6f", self.name, cost, worst)
         state.spent_usd += cost
+        completion = _Completion(reply.content, reply.usage)
         self._cache_put(call.cache_key, completion)
         return self._accept(call, completion, cost=cost, cached=False, state=state)
 
@@ -417,35 +368,6 @@ class OpenAICompatibleTeacher:
         if not is_valid_extraction(answer, self.spec.slots, text):
             return None, f"slots {answer!r:.80} are not schema slots with spans of the text"
         return self.spec.answer_to_label(answer), ""
-
-    def _post(self, client: httpx.Client, body: dict[str, Any]) -> _Completion:
-        """One call, retried with exponential backoff on 429, 5xx, timeouts and connection errors."""
-        attempts = self.max_retries + 1
-        problem = ""
-        for attempt in range(attempts):
-            retry_after = None
-            try:
-                response = client.post("chat/completions", json=body)
-            except httpx.TransportError as error:  # timeouts, refused and dropped connections
-                problem = f"{type(error).__name__}: {error}"
-            except httpx.RequestError as error:  # not transient (e.g. an undecodable body)
-                raise _CallFailed(f"{type(error).__name__}: {error}") from error
-            else:
-                status = response.status_code
-                if status == 200:
-                    completion = _read_completion(response)
-                    if completion is not None:
-                        return completion
-                    problem = "HTTP 200 without a chat completion in the body"
-                elif status in _RETRYABLE_STATUS or status >= 500:
-                    problem = f"HTTP {status}: {response.text[:200]}"
-                    retry_after = _retry_after_s(response)
-                else:
-                    raise _CallFailed(f"HTTP {status}: {response.text[:200]}")
-            if attempt + 1 < attempts:
-                backoff = self.backoff_s * 2**attempt * random.uniform(0.5, 1.5)  # jitter spreads retries out
-                time.sleep(retry_after if retry_after is not None else backoff)
-        raise _CallFailed(f"{problem} (after {attempts} attempts)")
 
     def _cache_get(self, key: str) -> _Completion | None:
         if self.cache_dir is None:
@@ -637,71 +559,6 @@ def _system_prompt(spec: TaskSpec) -> str:
         'Answer with JSON only: {"answers": [{"id": "<the text\'s id>", "slots": {"<slot>": "<value>" or null}}]}, '
         "one answer per id."
     )
-
-
-def _response_format(spec: TaskSpec) -> dict[str, Any]:
-    """A strict json_schema response format that only admits answers of the workload's schema."""
-    answer: dict[str, Any]
-    if spec.task == "classification":
-        answer = {"id": {"type": "string"}, "label": {"type": "string", "enum": list(spec.labels)}}
-    else:
-        # Strict mode wants every property listed as required, so a slot the text does not mention
-        # is null rather than absent; the validation accepts both.
-        slots = {name: {"type": ["string", "null"]} for name in spec.slots}
-        answer = {
-            "id": {"type": "string"},
-            "slots": {"type": "object", "properties": slots, "required": list(spec.slots), "additionalProperties": False},
-        }
-    entry = {"type": "object", "properties": answer, "required": list(answer), "additionalProperties": False}
-    schema = {
-        "type": "object",
-        "properties": {"answers": {"type": "array", "items": entry}},
-        "required": ["answers"],
-        "additionalProperties": False,
-    }
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", spec.name)[:48] + "_answers"  # the API's name pattern
-    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
-
-
-def _read_completion(response: httpx.Response) -> _Completion | None:
-    """The message content and token usage of a chat completion; None when the body is not one."""
-    try:
-        payload = response.json()
-        message = payload["choices"][0]["message"]
-        content = message.get("content")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None
-    usage = payload.get("usage")
-    tokens = None
-    if isinstance(usage, dict):
-        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):
-            tokens = (prompt_tokens, completion_tokens)
-    return _Completion(content if isinstance(content, str) else None, tokens)
-
-
-def _retry_after_s(response: httpx.Response) -> float | None:
-    """Seconds the server asked us to wait (Retry-After-Ms, Retry-After seconds or HTTP date)."""
-    milliseconds = response.headers.get("retry-after-ms")
-    if milliseconds is not None:
-        try:
-            return max(0.0, float(milliseconds) / 1000)
-        except ValueError:
-            pass
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _log_run(name: str, run: TeacherRun) -> None:
