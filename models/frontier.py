@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from models.costs import FrontierPrice
+from flywheel.config import FrontierPrice
 
 if TYPE_CHECKING:
     import openai

@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from models.costs import FrontierPrice
+from flywheel.config import FrontierPrice
 from models.frontier import FrontierClient
 from models.teacher import BUDGET_EXHAUSTED, OK, OUT_OF_SCHEMA, OpenAICompatibleTeacher, TeacherItem
 from models.workload import TaskSpec

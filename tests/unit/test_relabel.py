@@ -51,13 +51,14 @@ def test_warm_start_replay_sample_keeps_every_label():
 
 
 def test_the_simulated_teacher_takes_its_error_rate_and_latency_from_the_config(tmp_path, data_dir):
-    from tasks.relabel import build_teacher, truth_path
+    from models.teacher import ground_truth_path
+    from tasks.relabel import build_teacher
 
     settings = load_settings(REPO / "flywheel.yaml", home=tmp_path, data_dir=data_dir)
     teacher_config = settings.workload("banking-intent").teacher
     settings.workload("banking-intent").teacher = teacher_config.model_copy(update={"simulated_error_rate": 0.2, "simulated_latency_s": 0.25})
-    truth_path(settings).parent.mkdir(parents=True)
-    truth_path(settings).write_text("")
+    ground_truth_path(settings.home).parent.mkdir(parents=True)
+    ground_truth_path(settings.home).write_text("")
     teacher = build_teacher(settings, SPEC, "relabel")
     assert isinstance(teacher, SimulatedTeacher) and "SIMULATED" in teacher.name
     assert (teacher.error_rate, teacher.latency_s) == (0.2, 0.25)
