@@ -25,12 +25,10 @@ import json
 import os
 import random
 import resource
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _reset_peak_rss() -> bool:

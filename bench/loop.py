@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # The slice: 16 Banking77 intents, 4 of them late (12 of 77 in the demo; more here so the late
 # intents carry enough golden rows to score), each usual intent with ~16 launch examples (the

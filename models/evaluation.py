@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from flywheel.files import atomic_write
 from models.inference import Prediction
 from models.workload import TaskSpec
 
@@ -136,11 +137,7 @@ def evaluate_sets(
                 report(min(start + size, len(texts)), len(texts))
         results[name] = evaluate_predictions(spec, predictions, references)
         if name in keys:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
-            target = Path(cache_dir, f"{keys[name]}.json")  # type: ignore[arg-type]
-            partial = target.with_suffix(".tmp")
-            partial.write_text(json.dumps(asdict(results[name])))
-            partial.replace(target)  # a reader never sees half a result
+            atomic_write(Path(cache_dir, f"{keys[name]}.json"), json.dumps(asdict(results[name])))  # type: ignore[arg-type]
     return results
 
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from math import comb
 from typing import Any
 
+from flywheel.config import GateConfig
+
 
 @dataclass(frozen=True)
 class ModelEval:
@@ -74,7 +76,7 @@ def headline(metrics: dict[str, float]) -> float:
     return metrics.get("accuracy", metrics.get("slot_f1", 0.0))
 
 
-def decide(base: ModelEval | None, champion: ModelEval, candidate: ModelEval, gates: Any) -> GateDecision:
+def decide(base: ModelEval | None, champion: ModelEval, candidate: ModelEval, gates: GateConfig) -> GateDecision:
     """Apply the workload's `GateConfig` to three evaluations (base is logged, not gated on)."""
     checks: list[GateCheck] = []
     drift_gain = headline(candidate.drift) - headline(champion.drift)

@@ -14,24 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-
-class GuardConfig(BaseModel):
-    """When a promotion is undone automatically."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Below this many live answers on either side the guard waits: a verdict on a handful of
-    # requests would roll back good versions on noise.
-    min_samples: int = Field(100, ge=10)
-    alpha: float = Field(0.01, gt=0, lt=1)  # stricter than drift: a rollback is a visible act
-    confidence_ks_threshold: float = Field(0.2, ge=0, le=1)  # KS D of the downward shift
-    invalid_share_increase: float = Field(0.05, ge=0, le=1)  # absolute, e.g. 2% -> 7%
-    agreement_drop: float = Field(0.15, ge=0, le=1)  # absolute drop in teacher agreement
-    min_audited: int = Field(20, ge=1)  # audited answers needed before agreement counts
-    audit_budget: int = Field(40, ge=0)  # answers per check sent to the teacher for audit
-    recent_hours: float = Field(48.0, gt=0)  # promotions older than this are not watched
+from flywheel.config import GuardConfig
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,17 @@ class Prediction:
     token_logprobs: tuple[float, ...] = ()
 
 
+def cpu_supports_bf16() -> bool:
+    """True where matmuls in bf16 are native: a GPU with bf16, or a CPU with AVX-512 BF16 / AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -50,8 +61,6 @@ def load_model(
     `bf16=None` picks bf16 where the hardware multiplies it natively (see `cpu_supports_bf16`).
     """
     from transformers import AutoModelForCausalLM
-
-    from models.training import cpu_supports_bf16
 
     use_bf16 = cpu_supports_bf16() if bf16 is None else bf16
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.bfloat16 if use_bf16 else torch.float32)

@@ -9,12 +9,12 @@ Stored as one JSON file per workload, rewritten atomically (review volumes are s
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from flywheel.files import atomic_write
 from models.workload import TaskSpec
 
 SAMPLED = "spot_check"  # a random share of valid teacher labels
@@ -56,10 +56,7 @@ class ReviewQueue:
         return [ReviewItem(**row) for row in json.loads(self.path.read_text())]
 
     def _save(self, items: list[ReviewItem]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(item) for item in items], indent=1, ensure_ascii=False))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps([asdict(item) for item in items], indent=1, ensure_ascii=False))
 
     def enqueue(self, new: list[ReviewItem]) -> int:
         """Add items not queued before (by item id); returns how many were added."""

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
+from flywheel.config import LaunchConfig
+
 SCENARIOS = {"classification": ("steady", "prior-shift", "new-phrasing"), "extraction": ("steady", "prior-shift")}
 NAME_SLOTS = ("first_name", "last_name")
 
@@ -39,13 +41,13 @@ class LaunchPlan:
         return any(slot in json.loads(label) for slot in NAME_SLOTS)
 
 
-def launch_plan(task: str, labels: tuple[str, ...], config: object) -> LaunchPlan:
+def launch_plan(task: str, labels: tuple[str, ...], config: LaunchConfig) -> LaunchPlan:
     """The plan for a workload from its `launch` config (late_count, rare_cap, shift_share, seed)."""
     late: tuple[str, ...] = ()
     if task == "classification":
-        rng = random.Random(config.seed)  # type: ignore[attr-defined]
-        late = tuple(sorted(rng.sample(sorted(labels), config.late_count)))  # type: ignore[attr-defined]
-    return LaunchPlan(task, late, config.rare_cap, config.shift_share)  # type: ignore[attr-defined]
+        rng = random.Random(config.seed)
+        late = tuple(sorted(rng.sample(sorted(labels), config.late_count)))
+    return LaunchPlan(task, late, config.rare_cap, config.shift_share)
 
 
 def launch_training_set(train: Dataset, plan: LaunchPlan, max_examples: int, seed: int) -> Dataset:

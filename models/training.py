@@ -12,6 +12,8 @@ from typing import Any, Callable
 import torch
 from datasets import Dataset
 
+from flywheel.config import TrainingConfig
+from models.inference import cpu_supports_bf16, load_tokenizer
 from models.workload import TaskSpec
 
 log = logging.getLogger("flywheel.training")
@@ -31,17 +33,6 @@ class TrainResult:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
-
-
-def cpu_supports_bf16() -> bool:
-    """True where matmuls in bf16 are native: a GPU with bf16, or a CPU with AVX-512 BF16 / AMX."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def tokenize_examples(spec: TaskSpec, tokenizer: Any, dataset: Dataset, max_length: int) -> Dataset:
@@ -79,7 +70,7 @@ def seed_everything(seed: int) -> None:
 LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def lora_config(config: Any, num_layers: int) -> Any:
+def lora_config(config: TrainingConfig, num_layers: int) -> Any:
     """The peft LoraConfig for a TrainingConfig.
 
     `lora_layers: N` puts the adapter on the top N decoder layers only: the backward pass then
@@ -177,7 +168,7 @@ def train_lora(
     base_path: str,
     train_set: Dataset,
     output_dir: Path,
-    config: Any,
+    config: TrainingConfig,
     *,
     progress: Callable[[int, int], None] | None = None,
     warm_start_adapter: str | Path | None = None,
@@ -193,8 +184,6 @@ def train_lora(
     from peft.helpers import disable_input_dtype_casting
     from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
-
-    from models.inference import load_tokenizer
 
     seed_everything(config.seed)
     tokenizer = load_tokenizer(base_path)

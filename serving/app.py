@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from flywheel.config import ServingConfig
 from serving import openai_api
 from serving.capture import Sample, SampleWriter, answer_to_text, now_utc
 from serving.engine import AdapterEngine, EngineError, ServedPrediction, workload_of
@@ -50,20 +51,13 @@ _LORA_NAME = {"type": "string", "description": "<workload>@v<N>"}
 
 
 @dataclass
-class ServingLimits:
-    max_body_bytes: int = 256 * 1024
-    max_inputs: int = 64
-    max_text_chars: int = 2000
-
-
-@dataclass
 class ServerState:
     engine: AdapterEngine
     writer: SampleWriter
     replica_id: str
     adapter_roots: list[Path]
     admin_token: str | None = None
-    limits: ServingLimits = field(default_factory=ServingLimits)
+    limits: ServingConfig = field(default_factory=ServingConfig)  # max_body_bytes, max_inputs_per_request, max_text_chars
     resolve_reference: Callable[[str], Path] | None = None  # models:/name@alias -> local adapter dir
     started: float = field(default_factory=time.time)
 
@@ -100,7 +94,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-async def _json_body(request: Request, limits: ServingLimits) -> dict[str, Any]:
+async def _json_body(request: Request, limits: ServingConfig) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
         raise ApiError(413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes}")
@@ -157,11 +151,11 @@ def _field(body: dict[str, Any], name: str, kind: type) -> Any:
     return body[name]
 
 
-def _check_texts(texts: list[Any], limits: ServingLimits) -> list[str]:
+def _check_texts(texts: list[Any], limits: ServingConfig) -> list[str]:
     if not texts:
         raise ApiError(400, "'inputs' is empty")
-    if len(texts) > limits.max_inputs:
-        raise ApiError(413, f"{len(texts)} inputs in one request; the limit is {limits.max_inputs}")
+    if len(texts) > limits.max_inputs_per_request:
+        raise ApiError(413, f"{len(texts)} inputs in one request; the limit is {limits.max_inputs_per_request}")
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise ApiError(400, f"inputs[{index}] must be a string")
@@ -235,6 +229,16 @@ def create_app(state: ServerState) -> FastAPI:
         if client_id is not None and len(client_id) > MAX_CLIENT_ID_CHARS:
             raise ApiError(400, f"x-request-id is {len(client_id)} characters; the limit is {MAX_CLIENT_ID_CHARS}")
         return client_id
+
+    def _record(workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], started: float) -> float:
+        """Capture every answer of one request and count it in the metrics; returns its latency (ms)."""
+        latency_ms = (time.perf_counter() - started) * 1000
+        _capture(workload, request_id, client_id, texts, served, latency_ms)
+        adapter = served[0].adapter
+        metrics.requests.labels(workload, adapter).inc()
+        metrics.predictions.labels(workload, adapter).inc(len(texts))
+        metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
+        return latency_ms
 
     def _capture(workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], latency_ms: float) -> None:
         stamp = now_utc()
@@ -325,12 +329,7 @@ def create_app(state: ServerState) -> FastAPI:
         client_id = _client_request_id(request)
         request_id = str(uuid.uuid4())  # ours, so unique; a client's id may repeat
         served = await _served(workload, texts)
-        latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, client_id, texts, served, latency_ms)
-        adapter = served[0].adapter
-        metrics.requests.labels(workload, adapter).inc()
-        metrics.predictions.labels(workload, adapter).inc(len(texts))
-        metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
+        latency_ms = _record(workload, request_id, client_id, texts, served, started)
         return {
             "request_id": request_id,
             "client_request_id": client_id,
@@ -359,12 +358,7 @@ def create_app(state: ServerState) -> FastAPI:
         # As in vLLM, naming an adapter answers with that adapter, routed or not (a push's smoke
         # test); naming the workload answers with whatever it is routed to.
         served = await _served(workload, texts, model if model in adapters else None)
-        latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, client_id, texts, served, latency_ms)
-        adapter = served[0].adapter
-        metrics.requests.labels(workload, adapter).inc()
-        metrics.predictions.labels(workload, adapter).inc(len(texts))
-        metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
+        _record(workload, request_id, client_id, texts, served, started)
         return request_id, served
 
     @app.post("/v1/chat/completions", response_model=None)

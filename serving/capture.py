@@ -26,6 +26,8 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from flywheel.files import atomic_write
+
 log = logging.getLogger("flywheel.capture")
 
 SCHEMA_FIELDS = (
@@ -250,11 +252,7 @@ class SampleWriter:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         target = self.spill_dir / f"{self.replica_id}-{time.time_ns()}-{self._seq:06d}.jsonl"
-        tmp = target.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            for sample in samples:
-                handle.write(json.dumps({**asdict(sample), "timestamp": sample.timestamp.isoformat()}, ensure_ascii=False) + "\n")
-        tmp.rename(target)
+        atomic_write(target, _spill_lines(samples))
         self.spilled += len(samples)
         log.warning("capture: %d rows spilled to %s", len(samples), target)
 
@@ -305,10 +303,12 @@ def read_spill(path: Path) -> list[Sample]:
     return samples
 
 
+def _spill_lines(samples: list[Sample]) -> str:
+    return "".join(json.dumps({**asdict(s), "timestamp": s.timestamp.isoformat()}, ensure_ascii=False) + "\n" for s in samples)
+
+
 def _rewrite_spill(path: Path, samples: list[Sample]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps({**asdict(s), "timestamp": s.timestamp.isoformat()}, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
-    tmp.rename(path)
+    atomic_write(path, _spill_lines(samples))
 
 
 def now_utc() -> datetime:

@@ -69,17 +69,12 @@ class StreamOptions(_Request):
     include_obfuscation: bool | None = None  # nothing is padded: chunks hold the answer only
 
 
-class ChatCompletionRequest(_Request):
-    """Every argument of OpenAI's `POST /v1/chat/completions`."""
+class _Sampling(_Request):
+    """The arguments both completion endpoints share: accepted (sampling ones, with no effect on a
+    constrained answer) or refused where honouring them is impossible (see `refuse_unsupported`)."""
 
-    model: str
-    messages: list[Message] = Field(min_length=1)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
     n: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
@@ -88,6 +83,18 @@ class ChatCompletionRequest(_Request):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     stop: str | list[str] | None = None
+    user: str | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    """Every argument of OpenAI's `POST /v1/chat/completions`."""
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -99,7 +106,6 @@ class ChatCompletionRequest(_Request):
     prediction: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
-    user: str | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
@@ -307,27 +313,16 @@ def sse(chunks: list[dict[str, Any]]) -> Iterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(_Sampling):
     """Every argument of OpenAI's legacy `POST /v1/completions` (what vLLM users call)."""
 
     model: str
     prompt: str | list[str]  # token-id prompts are refused by validation: the input is text
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's (and vLLM's) default for completions
     logprobs: int | None = Field(None, ge=0, le=5)
-    n: int | None = Field(None, ge=1)
     best_of: int | None = Field(None, ge=1)
     echo: bool | None = None
     suffix: str | None = None
-    stop: str | list[str] | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
-    user: str | None = None
 
     @property
     def prompts(self) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import ConfigError, Settings
-from serving.app import ServerState, ServingLimits, create_app
+from serving.app import ServerState, create_app
 from serving.capture import SampleWriter
 from serving.engine import AdapterEngine
 
@@ -57,7 +57,7 @@ def build_state(settings: Settings, replica_id: str | None = None, *, load_champ
         replica_id=replica,
         adapter_roots=[settings.home.resolve(), *serving.adapter_roots],
         admin_token=serving.admin_token,
-        limits=ServingLimits(serving.max_body_bytes, serving.max_inputs_per_request, serving.max_text_chars),
+        limits=serving,
         resolve_reference=registry_resolver(settings),
     )
     if load_champions:

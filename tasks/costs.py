@@ -177,7 +177,7 @@ def log_ledger_to_mlflow(client: Any, settings: Settings, ledger: CostLedger, ru
     return run_id
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # side effect (artifact, MLflow metrics): a rerun publishes again
 def publish_cost_ledger(settings: Settings, client: Any, workload: str, run_tag: str) -> CostLedger:
     """The workload's ledger over the last `costs.report_days` days: a markdown artifact and MLflow metrics."""
     since = datetime.now(timezone.utc).date() - timedelta(days=settings.costs.report_days - 1)

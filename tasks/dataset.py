@@ -54,7 +54,7 @@ def retrain_rows(replay: pd.DataFrame, new: pd.DataFrame, config: RelabelConfig)
     return pd.concat([replay, new[["id", "text", "label"]]], ignore_index=True)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # reads the live sample store and review queue: a rerun must see what changed
 def build_training_set(
     settings: Settings, spec: TaskSpec, champion_training_set: pd.DataFrame, labelled: pd.DataFrame, golden_texts: list[str], run_tag: str
 ) -> RetrainSet:

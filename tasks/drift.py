@@ -59,7 +59,7 @@ def parse_answers(spec: TaskSpec, answers: list[Any]) -> list[Any]:
     return [json.loads(answer) if isinstance(answer, str) else None for answer in answers]
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # cached by the embedding cache per (model, texts), which outlives flow runs
 def build_reference(settings: Settings, client: Any, spec: TaskSpec, validation_texts: list[str], base_path: str) -> ChampionReference:
     """The champion's training-input embeddings and its answers on validation (cached per version)."""
     from models.inference import Predictor, load_model, load_tokenizer
@@ -91,7 +91,7 @@ def _plot_markdown(report: DriftReport) -> tuple[str, bytes]:
     return f"\n\n![drift tests](data:image/png;base64,{encoded})\n", png
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # inputs hold a live MLflow client; embeddings are cached per (model, texts)
 def detect_drift_in_window(settings: Settings, client: Any, spec: TaskSpec, window: SampleWindow, champion: ChampionReference) -> tuple[DriftReport, WindowEmbeddings]:
     """Compare the window with the champion's reference; log the report to MLflow and as an artifact.
 

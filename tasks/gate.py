@@ -48,7 +48,7 @@ def _model_eval(name: str, spec: TaskSpec, base_path: str, adapter: Path | None,
     )
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # evaluations are cached per (adapter, split) by models/evaluation.py across runs
 def evaluate_candidate(
     settings: Settings,
     client: Any,

@@ -11,7 +11,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flywheel.config import Settings
-from models.guard import GuardConfig, LiveSignals
+from flywheel.config import GuardConfig
+from models.guard import LiveSignals
 from models.promotion import HistoryEntry, history
 from models.registry import CHAMPION, alias_version
 from models.teacher import TeacherItem
@@ -21,7 +22,7 @@ from serving.capture import read_samples
 from tasks.relabel import build_teacher, label_with_cache
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # reads the live registry: a stored answer would be stale
 def recent_promotion(client: Any, workload: str, config: GuardConfig) -> HistoryEntry | None:
     """The promotion that made the current champion, if it is recent and has a predecessor."""
     champion = alias_version(client, workload, CHAMPION)
@@ -42,7 +43,7 @@ def served_by(settings: Settings, workload: str, version: int, since: datetime |
     return frame[frame["adapter_version"] == f"{workload}@v{version}"].reset_index(drop=True)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # audits pay the teacher through its per-text cache; live samples change
 def measure_live_signals(settings: Settings, spec: TaskSpec, version: int, samples: pd.DataFrame, audit_budget: int, seed: int = 0) -> LiveSignals:
     """Confidence, invalid share, and agreement with the teacher on a budgeted audit sample."""
     valid = samples[samples["valid"]]

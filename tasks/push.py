@@ -31,7 +31,7 @@ def adapter_name(workload: str, version: int) -> str:
     return f"{workload}@v{version}"
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # side effect on the registry, undone by its rollback hook
 def promote_alias(client: Any, workload: str, version: int, actor: str, reason: str, evidence: dict[str, Any], allow_rolled_back: bool = False, action: str = "promote") -> HistoryEntry:
     """Move `champion` to `version` (the old one becomes `previous-champion`) and record it."""
     before_champion = alias_version(client, workload, CHAMPION)
@@ -48,7 +48,7 @@ def _put_aliases_back(transaction: Any) -> None:
     restore_aliases(client, workload, champion, previous, reason="push failed on a serving replica: transaction rolled back")
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # side effect on replicas, undone by its rollback hook
 def load_on_replicas(replicas: list[Replica], name: str, source: str) -> list[str]:
     """Load adapter `name` from `source` on every replica (one that already has it is reused)."""
     loaded: list[Replica] = []
@@ -93,7 +93,7 @@ def _smoke(client: ServingClient, name: str, texts: list[str]) -> None:
             raise ServingError(f"{client.base_url}: smoke prediction with {name} gave no valid answer: {answer}")
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # checks live replicas: a stored pass would prove nothing
 def smoke_test(replicas: list[Replica], name: str, texts: list[str]) -> None:
     """Every replica answers `texts` with the new adapter, by name, before it takes traffic."""
     for replica in replicas:
@@ -101,7 +101,7 @@ def smoke_test(replicas: list[Replica], name: str, texts: list[str]) -> None:
             _smoke(client, name, texts)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=[1, 5])  # reconciles a live replica: it must look again every time (idempotent, so retried)
 def sync_replica(replica: Replica, workload: str, name: str, source: str, texts: list[str]) -> str:
     """Make one replica serve adapter `name` for `workload` (reconcile, not all-or-nothing): load it
     if missing, smoke-test it, switch the route, unload what it replaced. Returns what it did.
@@ -122,7 +122,7 @@ def sync_replica(replica: Replica, workload: str, name: str, source: str, texts:
     return f"switched from {previous}"
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # side effect on replicas, undone by its rollback hook
 def switch_routes(replicas: list[Replica], workload: str, name: str) -> dict[str, str | None]:
     """Route `workload` to `name` on every replica; the previous adapters stay loaded until commit."""
     switched: list[tuple[Replica, str | None]] = []
@@ -154,7 +154,7 @@ def _routes_back(transaction: Any) -> None:
     _switch_back(switched, workload)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # side effect on replicas
 def unload_previous(replicas: list[Replica], previous: dict[str, str | None], keep: str) -> None:
     """After a committed switch, free the adapters that no longer serve (best effort)."""
     for replica in replicas:

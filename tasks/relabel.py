@@ -15,9 +15,19 @@ from prefect.cache_policies import NONE
 
 from flywheel.config import Settings
 from models.drift import WindowEmbeddings
+from models.frontier import FrontierClient
 from models.review import OUT_OF_SCHEMA, SAMPLED, ReviewItem, ReviewQueue, spot_check_sample
 from models.selection import select_informative
-from models.teacher import OpenAICompatibleTeacher, SimulatedTeacher, Teacher, TeacherItem, TeacherLabel, TeacherRun
+from models.teacher import (
+    OpenAICompatibleTeacher,
+    SimulatedTeacher,
+    Teacher,
+    TeacherItem,
+    TeacherLabel,
+    TeacherRun,
+    ground_truth_path,
+    read_ground_truth,
+)
 from models.usage import Purpose, UsageLog, usage_path
 from models.workload import TaskSpec
 
@@ -40,8 +50,21 @@ class RelabelResult:
     agreement: float | None
 
 
-def truth_path(settings: Settings) -> Path:
-    return settings.home.resolve() / "simulator" / "ground_truth.jsonl"
+def build_frontier_client(settings: Settings, workload: str) -> FrontierClient:
+    """The workload's frontier model (`teacher.kind: openai`), its key from the environment or a
+    Prefect Secret block, its price from `costs.frontier_prices`."""
+    config = settings.workload(workload).teacher
+    api_key = None  # None: the client reads `api_key_env` and names it when it is missing
+    if config.api_key_block:
+        from prefect.blocks.system import Secret
+
+        api_key = Secret.load(config.api_key_block).get()
+    return FrontierClient(
+        base_url=config.base_url or "", model=config.model or "", api_key=api_key, api_key_env=config.api_key_env,
+        price=settings.costs.frontier_prices[config.model or ""],  # present: checked when the config loads
+        max_retries=config.max_retries, timeout_s=config.timeout_s,
+        reasoning=config.reasoning, reasoning_tokens=config.reasoning_tokens,
+    )
 
 
 def build_teacher(settings: Settings, spec: TaskSpec, purpose: Purpose) -> Teacher:
@@ -53,33 +76,18 @@ def build_teacher(settings: Settings, spec: TaskSpec, purpose: Purpose) -> Teach
     budget = settings.workload(spec.name).relabel.budget_usd
     usage_log = UsageLog(usage_path(settings.state_dir, spec.name), spec.name, purpose)
     if config.kind == "simulated":
-        from flywheel.simulate import read_ground_truth
-
         return SimulatedTeacher(
-            spec, read_ground_truth(truth_path(settings)), error_rate=config.simulated_error_rate,
-            price_per_item_usd=config.simulated_price_per_item, budget_usd=budget, usage_log=usage_log,
+            spec, read_ground_truth(ground_truth_path(settings.home)), error_rate=config.simulated_error_rate,
+            price_per_item_usd=config.simulated_price_per_item, latency_s=config.simulated_latency_s,
+            budget_usd=budget, usage_log=usage_log,
         )
-    if config.api_key_block:
-        from prefect.blocks.system import Secret
-
-        api_key = Secret.load(config.api_key_block).get()
-    else:
-        import os
-
-        api_key = os.environ.get(config.api_key_env)
-        if not api_key:
-            raise ValueError(f"the teacher's API key is missing: set {config.api_key_env} or teacher.api_key_block")
-    price = settings.costs.frontier_prices[config.model or ""]  # present: checked when the config loads
     return OpenAICompatibleTeacher(
-        spec, base_url=config.base_url or "", model=config.model or "", api_key=api_key,
-        price_per_million_input=price.input, price_per_million_output=price.output,
-        budget_usd=budget, batch_size=config.batch_size, max_concurrency=config.max_concurrency,
-        max_retries=config.max_retries, timeout_s=config.timeout_s, cache_dir=settings.state_dir / "teacher-cache",
-        usage_log=usage_log,
+        spec, build_frontier_client(settings, spec.name), budget_usd=budget, batch_size=config.batch_size,
+        max_concurrency=config.max_concurrency, cache_dir=settings.state_dir / "teacher-cache", usage_log=usage_log,
     )
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # a pure, seeded choice over in-memory frames: cheaper to redo than to hash its inputs
 def select_samples(samples: pd.DataFrame, embeddings: WindowEmbeddings, reference: np.ndarray, budget: int, seed: int = 0) -> pd.DataFrame:
     """Up to `budget` informative samples (uncertain, novel, deduplicated, spread out) among the
     window rows the drift check embedded (all of them up to its `max_embedded`)."""
@@ -127,7 +135,7 @@ def label_with_cache(teacher: Teacher, items: list[TeacherItem], cache_dir: Path
     return replace(run, labels=labels), len(cached)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # labels cached per (teacher, text): an overlapping window reuses the overlap; a whole-input key cannot
 def relabel_with_teacher(settings: Settings, spec: TaskSpec, selected: pd.DataFrame, run_tag: str) -> RelabelResult:
     """Label the selected samples; spot checks and out-of-schema answers go to the review queue."""
     config = settings.workload(spec.name).relabel

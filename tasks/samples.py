@@ -19,6 +19,7 @@ from prefect.cache_policies import NONE
 
 from data_contracts.contracts import split_quarantine, validate_production_samples
 from flywheel.config import Settings
+from flywheel.files import atomic_write
 from models.workload import TaskSpec
 from serving.capture import QuarantinedFile, scan_samples
 
@@ -68,7 +69,7 @@ def _quarantine_rows(settings: Settings, workload: str, bad: pd.DataFrame) -> Pa
     return path
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # reads the live sample store past the watermark
 def load_new_samples(settings: Settings, workload: str, spec: TaskSpec) -> SampleWindow:
     """The samples of every file not used yet; rows failing the production contract, and files or
     folders that cannot be read, go to quarantine with the reason."""
@@ -94,14 +95,11 @@ def load_new_samples(settings: Settings, workload: str, spec: TaskSpec) -> Sampl
     return SampleWindow(workload, good.reset_index(drop=True), len(bad), quarantine_path, files, moved)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # side effect: moves the watermark
 def advance_watermark(settings: Settings, window: SampleWindow) -> None:
     """Mark the window's files used (only called once the run has used them); files gone from
     the store are forgotten, since they cannot come back."""
     mark = read_watermark(settings, window.workload)
     read = {name for name in mark.read | set(window.files) if (settings.samples_dir / name).exists()}
-    path = _watermark_path(settings, window.workload)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"read": sorted(read)}))
-    tmp.replace(path)  # a crash mid-write leaves the old watermark, never half of one
+    # A crash mid-write leaves the old watermark, never half of one.
+    atomic_write(_watermark_path(settings, window.workload), json.dumps({"read": sorted(read)}))

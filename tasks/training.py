@@ -57,7 +57,7 @@ class RegisteredAdapter:
     tokens_per_second: float
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # reads the live review queue and training sets
 def prepare_training_data(settings: Settings, workload: str, launch: bool = False, training_set_path: str | None = None) -> TrainingData:
     """Load the workload's dataset, split it deterministically and sample the training set.
 
@@ -86,7 +86,7 @@ def prepare_training_data(settings: Settings, workload: str, launch: bool = Fals
     return data
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # materializes the base model once on disk (models/base_model.py); the path is cheap to recompute
 def pull_base_model(settings: Settings) -> str:
     """Materialize (once) and resolve the configured base model to a loadable path."""
     from models.base_model import resolve_base_model
@@ -94,7 +94,7 @@ def pull_base_model(settings: Settings) -> str:
     return resolve_base_model(settings.base_model, settings.models_dir)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # writes a new adapter: a retrain is asked for, never a stored one
 def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, output_dir: Path, warm_start_adapter: str | None = None) -> TrainResult:
     """LoRA SFT on the sampled training set; the adapter is saved to `output_dir`."""
     from models.training import train_lora
@@ -115,7 +115,7 @@ def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, ou
     return result
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # evaluations are cached per (adapter, split) by models/evaluation.py across runs
 def evaluate_adapter(
     spec: TaskSpec, base_path: str, adapter_dir: Path | None, examples: Dataset, batch_size: int, cache_dir: Path | None = None
 ) -> EvalResult:
@@ -152,7 +152,7 @@ def experiment_id(client: Any, settings: Settings, workload: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
-@task(cache_policy=NONE)
+@task(cache_policy=NONE)  # side effect on the registry
 def register_adapter_version(
     client: Any,
     settings: Settings,

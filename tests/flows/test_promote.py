@@ -108,10 +108,10 @@ def test_a_failure_during_the_switch_switches_the_others_back(two_replicas, tiny
     assert int(client.get_model_version_by_alias("banking-intent", "champion").version) == 1
 
 
-def test_a_second_promotion_of_the_workload_waits_for_the_first(two_replicas, tiny_config):
+def test_a_second_promotion_of_the_workload_waits_for_the_first(two_replicas, tiny_config, monkeypatch):
     import threading
-    import time
 
+    import tasks.locks
     from tasks.locks import workload_lock
 
     settings, servers = two_replicas
@@ -119,9 +119,16 @@ def test_a_second_promotion_of_the_workload_waits_for_the_first(two_replicas, ti
     outcome = {}
     with workload_lock("promote", "banking-intent"):  # another promotion of this workload is running
         worker = threading.Thread(target=lambda: outcome.update(promote(workload="banking-intent", version=2, reviewer="ana", config_path=str(tiny_config))))
+        asked, real = threading.Event(), tasks.locks.concurrency
+
+        def asking(*args, **kwargs):
+            asked.set()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(tasks.locks, "concurrency", asking)
         worker.start()
-        time.sleep(4)
-        assert worker.is_alive()  # it waits for the lock ...
-        assert int(client.get_model_version_by_alias("banking-intent", "champion").version) == 1  # ... before touching anything
+        assert asked.wait(timeout=120), "the second promotion never asked for the lock"
+        assert int(client.get_model_version_by_alias("banking-intent", "champion").version) == 1  # nothing touched before it
+        assert worker.is_alive()  # and it cannot have passed the lock we hold
     worker.join(timeout=120)
     assert outcome["champion"] == 2 and _routes(servers[0]) == "banking-intent@v2"

@@ -119,7 +119,9 @@ def test_ledger_spend_equals_the_servers_usage_log_times_the_prices(tmp_path, sp
 
 
 def test_a_call_without_usage_is_logged_at_the_worst_case_it_was_charged(tmp_path, spec):
-    from models.costs import CostConfig, FrontierPrice, build_ledger
+    from flywheel.config import CostConfig, FrontierPrice
+    from models.costs import build_ledger
+    from models.frontier import FrontierClient
     from models.teacher import OpenAICompatibleTeacher
     from models.usage import UsageLog, read_usage
 
@@ -127,10 +129,8 @@ def test_a_call_without_usage_is_logged_at_the_worst_case_it_was_charged(tmp_pat
     provider = FakeProvider({item.text: {"label": spec.labels[0]} for item in items}, report_usage=False)
     log = UsageLog(tmp_path / "usage.jsonl", WORKLOAD, "relabel")
     with BackgroundServer(provider.app) as server:
-        teacher = OpenAICompatibleTeacher(
-            spec, base_url=f"{server.url}/v1", model="gpt-test", api_key=KEY, price_per_million_input=PRICE_IN,
-            price_per_million_output=PRICE_OUT, budget_usd=100.0, batch_size=4, usage_log=log,
-        )
+        client = FrontierClient(base_url=f"{server.url}/v1", model="gpt-test", api_key=KEY, price=FrontierPrice(input=PRICE_IN, output=PRICE_OUT))
+        teacher = OpenAICompatibleTeacher(spec, client, budget_usd=100.0, batch_size=4, usage_log=log)
         run = teacher.label(items)
     records = read_usage(log.path)
     assert len(records) == run.calls == 2 and all(record.estimated for record in records)

@@ -180,7 +180,8 @@ def test_simulator_sends_real_requests_and_keeps_gold_apart(server):
     from typer.testing import CliRunner
 
     from flywheel.cli import app
-    from flywheel.simulate import read_ground_truth, simulate
+    from flywheel.simulate import simulate
+    from models.teacher import read_ground_truth
 
     srv, state, settings = server
     path = _adapter(settings, "banking-intent", "b1", 1)

@@ -9,12 +9,15 @@ import json
 import threading
 import time
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from flywheel.config import FrontierPrice
+from models.frontier import FrontierClient
 from models.teacher import BUDGET_EXHAUSTED, OK, OUT_OF_SCHEMA, OpenAICompatibleTeacher, TeacherItem
 from models.workload import TaskSpec
 from serving.server import BackgroundServer as LoopbackServer
@@ -29,12 +32,13 @@ class FakeProvider:
 
     Args:
         gold: text -> the answer payload without its id, e.g. {"label": "card_arrival"}.
-        faults: request number (from 1) -> "429", "500", "timeout" or "malformed".
+        faults: request number (from 1) -> "429", "429-wait" (Retry-After: 3), "500", "timeout" or "malformed".
         wrong: text -> payloads given instead of the gold, one per time the text is asked.
         omit_once: texts whose answer is left out the first time they are asked.
         status: answer every request with this error status instead.
         delay_s: time each answered request takes, so that concurrent calls overlap.
         report_usage: False leaves `usage` out of the responses, as some gateways do.
+        reasoning: refuse `temperature` and `max_tokens` with OpenAI's 400, as reasoning models do.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class FakeProvider:
         status: int | None = None,
         delay_s: float = 0.0,
         report_usage: bool = True,
+        reasoning: bool = False,
     ):
         self.gold = gold
         self.faults = faults or {}
@@ -55,6 +60,7 @@ class FakeProvider:
         self.status = status
         self.delay_s = delay_s
         self.report_usage = report_usage
+        self.reasoning = reasoning
         self.requests = 0
         self.bodies: list[dict[str, Any]] = []
         self.faults_served: list[str] = []
@@ -87,10 +93,17 @@ class FakeProvider:
     async def _answer(self, body: dict[str, Any], fault: str | None) -> JSONResponse:
         if self.status is not None:
             return JSONResponse({"error": {"message": "unavailable"}}, status_code=self.status)
+        refused = [name for name in ("max_tokens", "temperature") if name in body]
+        if self.reasoning and refused:
+            message = f"Unsupported parameter: '{refused[0]}' is not supported with this model."
+            error = {"message": message, "type": "invalid_request_error", "param": refused[0], "code": "unsupported_parameter"}
+            return JSONResponse({"error": error}, status_code=400)
         if fault is not None and fault != "malformed":
             self.faults_served.append(fault)
         if fault == "429":
             return JSONResponse({"error": {"message": "rate limited"}}, status_code=429, headers={"Retry-After": "0"})
+        if fault == "429-wait":
+            return JSONResponse({"error": {"message": "rate limited"}}, status_code=429, headers={"Retry-After": "3"})
         if fault == "500":
             return JSONResponse({"error": {"message": "internal error"}}, status_code=500)
         if fault == "timeout":
@@ -149,21 +162,14 @@ def _gold_payloads(items: list[TeacherItem], gold: dict[str, str]) -> dict[str, 
 
 
 def _teacher(spec: TaskSpec, url: str, **overrides: Any) -> OpenAICompatibleTeacher:
-    options: dict[str, Any] = dict(
-        base_url=f"{url}/v1",
-        model="gpt-test",
-        api_key=KEY,
-        price_per_million_input=PRICE_IN,
-        price_per_million_output=PRICE_OUT,
-        budget_usd=1.0,
-        batch_size=4,
-        max_concurrency=3,
-        max_retries=3,
-        timeout_s=0.5,
-        backoff_s=0.01,
-        cache_dir=None,
+    client_options: dict[str, Any] = dict(
+        base_url=f"{url}/v1", model="gpt-test", api_key=KEY, price=FrontierPrice(input=PRICE_IN, output=PRICE_OUT), max_retries=3, timeout_s=0.5,
+        reasoning=False, reasoning_tokens=1024,
     )
-    return OpenAICompatibleTeacher(spec, **{**options, **overrides})
+    options: dict[str, Any] = dict(budget_usd=1.0, batch_size=4, max_concurrency=3, cache_dir=None)
+    for name, value in overrides.items():
+        (client_options if name in client_options else options)[name] = value
+    return OpenAICompatibleTeacher(spec, FrontierClient(**client_options), **options)
 
 
 def test_faulty_provider_run_completes_validated_paid_once_and_cached(banking, tmp_path):
@@ -296,16 +302,20 @@ def test_client_errors_are_not_retried(banking):
     assert all(label.reason.startswith("failed: HTTP 401") for label in run.labels)
 
 
-def test_retry_after_is_honoured_over_the_backoff(banking):
+def test_retry_after_is_honoured_over_the_backoff(banking, monkeypatch):
+    import openai._base_client
+
     items, gold = _items(banking, 4)
-    provider = FakeProvider(_gold_payloads(items, gold), faults={1: "429"})
+    provider = FakeProvider(_gold_payloads(items, gold), faults={1: "429-wait"})
+    waits: list[float] = []
+    # What the client chose to wait, not how long a clock ran: the SDK's `time` (sleep recorded,
+    # not slept), not the server's.
+    monkeypatch.setattr(openai._base_client, "time", SimpleNamespace(sleep=waits.append, time=time.time))
     with LoopbackServer(provider.app) as server:
-        started = time.perf_counter()
-        run = _teacher(banking, server.url, backoff_s=30.0).label(items)
-        elapsed = time.perf_counter() - started
-    assert provider.faults_served == ["429"]
+        run = _teacher(banking, server.url).label(items)
+    assert provider.faults_served == ["429-wait"]
     assert all(label.valid for label in run.labels)
-    assert elapsed < 10  # Retry-After: 0, where the exponential backoff would have waited 15 s or more
+    assert waits == [3.0]  # the server's Retry-After, where the SDK's own backoff would wait under 0.5 s
 
 
 def test_api_key_comes_from_the_environment(banking, monkeypatch):
@@ -356,3 +366,23 @@ def test_extraction_values_must_be_spans_of_the_input():
     slot_schema = provider.bodies[0]["response_format"]["json_schema"]["schema"]["properties"]["answers"]["items"]["properties"]["slots"]
     assert set(slot_schema["properties"]) == set(SLOTS) and slot_schema["additionalProperties"] is False
     assert "verbatim" in provider.bodies[0]["messages"][0]["content"]
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_reasoning_models_get_max_completion_tokens_and_no_temperature(banking, configured):
+    items, gold = _items(banking, 8)
+    provider = FakeProvider(_gold_payloads(items, gold), reasoning=True)
+    with LoopbackServer(provider.app) as server:
+        teacher = _teacher(banking, server.url, max_concurrency=1, reasoning=configured, reasoning_tokens=500)
+        run = teacher.label(items)
+    assert all(label.label == gold[label.item_id] for label in run.labels)
+    # Unconfigured, the first call is refused (400, not retried) and the client switches for good.
+    refused = 0 if configured else 1
+    assert provider.requests == 2 + refused and teacher.client.reasoning
+    answered = provider.bodies[refused:]
+    assert all("temperature" not in body and "max_tokens" not in body for body in answered)
+    call = teacher._plan_call(tuple(enumerate(items[:4])), retry=False)
+    assert answered[0]["max_completion_tokens"] == call.answer_tokens + 500
+    # The refused call costs nothing; the budget cap reserves the reasoning allowance too.
+    assert run.cost_usd == pytest.approx(provider.billed_usd(), rel=1e-12) and run.calls == 2
+    assert teacher.worst_case_cost_usd(items[:4]) == pytest.approx(teacher.client.cost_usd(call.prompt_bound, call.answer_tokens + 500))

@@ -1,19 +1,12 @@
 """The training benchmark's FLOP estimate and parameter counts, and the length-grouped batch order it measures."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from bench import train as bench_train
 from models.training import length_grouped_order
-
-_spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).resolve().parents[2] / "bench" / "train.py")
-bench_train = importlib.util.module_from_spec(_spec)
-sys.modules["bench_train"] = bench_train  # dataclasses look their module up by name
-_spec.loader.exec_module(bench_train)
 
 
 def test_training_flops_counts_forward_everywhere_and_backward_from_the_lowest_adapted_layer():

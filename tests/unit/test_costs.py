@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from flywheel.config import ConfigError, load_settings
-from models.costs import CostConfig, FrontierPrice, LedgerError, TrafficDay, TrainingRun, build_ledger, capture_traffic
+from flywheel.config import CostConfig, FrontierPrice
+from models.costs import LedgerError, TrafficDay, TrainingRun, build_ledger, capture_traffic
 from models.teacher import SimulatedTeacher, TeacherItem
 from models.usage import SIMULATED_MODEL, AuditRecord, UsageLog, UsageLogError, UsageRecord, read_audits, read_usage, record_audit
 from models.workload import TaskSpec
@@ -203,13 +204,14 @@ def test_relabel_and_audit_tasks_leave_the_records_the_ledger_reads(tmp_path, da
     from flywheel.tracking import mlflow_client
     from tasks.costs import compute_ledger
     from tasks.guard import measure_live_signals
-    from tasks.relabel import relabel_with_teacher, truth_path
+    from models.teacher import ground_truth_path
+    from tasks.relabel import relabel_with_teacher
 
     settings = load_settings(REPO / "flywheel.yaml", home=tmp_path, data_dir=data_dir)
     spec = TaskSpec("banking-intent", "classification", "{text}", labels=("card_arrival", "exchange_rate"))
     gold = {f"r{i}": spec.labels[i % 2] for i in range(30)}
-    truth_path(settings).parent.mkdir(parents=True)
-    truth_path(settings).write_text("".join(json.dumps({"request_id": rid, "gold": label}) + "\n" for rid, label in gold.items()))
+    ground_truth_path(settings.home).parent.mkdir(parents=True)
+    ground_truth_path(settings.home).write_text("".join(json.dumps({"request_id": rid, "gold": label}) + "\n" for rid, label in gold.items()))
     relabelled = pd.DataFrame({"request_id": [f"r{i}" for i in range(10)], "input": [f"text {i}" for i in range(10)]})
     # The served answers: the first 10 of the audited 20 are the gold, the rest the other label.
     served = pd.DataFrame({

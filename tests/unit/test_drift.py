@@ -8,15 +8,14 @@ import random
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from flywheel.config import DriftConfig
 from models.drift import (
-    DriftConfig,
     DriftReference,
     DriftReport,
     DriftWindow,
@@ -109,9 +108,9 @@ def test_config_keeps_every_row_the_input_test_reads_embedded() -> None:
 
 
 def test_importing_the_config_stays_cheap() -> None:
-    # flywheel/config.py imports DriftConfig: loading settings must not pull in torch or scipy.
+    # Every layer imports the settings: loading them must not pull in torch or scipy.
     heavy = "{'torch', 'scipy', 'sentence_transformers', 'matplotlib'}"
-    code = f"import sys, models.drift; print(sorted({heavy} & set(sys.modules)))"
+    code = f"import sys, flywheel.config; print(sorted({heavy} & set(sys.modules)))"
     repo = Path(__file__).parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "[]"
@@ -155,9 +154,7 @@ def test_negligible_shift_in_a_100k_window_is_significant_but_not_drift(large_wi
     world, reference, rng = large_window_case
     config = DriftConfig()
     window = world.window(rng, 100_000, label_probs=_moved(world, 0.01), conf_shift=0.002)
-    started = time.perf_counter()
     report = detect_drift(reference, window, config, "classification")
-    elapsed = time.perf_counter() - started
 
     tests = {test.name: test for test in report.tests}
     assert not report.drifted, report.reason
@@ -171,9 +168,7 @@ def test_negligible_shift_in_a_100k_window_is_significant_but_not_drift(large_wi
     assert tests["confidence_ks"].effect < 0.01
     assert all(not test.drifted for test in report.tests)
     assert "below threshold" in report.reason
-    # Everything but the embedding model must keep up with a 100k window (a few seconds; loose
-    # bound for a shared 2-core machine).
-    assert elapsed < 20, f"detect_drift took {elapsed:.1f}s on a 100k window"
+    # How fast a 100k window is tested: bench/drift.py.
 
 
 def test_real_shift_in_a_100k_window_is_drift(large_window_case) -> None:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from flywheel.config import load_settings
-from models.drift import DriftConfig, DriftReference, DriftWindow, Embedder, detect_drift
+from flywheel.config import DriftConfig
+from models.drift import DriftReference, DriftWindow, Embedder, detect_drift
 from models.scenarios import launch_plan, launch_training_set, scenario_requests
 from models.workload import build_task_spec, load_splits
 from tests.conftest import REPO

@@ -1,6 +1,7 @@
 import numpy as np
 
-from models.guard import GuardConfig, LiveSignals, decide_rollback
+from flywheel.config import GuardConfig
+from models.guard import LiveSignals, decide_rollback
 
 CONFIG = GuardConfig()
 RNG = np.random.default_rng(0)

@@ -48,3 +48,17 @@ def test_warm_start_replay_sample_keeps_every_label():
     assert len(sample) == 20 and sample["id"].is_unique
     assert sample.equals(replay_sample(rows, 20, per_label=1))  # seeded
     assert len(replay_sample(rows, 500, per_label=1)) == 300
+
+
+def test_the_simulated_teacher_takes_its_error_rate_and_latency_from_the_config(tmp_path, data_dir):
+    from models.teacher import ground_truth_path
+    from tasks.relabel import build_teacher
+
+    settings = load_settings(REPO / "flywheel.yaml", home=tmp_path, data_dir=data_dir)
+    teacher_config = settings.workload("banking-intent").teacher
+    settings.workload("banking-intent").teacher = teacher_config.model_copy(update={"simulated_error_rate": 0.2, "simulated_latency_s": 0.25})
+    ground_truth_path(settings.home).parent.mkdir(parents=True)
+    ground_truth_path(settings.home).write_text("")
+    teacher = build_teacher(settings, SPEC, "relabel")
+    assert isinstance(teacher, SimulatedTeacher) and "SIMULATED" in teacher.name
+    assert (teacher.error_rate, teacher.latency_s) == (0.2, 0.25)

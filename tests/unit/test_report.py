@@ -9,7 +9,8 @@ import pytest
 from rich.console import Console
 
 from flywheel.report import difference_ci95, summary_table, write_reports
-from models.costs import CostConfig, TrafficDay, TrainingRun, build_ledger
+from flywheel.config import CostConfig
+from models.costs import TrafficDay, TrainingRun, build_ledger
 from models.usage import SIMULATED_MODEL, AuditRecord, UsageRecord
 
 

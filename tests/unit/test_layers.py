@@ -1,0 +1,95 @@
+"""The layer rule, read from the imports: a module imports only from its own layer or below.
+
+foundation (typed config, atomic files, tracking URI, progress) < models, data_contracts < serving < tasks <
+flows < deployments < the command line, demo, report and simulator. `serving/` and `models/`
+never import Prefect. Every import counts, including ones inside functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("flywheel", "models", "data_contracts", "serving", "tasks", "flows", "deployments")
+FOUNDATION = {"flywheel.config", "flywheel.files", "flywheel.tracking", "flywheel.progress", "flywheel"}
+RANK = {"foundation": 0, "models": 1, "data_contracts": 1, "serving": 2, "tasks": 3, "flows": 4, "deployments": 5, "top": 6}
+
+
+def layer(module: str) -> str:
+    if module in FOUNDATION:
+        return "foundation"
+    top = module.split(".")[0]
+    return "top" if top == "flywheel" else top
+
+
+def project_modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def imports_of(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return names
+
+
+MODULES = project_modules()
+
+
+def project_imports(path: Path) -> set[str]:
+    return {name for name in imports_of(path) if name in MODULES}
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_module_imports_only_its_layer_or_below(module):
+    mine = RANK[layer(module)]
+    upward = sorted(name for name in project_imports(MODULES[module]) if RANK[layer(name)] > mine)
+    assert not upward, f"{module} ({layer(module)}) imports a higher layer: {upward}"
+
+
+@pytest.mark.parametrize("module", sorted(name for name in MODULES if layer(name) in ("foundation", "models", "data_contracts", "serving")))
+def test_lower_layers_never_import_prefect(module):
+    prefect = sorted(name for name in imports_of(MODULES[module]) if name.split(".")[0] == "prefect")
+    assert not prefect, f"{module} imports Prefect: {prefect}"
+
+
+def test_no_import_cycle_between_files():
+    graph = {module: project_imports(path) - {module} for module, path in MODULES.items()}
+    # a package's __init__ is imported with each of its modules: it is not an edge of its own
+    graph = {module: {name for name in deps if name not in PACKAGES} for module, deps in graph.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        stack.append(module)
+        for dep in sorted(graph.get(module, ())):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep):] + [dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_the_rule_sees_a_violation(tmp_path):
+    """The reader finds imports inside functions too (a rule that sees nothing cannot fail)."""
+    source = tmp_path / "example.py"
+    source.write_text("def f():\n    from flows.promote import promote\n    import tasks.push\n")
+    assert {"flows.promote", "flows.promote.promote", "tasks.push"} <= set(imports_of(source))
