@@ -57,10 +57,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from flywheel.config import load_settings
-    from models.drift import DriftReference, DriftWindow, Embedder, detect_drift, embed_window
-    from models.scenarios import rephrase
-    from models.workload import build_task_spec, load_splits
+    from slm_flywheel.config import load_settings
+    from slm_flywheel.models.drift import DriftReference, DriftWindow, Embedder, detect_drift, embed_window
+    from slm_flywheel.models.scenarios import rephrase
+    from slm_flywheel.models.workload import build_task_spec, load_splits
 
     load_before = os.getloadavg()[0]
     settings = load_settings()

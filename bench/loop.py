@@ -83,7 +83,7 @@ def labels_to_reach(budgets: list[int], accuracies: list[float], level: float) -
 
 def _slice_config(settings: Any) -> Any:
     """The banking-intent workload's config narrowed to the slice (see `SLICE`)."""
-    from models.data import banking77_labels
+    from slm_flywheel.models.data import banking77_labels
 
     config = settings.workload("banking-intent")
     intents = sorted(random.Random(SLICE["slice_seed"]).sample(sorted(banking77_labels(settings.require_data_dir())), SLICE["intents"]))
@@ -108,7 +108,7 @@ def _retrain_set(replay: pd.DataFrame, bought: pd.DataFrame, relabel: Any) -> tu
     gate's share held out (the same stable split by id), then `retrain_rows` (the champion's data
     replayed, new labels winning over replayed rows with the same text). Returns the rows and how
     many are new."""
-    from tasks.dataset import in_holdout, retrain_rows
+    from slm_flywheel.tasks.dataset import in_holdout, retrain_rows
 
     new = bought[~bought["id"].map(lambda item_id: in_holdout(item_id, relabel.holdout_share))]
     return retrain_rows(replay, new, relabel), len(new)
@@ -135,15 +135,15 @@ def main() -> None:
     from rich.table import Table
     from transformers.utils import logging as hf_logging
 
-    from flywheel.config import load_settings
-    from models.base_model import resolve_base_model
-    from models.drift import Embedder
-    from models.inference import Prediction, Predictor, load_model, load_tokenizer
-    from models.scenarios import launch_plan, launch_training_set, scenario_requests
-    from models.selection import select_informative, select_random
-    from models.teacher import SimulatedTeacher, TeacherItem
-    from models.training import train_lora
-    from models.workload import build_task_spec, load_splits
+    from slm_flywheel.config import load_settings
+    from slm_flywheel.models.base_model import resolve_base_model
+    from slm_flywheel.models.drift import Embedder
+    from slm_flywheel.models.inference import Prediction, Predictor, load_model, load_tokenizer
+    from slm_flywheel.models.scenarios import launch_plan, launch_training_set, scenario_requests
+    from slm_flywheel.models.selection import select_informative, select_random
+    from slm_flywheel.models.teacher import SimulatedTeacher, TeacherItem
+    from slm_flywheel.models.training import train_lora
+    from slm_flywheel.models.workload import build_task_spec, load_splits
 
     disable_progress_bar()
     hf_logging.disable_progress_bar()

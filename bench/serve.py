@@ -23,12 +23,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _adapter(settings, workdir: Path) -> Path:
-    from flywheel.tracking import mlflow_client
-    from models.base_model import resolve_base_model
-    from models.data import sample_training_set
-    from models.registry import CHAMPION, alias_version, download_adapter
-    from models.training import train_lora
-    from models.workload import build_task_spec, load_splits
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.base_model import resolve_base_model
+    from slm_flywheel.models.data import sample_training_set
+    from slm_flywheel.models.registry import CHAMPION, alias_version, download_adapter
+    from slm_flywheel.models.training import train_lora
+    from slm_flywheel.models.workload import build_task_spec, load_splits
 
     record = alias_version(mlflow_client(settings), "banking-intent", CHAMPION)
     if record is not None:
@@ -92,10 +92,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from flywheel.config import load_settings
-    from models.workload import build_task_spec, load_splits
-    from serving.app import create_app
-    from serving.server import BackgroundServer, build_state
+    from slm_flywheel.config import load_settings
+    from slm_flywheel.models.workload import build_task_spec, load_splits
+    from slm_flywheel.serving.app import create_app
+    from slm_flywheel.serving.server import BackgroundServer, build_state
 
     settings = load_settings()
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))

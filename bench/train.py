@@ -195,10 +195,10 @@ def run_path(job: Job) -> dict[str, Any]:
     import torch
     from datasets import Dataset
 
-    from flywheel.config import load_settings
-    from models.evaluation import evaluate_model
-    from models.training import train_lora
-    from models.workload import build_task_spec
+    from slm_flywheel.config import load_settings
+    from slm_flywheel.models.evaluation import evaluate_model
+    from slm_flywheel.models.training import train_lora
+    from slm_flywheel.models.workload import build_task_spec
 
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -243,13 +243,13 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from flywheel.config import load_settings
-    from models.base_model import resolve_base_model
-    from models.data import sample_training_set
-    from models.gates import mcnemar_exact
-    from models.inference import load_tokenizer
-    from models.training import tokenize_examples
-    from models.workload import build_task_spec, load_splits
+    from slm_flywheel.config import load_settings
+    from slm_flywheel.models.base_model import resolve_base_model
+    from slm_flywheel.models.data import sample_training_set
+    from slm_flywheel.models.gates import mcnemar_exact
+    from slm_flywheel.models.inference import load_tokenizer
+    from slm_flywheel.models.training import tokenize_examples
+    from slm_flywheel.models.workload import build_task_spec, load_splits
 
     started = time.perf_counter()
     settings = load_settings()

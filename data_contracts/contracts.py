@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from models.workload import TaskSpec
+from slm_flywheel.models.workload import TaskSpec
 
 PRODUCTION_COLUMNS = ["timestamp", "request_id", "workload", "input", "answer", "valid", "confidence", "adapter_version", "latency_ms", "replica_id"]
 

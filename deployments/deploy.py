@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from flywheel.config import Settings
-from tasks.locks import ensure_locks
+from slm_flywheel.config import Settings
+from slm_flywheel.tasks.locks import ensure_locks
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_POOL = "flywheel-process"

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from flywheel.config import Settings
+from slm_flywheel.config import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -282,7 +282,7 @@ class Stack:
     def services(self) -> list[Service]:
         """In start order: servers first, then what needs them."""
         env, host, python = self.env(), self.config.host, sys.executable
-        cli = [python, "-m", "flywheel.cli"]
+        cli = [python, "-m", "slm_flywheel.cli"]
         services = [
             # The database URLs (passwords in them) go by environment, not argv, which `ps` shows anyone.
             Service("mlflow", [
@@ -341,8 +341,8 @@ class Stack:
         from mlflow import MlflowClient
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        from deployments.deploy import deploy
-        from deployments.webhook import register_webhook
+        from slm_flywheel.deployments.deploy import deploy
+        from slm_flywheel.deployments.webhook import register_webhook
 
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.postgres:
@@ -360,7 +360,7 @@ class Stack:
         if self._replicas():
             # Materialize the base model once: replicas starting together on a fresh home would
             # each write it into the same folder.
-            from models.base_model import resolve_base_model
+            from slm_flywheel.models.base_model import resolve_base_model
 
             resolve_base_model(self.settings.base_model, self.settings.models_dir)
         started = [(service, self._start(service)) for service in services.values()]

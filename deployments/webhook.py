@@ -31,8 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from flywheel.config import Settings
-from models.registry import CHAMPION
+from slm_flywheel.config import Settings
+from slm_flywheel.models.registry import CHAMPION
 
 EVENT = "model_version_alias.created"
 SIGNATURE_HEADER, TIMESTAMP_HEADER, DELIVERY_HEADER = "X-MLflow-Signature", "X-MLflow-Timestamp", "X-MLflow-Delivery-Id"

@@ -6,12 +6,12 @@ from typing import Any
 
 from prefect import flow
 
-from flywheel.config import load_settings
-from flywheel.tracking import mlflow_client
-from models.workload import build_task_spec, load_splits
-from tasks.drift import build_reference, detect_drift_in_window
-from tasks.samples import load_new_samples
-from tasks.training import pull_base_model
+from slm_flywheel.config import load_settings
+from slm_flywheel.tracking import mlflow_client
+from slm_flywheel.models.workload import build_task_spec, load_splits
+from slm_flywheel.tasks.drift import build_reference, detect_drift_in_window
+from slm_flywheel.tasks.samples import load_new_samples
+from slm_flywheel.tasks.training import pull_base_model
 
 
 @flow(name="drift-check")

@@ -16,15 +16,15 @@ from pydantic import GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from flows import drift_check as drift_check_module
-from flows import nightly_retrain as nightly_module
-from flows import promote as promote_module
-from flows import rollback_guard as rollback_guard_module
-from flows import sync_serving as sync_serving_module
-from flows import train_adapter as train_adapter_module
-from flows.nightly_retrain import NightlySummary
-from flywheel.config import ConfigError, load_settings
-from tasks.training import RegisteredAdapter
+from slm_flywheel.flows import drift_check as drift_check_module
+from slm_flywheel.flows import nightly_retrain as nightly_module
+from slm_flywheel.flows import promote as promote_module
+from slm_flywheel.flows import rollback_guard as rollback_guard_module
+from slm_flywheel.flows import sync_serving as sync_serving_module
+from slm_flywheel.flows import train_adapter as train_adapter_module
+from slm_flywheel.flows.nightly_retrain import NightlySummary
+from slm_flywheel.config import ConfigError, load_settings
+from slm_flywheel.tasks.training import RegisteredAdapter
 
 
 class _ConfiguredWorkloads:

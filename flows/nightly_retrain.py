@@ -7,20 +7,20 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
-from flows.promote import promote
-from flows.train_adapter import train_adapter_flow
-from flywheel.config import load_settings
-from flywheel.tracking import mlflow_client
-from models.registry import get_version
-from models.workload import build_task_spec, load_splits
-from tasks.costs import publish_cost_ledger
-from tasks.dataset import build_training_set
-from tasks.drift import build_reference, detect_drift_in_window
-from tasks.gate import evaluate_candidate
-from tasks.locks import workload_lock
-from tasks.relabel import relabel_with_teacher, select_samples
-from tasks.samples import advance_watermark, load_new_samples
-from tasks.training import pull_base_model
+from slm_flywheel.flows.promote import promote
+from slm_flywheel.flows.train_adapter import train_adapter_flow
+from slm_flywheel.config import load_settings
+from slm_flywheel.tracking import mlflow_client
+from slm_flywheel.models.registry import get_version
+from slm_flywheel.models.workload import build_task_spec, load_splits
+from slm_flywheel.tasks.costs import publish_cost_ledger
+from slm_flywheel.tasks.dataset import build_training_set
+from slm_flywheel.tasks.drift import build_reference, detect_drift_in_window
+from slm_flywheel.tasks.gate import evaluate_candidate
+from slm_flywheel.tasks.locks import workload_lock
+from slm_flywheel.tasks.relabel import relabel_with_teacher, select_samples
+from slm_flywheel.tasks.samples import advance_watermark, load_new_samples
+from slm_flywheel.tasks.training import pull_base_model
 
 
 @dataclass

@@ -7,11 +7,11 @@ from typing import Any
 from prefect import flow
 from prefect.transactions import transaction
 
-from flywheel.config import load_settings
-from flywheel.tracking import mlflow_client
-from models.registry import download_adapter, get_version
-from tasks.locks import workload_lock
-from tasks.push import Replica, adapter_name, load_on_replicas, promote_alias, smoke_inputs, smoke_test, switch_routes, unload_previous
+from slm_flywheel.config import load_settings
+from slm_flywheel.tracking import mlflow_client
+from slm_flywheel.models.registry import download_adapter, get_version
+from slm_flywheel.tasks.locks import workload_lock
+from slm_flywheel.tasks.push import Replica, adapter_name, load_on_replicas, promote_alias, smoke_inputs, smoke_test, switch_routes, unload_previous
 
 
 @flow(name="promote")

@@ -9,13 +9,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.promote import promote
-from flywheel.config import load_settings
-from flywheel.tracking import mlflow_client
-from models.guard import decide_rollback
-from models.promotion import ROLLED_BACK
-from models.workload import build_task_spec
-from tasks.guard import measure_live_signals, recent_promotion, served_by
+from slm_flywheel.flows.promote import promote
+from slm_flywheel.config import load_settings
+from slm_flywheel.tracking import mlflow_client
+from slm_flywheel.models.guard import decide_rollback
+from slm_flywheel.models.promotion import ROLLED_BACK
+from slm_flywheel.models.workload import build_task_spec
+from slm_flywheel.tasks.guard import measure_live_signals, recent_promotion, served_by
 
 
 @flow(name="rollback-guard")

@@ -11,13 +11,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flywheel.config import load_settings
-from flywheel.tracking import mlflow_client
-from models.promotion import adopt_outside_move
-from models.registry import CHAMPION, alias_version, download_adapter
-from serving.client import ServingError
-from tasks.locks import workload_lock
-from tasks.push import Replica, adapter_name, smoke_inputs, sync_replica
+from slm_flywheel.config import load_settings
+from slm_flywheel.tracking import mlflow_client
+from slm_flywheel.models.promotion import adopt_outside_move
+from slm_flywheel.models.registry import CHAMPION, alias_version, download_adapter
+from slm_flywheel.serving.client import ServingError
+from slm_flywheel.tasks.locks import workload_lock
+from slm_flywheel.tasks.push import Replica, adapter_name, smoke_inputs, sync_replica
 
 
 class SyncError(RuntimeError):

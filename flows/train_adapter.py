@@ -6,9 +6,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from flywheel.config import load_settings
-from flywheel.tracking import mlflow_client
-from tasks.training import (
+from slm_flywheel.config import load_settings
+from slm_flywheel.tracking import mlflow_client
+from slm_flywheel.tasks.training import (
     RegisteredAdapter,
     evaluate_adapter,
     prepare_training_data,

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from flywheel.config import ConfigError, Settings, config_file, load_settings
+from slm_flywheel.config import ConfigError, Settings, config_file, load_settings
 
 
 class CommandError(Exception):
@@ -35,11 +35,11 @@ def _raised(exc: BaseException, module: str, name: str) -> bool:
 
 # Project errors whose message already names the problem and the fix.
 _SELF_EXPLAINED = [
-    ("models.data", "DataError"),
-    ("models.base_model", "BaseModelError"),
-    ("models.review", "ReviewError"),
-    ("models.promotion", "PromotionError"),
-    ("deployments.deploy", "DeployError"),
+    ("slm_flywheel.models.data", "DataError"),
+    ("slm_flywheel.models.base_model", "BaseModelError"),
+    ("slm_flywheel.models.review", "ReviewError"),
+    ("slm_flywheel.models.promotion", "PromotionError"),
+    ("slm_flywheel.deployments.deploy", "DeployError"),
 ]
 
 
@@ -52,7 +52,7 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, (CommandError, ConfigError)):
         first, *fields = [line.strip() for line in str(exc).splitlines()]  # a validation error lists one field a line
         return " ".join([first, "; ".join(fields)]).strip()
-    if _raised(exc, "models.registry", "RegistryError"):
+    if _raised(exc, "slm_flywheel.models.registry", "RegistryError"):
         return f"{exc} (`flywheel history <workload>` shows the champion's moves; `flywheel train <workload>` registers a new version)"
     if any(_raised(exc, module, name) for module, name in _SELF_EXPLAINED):
         return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
@@ -151,8 +151,8 @@ def _require_champion(settings: Settings, workload: str) -> None:
     """Stop before any work when `workload` has no champion yet (nothing was trained for it)."""
     if settings.tracking_uri is None and not (settings.home / "mlflow.db").exists():
         raise CommandError(f"{workload} has no champion yet: nothing is registered under {settings.home.resolve()}; train one first: flywheel train {workload}")
-    from flywheel.tracking import mlflow_client
-    from models.registry import CHAMPION, alias_version
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.registry import CHAMPION, alias_version
 
     if alias_version(mlflow_client(settings), workload, CHAMPION) is None:
         raise CommandError(f"{workload} has no champion yet; train one first: flywheel train {workload}")
@@ -190,7 +190,7 @@ def config_show(config: ConfigOption = None) -> None:
 def model_pull(config: ConfigOption = None) -> None:
     """Materialize the configured base model into a cached HF checkpoint (once)."""
     _offline_defaults()
-    from models.base_model import resolve_base_model
+    from slm_flywheel.models.base_model import resolve_base_model
 
     settings = _settings(config, need_file=False)
     with console.status(f"materializing {settings.base_model} (dequantizing the GGUF once)"):
@@ -207,8 +207,8 @@ def train(
 ) -> None:
     """Run the `train-adapter` flow: train, evaluate on golden, register in MLflow."""
     _offline_defaults()
-    from flows.train_adapter import train_adapter_flow
-    from flywheel import progress
+    from slm_flywheel.flows.train_adapter import train_adapter_flow
+    from slm_flywheel import progress
 
     settings = _workload_settings(config, workload, data=True)
     with progress.progress_bar():
@@ -236,12 +236,12 @@ def predict(
 ) -> None:
     """Answer with base + the registered adapter: one text, or a JSONL file in batches."""
     _offline_defaults()
-    from flywheel import progress
-    from flywheel.tracking import mlflow_client
-    from models.base_model import resolve_base_model
-    from models.inference import Predictor, load_model, load_tokenizer
-    from models.registry import download_adapter, get_version
-    from models.workload import build_task_spec
+    from slm_flywheel import progress
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.base_model import resolve_base_model
+    from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
+    from slm_flywheel.models.registry import download_adapter, get_version
+    from slm_flywheel.models.workload import build_task_spec
 
     if (text is None) == (input is None):
         raise CommandError("give either one TEXT or --input FILE")
@@ -295,7 +295,7 @@ def serve(
 ) -> None:
     """Start the embedded serving tier (vLLM LoRA API); loads each workload's champion."""
     _offline_defaults()
-    from serving.server import serve as run_server
+    from slm_flywheel.serving.server import serve as run_server
 
     configured = _settings(config)
     settings = _served_settings(configured, host, port)
@@ -344,8 +344,8 @@ def simulate(
     config: ConfigOption = None,
 ) -> None:
     """Send simulated production traffic over HTTP; hidden gold answers go to a separate file."""
-    from flywheel import progress
-    from flywheel.simulate import simulate as run_simulation
+    from slm_flywheel import progress
+    from slm_flywheel.simulate import simulate as run_simulation
 
     settings = _settings(config)
     try:
@@ -375,8 +375,8 @@ def nightly(
 ) -> None:
     """Run `nightly-retrain` locally: drift → relabel → contracts → retrain → gate."""
     _offline_defaults()
-    from flows.nightly_retrain import nightly_retrain
-    from flywheel import progress
+    from slm_flywheel.flows.nightly_retrain import nightly_retrain
+    from slm_flywheel import progress
 
     _require_champion(_workload_settings(config, workload, data=True), workload)
     with progress.progress_bar():
@@ -404,8 +404,8 @@ app.add_typer(review_app, name="review")
 
 
 def _queue(workload: str, config: Path | None) -> tuple[Any, Any]:
-    from models.review import ReviewQueue
-    from models.workload import build_task_spec
+    from slm_flywheel.models.review import ReviewQueue
+    from slm_flywheel.models.workload import build_task_spec
 
     settings = _workload_settings(config, workload)
     spec = build_task_spec(workload, settings.workload(workload), settings.data_dir)
@@ -453,9 +453,9 @@ def promote_cmd(
 ) -> None:
     """Promote a version and push it to every serving replica, all or nothing (the `promote` flow)."""
     _offline_defaults()
-    from flows.promote import promote
-    from flywheel.tracking import mlflow_client
-    from models.registry import get_version
+    from slm_flywheel.flows.promote import promote
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.registry import get_version
 
     get_version(mlflow_client(_workload_settings(config, workload)), workload, version=version)
     try:
@@ -470,7 +470,7 @@ def promote_cmd(
 def rollback_guard_cmd(config: ConfigOption = None) -> None:
     """Check recently promoted champions against the previous ones; roll back on a clear degradation."""
     _offline_defaults()
-    from flows.rollback_guard import rollback_guard
+    from slm_flywheel.flows.rollback_guard import rollback_guard
 
     _settings(config)
     results = rollback_guard(config_path=str(config) if config else None)
@@ -486,7 +486,7 @@ def sync(
 ) -> None:
     """Make every serving replica serve the registry's champion (the `sync-serving` flow)."""
     _offline_defaults()
-    from flows.sync_serving import sync_serving
+    from slm_flywheel.flows.sync_serving import sync_serving
 
     for name in workload or []:
         _workload_settings(config, name)
@@ -505,7 +505,7 @@ def sync(
 def deploy(config: ConfigOption = None) -> None:
     """Deploy the flows of prefect.yaml to the Prefect server at PREFECT_API_URL (work pool, locks, schedules)."""
     _offline_defaults()
-    from deployments.deploy import deploy as run_deploy
+    from slm_flywheel.deployments.deploy import deploy as run_deploy
 
     done = run_deploy(_settings(config), config_path=config_file(config))
     console.print(f"deployed {', '.join(done.deployed)}; locks: {', '.join(done.locks)}")
@@ -526,7 +526,7 @@ def webhook_serve(
 ) -> None:
     """Receive MLflow webhooks (HMAC-verified) and start the sync-serving deployment on the Prefect
     server at PREFECT_API_URL (refused when it is not set or not reachable)."""
-    from deployments.webhook import serve_webhook
+    from slm_flywheel.deployments.webhook import serve_webhook
 
     settings = _settings(config)
     try:
@@ -542,8 +542,8 @@ def webhook_register(
     config: ConfigOption = None,
 ) -> None:
     """Create the MLflow registry webhook (model_version_alias.created, signed with webhook.secret)."""
-    from deployments.webhook import register_webhook
-    from flywheel.tracking import mlflow_client
+    from slm_flywheel.deployments.webhook import register_webhook
+    from slm_flywheel.tracking import mlflow_client
 
     settings = _settings(config)
     if not settings.webhook.secret:
@@ -557,8 +557,8 @@ def webhook_register(
 @app.command()
 def history(workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")], config: ConfigOption = None) -> None:
     """Every move of the champion alias: who, when, from, to, why."""
-    from flywheel.tracking import mlflow_client
-    from models.promotion import history as read_history
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.promotion import history as read_history
 
     settings = _workload_settings(config, workload)
     _require_champion(settings, workload)
@@ -582,10 +582,10 @@ def costs(
     _offline_defaults()
     from datetime import date
 
-    from flywheel.tracking import mlflow_client
-    from models.costs import LedgerError
-    from models.usage import UsageLogError
-    from tasks.costs import break_even_text, compute_ledger, ledger_rows
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.costs import LedgerError
+    from slm_flywheel.models.usage import UsageLogError
+    from slm_flywheel.tasks.costs import break_even_text, compute_ledger, ledger_rows
 
     settings = _workload_settings(config, workload)
     try:
@@ -624,10 +624,10 @@ def demo(
 ) -> None:
     """The whole flywheel on embedded defaults: launch → drift → relabel → retrain → gate → push → rollback."""
     _offline_defaults()
-    from flywheel import progress
-    from flywheel.demo import run_demo
+    from slm_flywheel import progress
+    from slm_flywheel.demo import run_demo
 
-    from flywheel.report import summary_table
+    from slm_flywheel.report import summary_table
 
     settings = _settings(config)
     started = time.perf_counter()
@@ -646,7 +646,7 @@ app.add_typer(stack_app, name="stack")
 
 
 def _stack(config: Path | None) -> Any:
-    from deployments.stack import Stack
+    from slm_flywheel.deployments.stack import Stack
 
     settings = _settings(config)
     return Stack(settings, Path(config or os.environ.get("FLYWHEEL_CONFIG", "flywheel.yaml")))
@@ -666,8 +666,8 @@ def _print_stack(stack: Any, statuses: list[Any]) -> bool:
 @stack_app.command("up")
 def stack_up(config: ConfigOption = None) -> None:
     """Start every service that is not running (ports, credentials, data dirs: `stack` in flywheel.yaml)."""
-    from deployments.deploy import DeployError
-    from deployments.stack import StackError
+    from slm_flywheel.deployments.deploy import DeployError
+    from slm_flywheel.deployments.stack import StackError
 
     stack = _stack(config)
     try:

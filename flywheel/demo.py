@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 import yaml
 
-from flywheel import progress
-from flywheel.config import Settings
+from slm_flywheel import progress
+from slm_flywheel.config import Settings
 
 # Launch / drift traffic and data sizes: the default run fits 15 minutes on 2 CPU cores, `fast`
 # is a smoke run for CI (a few minutes).
@@ -127,7 +127,7 @@ def shuffled_label_set(settings: Settings, workload: str, count: int, path: Path
 
     import pandas as pd
 
-    from models.workload import build_task_spec, load_splits
+    from slm_flywheel.models.workload import build_task_spec, load_splits
 
     config = settings.workload(workload)
     spec = build_task_spec(workload, config, settings.require_data_dir())
@@ -139,19 +139,19 @@ def shuffled_label_set(settings: Settings, workload: str, count: int, path: Path
 
 
 def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str = "prior-shift", budget: int | None = None, fast: bool = False) -> DemoReport:
-    from flows.nightly_retrain import nightly_retrain
-    from flows.promote import promote
-    from flows.rollback_guard import rollback_guard
-    from flows.train_adapter import train_adapter_flow
-    from flywheel.config import load_settings
-    from flywheel.report import live_gain_ci95, write_reports
-    from flywheel.simulate import simulate
-    from flywheel.tracking import mlflow_client
-    from models.base_model import resolve_base_model
-    from models.promotion import history
-    from serving.app import create_app
-    from serving.server import BackgroundServer, build_state, free_port
-    from tasks.costs import compute_ledger
+    from slm_flywheel.flows.nightly_retrain import nightly_retrain
+    from slm_flywheel.flows.promote import promote
+    from slm_flywheel.flows.rollback_guard import rollback_guard
+    from slm_flywheel.flows.train_adapter import train_adapter_flow
+    from slm_flywheel.config import load_settings
+    from slm_flywheel.report import live_gain_ci95, write_reports
+    from slm_flywheel.simulate import simulate
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.base_model import resolve_base_model
+    from slm_flywheel.models.promotion import history
+    from slm_flywheel.serving.app import create_app
+    from slm_flywheel.serving.server import BackgroundServer, build_state, free_port
+    from slm_flywheel.tasks.costs import compute_ledger
 
     sizes = SIZES["fast" if fast else "default"]
     report = DemoReport(workload, scenario, fast)

@@ -21,7 +21,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from models.costs import format_usd
+from slm_flywheel.models.costs import format_usd
 
 NA = "n/a"
 DRIFT_RUNS = (("launch", "nightly run on launch traffic"), ("drifted", "nightly run on drifted traffic"))

@@ -13,10 +13,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from flywheel.config import Settings
-from models.scenarios import launch_plan, scenario_requests
-from models.teacher import ground_truth_path
-from models.workload import build_task_spec, load_splits
+from slm_flywheel.config import Settings
+from slm_flywheel.models.scenarios import launch_plan, scenario_requests
+from slm_flywheel.models.teacher import ground_truth_path
+from slm_flywheel.models.workload import build_task_spec, load_splits
 
 
 @dataclass(frozen=True)

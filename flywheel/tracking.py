@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flywheel.config import Settings
+from slm_flywheel.config import Settings
 
 
 def mlflow_client(settings: Settings) -> Any:

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
-from flywheel.config import CostConfig
-from models.usage import SIMULATED_MODEL, AuditRecord, UsageRecord
+from slm_flywheel.config import CostConfig
+from slm_flywheel.models.usage import SIMULATED_MODEL, AuditRecord, UsageRecord
 
 FRONTIER = "frontier"  # the `served_by` value of a request a router sent to the frontier model
 

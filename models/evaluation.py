@@ -9,9 +9,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from flywheel.files import atomic_write
-from models.inference import Prediction
-from models.workload import TaskSpec
+from slm_flywheel.files import atomic_write
+from slm_flywheel.models.inference import Prediction
+from slm_flywheel.models.workload import TaskSpec
 
 _METRICS_DIR = Path(__file__).parent / "metrics"
 
@@ -123,7 +123,7 @@ def evaluate_sets(
     missing = [name for name in items if name not in results]
     if not missing:
         return results
-    from models.inference import Predictor, load_model, load_tokenizer
+    from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
 
     predictor = Predictor(load_model(base_path, adapter_dir), load_tokenizer(base_path), spec, batch_size)
     for name in missing:

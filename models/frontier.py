@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flywheel.config import FrontierPrice
+from slm_flywheel.config import FrontierPrice
 
 if TYPE_CHECKING:
     import openai
 
-    from models.workload import TaskSpec
+    from slm_flywheel.models.workload import TaskSpec
 
 logger = logging.getLogger("flywheel.frontier")
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from math import comb
 from typing import Any
 
-from flywheel.config import GateConfig
+from slm_flywheel.config import GateConfig
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.config import GuardConfig
+from slm_flywheel.config import GuardConfig
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from models.constrained import Constraint, LabelConstraint, SlotJsonConstraint
-from models.workload import Answer, TaskSpec
+from slm_flywheel.models.constrained import Constraint, LabelConstraint, SlotJsonConstraint
+from slm_flywheel.models.workload import Answer, TaskSpec
 
 MAX_NEW_TOKENS = 64  # the longest Restaurant-8k answer is ~45 tokens
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from models.registry import CHALLENGER, CHAMPION, alias_version
+from slm_flywheel.models.registry import CHALLENGER, CHAMPION, alias_version
 
 PREVIOUS_CHAMPION = "previous-champion"
 HISTORY_PREFIX = "history."

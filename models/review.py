@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flywheel.files import atomic_write
-from models.workload import TaskSpec
+from slm_flywheel.files import atomic_write
+from slm_flywheel.models.workload import TaskSpec
 
 SAMPLED = "spot_check"  # a random share of valid teacher labels
 OUT_OF_SCHEMA = "out_of_schema"  # the teacher could not answer inside the schema

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from flywheel.config import LaunchConfig
+from slm_flywheel.config import LaunchConfig
 
 SCENARIOS = {"classification": ("steady", "prior-shift", "new-phrasing"), "extraction": ("steady", "prior-shift")}
 NAME_SLOTS = ("first_name", "last_name")

@@ -12,9 +12,9 @@ from typing import Any, Callable
 import torch
 from datasets import Dataset
 
-from flywheel.config import TrainingConfig
-from models.inference import cpu_supports_bf16, load_tokenizer
-from models.workload import TaskSpec
+from slm_flywheel.config import TrainingConfig
+from slm_flywheel.models.inference import cpu_supports_bf16, load_tokenizer
+from slm_flywheel.models.workload import TaskSpec
 
 log = logging.getLogger("flywheel.training")
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from datasets import DatasetDict
 
-from models.data import banking77_labels, load_banking77, load_restaurant8k, split_dataset
+from slm_flywheel.models.data import banking77_labels, load_banking77, load_restaurant8k, split_dataset
 
 Answer = str | dict[str, str]
 

@@ -29,11 +29,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flywheel.config import ServingConfig
-from serving import openai_api
-from serving.capture import Sample, SampleWriter, answer_to_text, now_utc
-from serving.engine import AdapterEngine, EngineError, ServedPrediction, workload_of
-from serving.openai_api import ApiError
+from slm_flywheel.config import ServingConfig
+from slm_flywheel.serving import openai_api
+from slm_flywheel.serving.capture import Sample, SampleWriter, answer_to_text, now_utc
+from slm_flywheel.serving.engine import AdapterEngine, EngineError, ServedPrediction, workload_of
+from slm_flywheel.serving.openai_api import ApiError
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MAX_JSON_DEPTH = 64  # far beyond any request this API takes; deeper is refused before it reaches a handler

@@ -26,7 +26,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from flywheel.files import atomic_write
+from slm_flywheel.files import atomic_write
 
 log = logging.getLogger("flywheel.capture")
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.inference import Prediction, Predictor, load_tokenizer
-from models.workload import TaskSpec
+from slm_flywheel.models.inference import Prediction, Predictor, load_tokenizer
+from slm_flywheel.models.workload import TaskSpec
 
 
 class EngineError(Exception):
@@ -54,7 +54,7 @@ class AdapterEngine:
     """Hosts the base model and its adapters; answers predictions in micro-batches."""
 
     def __init__(self, base_path: str, specs: dict[str, TaskSpec], *, max_batch: int = 32, batch_wait_s: float = 0.005, bf16: bool | None = None):
-        from models.inference import load_model
+        from slm_flywheel.models.inference import load_model
 
         self.base_path = base_path
         self.specs = specs

@@ -29,8 +29,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.inference import Prediction
-from serving.capture import answer_to_text
+from slm_flywheel.models.inference import Prediction
+from slm_flywheel.serving.capture import answer_to_text
 
 
 class ApiError(Exception):

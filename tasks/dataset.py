@@ -11,9 +11,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from data_contracts.contracts import ContractError, split_quarantine, validate_teacher_labels, validate_training_set
-from flywheel.config import RelabelConfig, Settings
-from models.workload import TaskSpec
+from slm_flywheel.data_contracts.contracts import ContractError, split_quarantine, validate_teacher_labels, validate_training_set
+from slm_flywheel.config import RelabelConfig, Settings
+from slm_flywheel.models.workload import TaskSpec
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from flywheel.config import Settings
-from models.drift import (
+from slm_flywheel.config import Settings
+from slm_flywheel.models.drift import (
     DriftReference,
     DriftReport,
     DriftWindow,
@@ -26,10 +26,10 @@ from models.drift import (
     detect_drift,
     embed_window,
 )
-from models.registry import AdapterVersion
-from models.workload import TaskSpec
-from tasks.samples import SampleWindow
-from tasks.training import TRAINING_SET_ARTIFACT, experiment_id
+from slm_flywheel.models.registry import AdapterVersion
+from slm_flywheel.models.workload import TaskSpec
+from slm_flywheel.tasks.samples import SampleWindow
+from slm_flywheel.tasks.training import TRAINING_SET_ARTIFACT, experiment_id
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ def parse_answers(spec: TaskSpec, answers: list[Any]) -> list[Any]:
 @task(cache_policy=NONE)  # cached by the embedding cache per (model, texts), which outlives flow runs
 def build_reference(settings: Settings, client: Any, spec: TaskSpec, validation_texts: list[str], base_path: str) -> ChampionReference:
     """The champion's training-input embeddings and its answers on validation (cached per version)."""
-    from models.inference import Predictor, load_model, load_tokenizer
-    from models.registry import download_adapter, get_version
+    from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
+    from slm_flywheel.models.registry import download_adapter, get_version
 
     version = get_version(client, spec.name)
     adapter_dir = download_adapter(client, version, settings.adapters_dir)

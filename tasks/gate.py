@@ -13,12 +13,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
-from flywheel import progress
-from flywheel.config import Settings
-from models.evaluation import EvalSet, evaluate_sets
-from models.gates import GateDecision, ModelEval, decide
-from models.registry import AdapterVersion, download_adapter
-from models.workload import TaskSpec
+from slm_flywheel import progress
+from slm_flywheel.config import Settings
+from slm_flywheel.models.evaluation import EvalSet, evaluate_sets
+from slm_flywheel.models.gates import GateDecision, ModelEval, decide
+from slm_flywheel.models.registry import AdapterVersion, download_adapter
+from slm_flywheel.models.workload import TaskSpec
 
 
 # Latency is compared on items every model answers now, back to back in this task, never from

@@ -10,16 +10,16 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flywheel.config import Settings
-from flywheel.config import GuardConfig
-from models.guard import LiveSignals
-from models.promotion import HistoryEntry, history
-from models.registry import CHAMPION, alias_version
-from models.teacher import TeacherItem
-from models.usage import audit_path, record_audit
-from models.workload import TaskSpec
-from serving.capture import read_samples
-from tasks.relabel import build_teacher, label_with_cache
+from slm_flywheel.config import Settings
+from slm_flywheel.config import GuardConfig
+from slm_flywheel.models.guard import LiveSignals
+from slm_flywheel.models.promotion import HistoryEntry, history
+from slm_flywheel.models.registry import CHAMPION, alias_version
+from slm_flywheel.models.teacher import TeacherItem
+from slm_flywheel.models.usage import audit_path, record_audit
+from slm_flywheel.models.workload import TaskSpec
+from slm_flywheel.serving.capture import read_samples
+from slm_flywheel.tasks.relabel import build_teacher, label_with_cache
 
 
 @task(cache_policy=NONE)  # reads the live registry: a stored answer would be stale

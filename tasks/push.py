@@ -11,11 +11,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.transactions import get_transaction
 
-from flywheel.config import Settings
-from models.promotion import PREVIOUS_CHAMPION, HistoryEntry, move_champion, restore_aliases
-from models.registry import CHAMPION, alias_version
-from models.workload import build_task_spec, load_splits
-from serving.client import ServingClient, ServingError
+from slm_flywheel.config import Settings
+from slm_flywheel.models.promotion import PREVIOUS_CHAMPION, HistoryEntry, move_champion, restore_aliases
+from slm_flywheel.models.registry import CHAMPION, alias_version
+from slm_flywheel.models.workload import build_task_spec, load_splits
+from slm_flywheel.serving.client import ServingClient, ServingError
 
 
 @dataclass(frozen=True)

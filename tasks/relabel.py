@@ -13,12 +13,12 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flywheel.config import Settings
-from models.drift import WindowEmbeddings
-from models.frontier import FrontierClient
-from models.review import OUT_OF_SCHEMA, SAMPLED, ReviewItem, ReviewQueue, spot_check_sample
-from models.selection import select_informative
-from models.teacher import (
+from slm_flywheel.config import Settings
+from slm_flywheel.models.drift import WindowEmbeddings
+from slm_flywheel.models.frontier import FrontierClient
+from slm_flywheel.models.review import OUT_OF_SCHEMA, SAMPLED, ReviewItem, ReviewQueue, spot_check_sample
+from slm_flywheel.models.selection import select_informative
+from slm_flywheel.models.teacher import (
     OpenAICompatibleTeacher,
     SimulatedTeacher,
     Teacher,
@@ -28,8 +28,8 @@ from models.teacher import (
     ground_truth_path,
     read_ground_truth,
 )
-from models.usage import Purpose, UsageLog, usage_path
-from models.workload import TaskSpec
+from slm_flywheel.models.usage import Purpose, UsageLog, usage_path
+from slm_flywheel.models.workload import TaskSpec
 
 
 class TeacherDistrustError(RuntimeError):

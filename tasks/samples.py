@@ -17,11 +17,11 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from data_contracts.contracts import split_quarantine, validate_production_samples
-from flywheel.config import Settings
-from flywheel.files import atomic_write
-from models.workload import TaskSpec
-from serving.capture import QuarantinedFile, scan_samples
+from slm_flywheel.data_contracts.contracts import split_quarantine, validate_production_samples
+from slm_flywheel.config import Settings
+from slm_flywheel.files import atomic_write
+from slm_flywheel.models.workload import TaskSpec
+from slm_flywheel.serving.capture import QuarantinedFile, scan_samples
 
 
 @dataclass(frozen=True)

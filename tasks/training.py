@@ -15,13 +15,13 @@ from datasets import Dataset, DatasetDict, Value
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flywheel import progress
-from flywheel.config import Settings, WorkloadConfig
-from models.data import SplitSummary, content_hash, sample_training_set, summarize_splits
-from models.scenarios import launch_plan, launch_training_set
-from models.evaluation import EvalResult, evaluate_model, plot_breakdown
-from models.training import TrainResult
-from models.workload import TaskSpec, build_task_spec, load_splits
+from slm_flywheel import progress
+from slm_flywheel.config import Settings, WorkloadConfig
+from slm_flywheel.models.data import SplitSummary, content_hash, sample_training_set, summarize_splits
+from slm_flywheel.models.scenarios import launch_plan, launch_training_set
+from slm_flywheel.models.evaluation import EvalResult, evaluate_model, plot_breakdown
+from slm_flywheel.models.training import TrainResult
+from slm_flywheel.models.workload import TaskSpec, build_task_spec, load_splits
 
 
 TRAINING_SET_ARTIFACT = "evaluation/training_set.parquet"  # the exact rows a version was trained on
@@ -89,7 +89,7 @@ def prepare_training_data(settings: Settings, workload: str, launch: bool = Fals
 @task(cache_policy=NONE)  # materializes the base model once on disk (models/base_model.py); the path is cheap to recompute
 def pull_base_model(settings: Settings) -> str:
     """Materialize (once) and resolve the configured base model to a loadable path."""
-    from models.base_model import resolve_base_model
+    from slm_flywheel.models.base_model import resolve_base_model
 
     return resolve_base_model(settings.base_model, settings.models_dir)
 
@@ -97,7 +97,7 @@ def pull_base_model(settings: Settings) -> str:
 @task(cache_policy=NONE)  # writes a new adapter: a retrain is asked for, never a stored one
 def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, output_dir: Path, warm_start_adapter: str | None = None) -> TrainResult:
     """LoRA SFT on the sampled training set; the adapter is saved to `output_dir`."""
-    from models.training import train_lora
+    from slm_flywheel.models.training import train_lora
 
     result = train_lora(
         data.spec,
@@ -162,8 +162,8 @@ def register_adapter_version(
     golden: EvalResult,
 ) -> RegisteredAdapter:
     """Log params, metrics and artifacts to an MLflow run, register the adapter, set its alias."""
-    from models.promotion import record_bootstrap
-    from models.registry import CHAMPION, assign_initial_alias, register_adapter
+    from slm_flywheel.models.promotion import record_bootstrap
+    from slm_flywheel.models.registry import CHAMPION, assign_initial_alias, register_adapter
 
     workload = data.spec.name
     config = settings.workload(workload)

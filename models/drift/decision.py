@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from flywheel.config import DriftConfig
-from models.drift.records import DriftReference, DriftReport, DriftTest, DriftWindow
-from models.drift.stat_tests import (
+from slm_flywheel.config import DriftConfig
+from slm_flywheel.models.drift.records import DriftReference, DriftReport, DriftTest, DriftWindow
+from slm_flywheel.models.drift.stat_tests import (
     _judge,
     confidence_ks_test,
     holm_bonferroni,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flywheel.files import atomic_write
-from models.drift.records import EMBEDDING_DIM, WindowEmbeddings
+from slm_flywheel.files import atomic_write
+from slm_flywheel.models.drift.records import EMBEDDING_DIM, WindowEmbeddings
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -52,7 +52,7 @@ class Embedder:
     def bf16(self) -> bool:
         """Whether the weights are bf16 (resolved on first use where the constructor said None)."""
         if self._bf16 is None:
-            from models.inference import cpu_supports_bf16
+            from slm_flywheel.models.inference import cpu_supports_bf16
 
             self._bf16 = cpu_supports_bf16()
         return self._bf16

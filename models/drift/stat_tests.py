@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from models.drift.records import INVALID, DriftTest
+from slm_flywheel.models.drift.records import INVALID, DriftTest
 
 
 def mmd_test(

@@ -17,8 +17,8 @@ The package by job: `records` (items, labels, runs, the protocol), `prompts`, `a
 teacher), `simulation` (the simulated one and the simulator's gold). Import from here.
 """
 
-from models.teacher.api import OpenAICompatibleTeacher
-from models.teacher.records import (
+from slm_flywheel.models.teacher.api import OpenAICompatibleTeacher
+from slm_flywheel.models.teacher.records import (
     BUDGET_EXHAUSTED,
     OK,
     OUT_OF_SCHEMA,
@@ -27,7 +27,7 @@ from models.teacher.records import (
     TeacherLabel,
     TeacherRun,
 )
-from models.teacher.simulation import SimulatedTeacher, ground_truth_path, read_ground_truth
+from slm_flywheel.models.teacher.simulation import SimulatedTeacher, ground_truth_path, read_ground_truth
 
 __all__ = [
     "BUDGET_EXHAUSTED",

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flywheel.files import atomic_write
-from models.frontier import FrontierCallFailed, FrontierClient, FrontierReply, answers_format
-from models.teacher.prompts import (
+from slm_flywheel.files import atomic_write
+from slm_flywheel.models.frontier import FrontierCallFailed, FrontierClient, FrontierReply, answers_format
+from slm_flywheel.models.teacher.prompts import (
     RETRY_NOTE,
     TOKENS_FOR_ENVELOPE,
     TOKENS_PER_ANSWER,
@@ -20,7 +20,7 @@ from models.teacher.prompts import (
     TOKENS_PER_SLOT_KEY,
     system_prompt,
 )
-from models.teacher.records import (
+from slm_flywheel.models.teacher.records import (
     BUDGET_EXHAUSTED,
     OK,
     OUT_OF_SCHEMA,
@@ -32,10 +32,10 @@ from models.teacher.records import (
     log_run,
     logger,
 )
-from models.usage import UsageLog
+from slm_flywheel.models.usage import UsageLog
 
 if TYPE_CHECKING:
-    from models.workload import TaskSpec
+    from slm_flywheel.models.workload import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ class OpenAICompatibleTeacher:
             if not isinstance(label, str) or label not in self._label_set:
                 return None, f"label {label!r} is not in the label set"
             return label, ""
-        from models.constrained import is_valid_extraction  # imports torch: only when extracting
+        from slm_flywheel.models.constrained import is_valid_extraction  # imports torch: only when extracting
 
         if set(entry) != {"id", "slots"} or not isinstance(entry["slots"], dict):
             return None, f"not an id and a slots object: {entry!r:.80}"

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 
 if TYPE_CHECKING:
-    from models.workload import TaskSpec
+    from slm_flywheel.models.workload import TaskSpec
 
 
 # Token bounds for one answer's JSON: `{"id": "12", "label": ""},` is about a dozen tokens.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 
 
 if TYPE_CHECKING:
-    from models.workload import TaskSpec
+    from slm_flywheel.models.workload import TaskSpec
 
 
 logger = logging.getLogger("flywheel.teacher")

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.teacher.records import BUDGET_EXHAUSTED, OK, TeacherItem, TeacherLabel, TeacherRun, check_spec, check_unique_ids, logger
-from models.usage import SIMULATED_MODEL, UsageLog
+from slm_flywheel.models.teacher.records import BUDGET_EXHAUSTED, OK, TeacherItem, TeacherLabel, TeacherRun, check_spec, check_unique_ids, logger
+from slm_flywheel.models.usage import SIMULATED_MODEL, UsageLog
 
 if TYPE_CHECKING:
-    from models.workload import TaskSpec
+    from slm_flywheel.models.workload import TaskSpec
 
 
 _NO_GROUND_TRUTH = "failed: no ground truth"  # the simulated teacher's item outside the simulator's gold

@@ -5,14 +5,14 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from data_contracts.contracts import (
+from slm_flywheel.data_contracts.contracts import (
     ContractError,
     split_quarantine,
     validate_production_samples,
     validate_teacher_labels,
     validate_training_set,
 )
-from models.workload import TaskSpec
+from slm_flywheel.models.workload import TaskSpec
 
 INTENTS = TaskSpec("banking-intent", "classification", "{text}", labels=("card_arrival", "exchange_rate"))
 SLOTS = TaskSpec("restaurant-slots", "extraction", "{text}", slots=("people", "time"))
@@ -111,7 +111,7 @@ def test_production_samples_fail_closed_on_non_text_input_nan_confidence_and_len
 def test_an_expectation_that_raises_fails_the_contract_and_quarantines_every_row():
     import great_expectations as gx
 
-    from data_contracts.contracts import _run_suite
+    from slm_flywheel.data_contracts.contracts import _run_suite
 
     frame = pd.DataFrame({"text": ["fine", b"\xff\xfe", ""]})
     result = _run_suite("raising", frame, [gx.expectations.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1, max_value=10)])

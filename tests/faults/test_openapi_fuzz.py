@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from flywheel.config import load_settings
-from serving.app import create_app
-from serving.server import build_state
+from slm_flywheel.config import load_settings
+from slm_flywheel.serving.app import create_app
+from slm_flywheel.serving.server import build_state
 from tests.conftest import REPO
 from tests.faults.test_serving_faults import WORKLOAD, adapter_dir  # noqa: F401  (a fixture)
 

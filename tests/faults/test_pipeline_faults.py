@@ -26,12 +26,12 @@ import pytest
 import yaml
 from prefect.logging import disable_run_logger
 
-from deployments.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from flywheel.config import Settings
-from models.workload import TaskSpec
-from serving.capture import QUARANTINE_DIR, QUARANTINE_LOG, Sample, SampleWriter
-from serving.server import free_port
-from tasks.samples import advance_watermark, load_new_samples
+from slm_flywheel.deployments.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from slm_flywheel.config import Settings
+from slm_flywheel.models.workload import TaskSpec
+from slm_flywheel.serving.capture import QUARANTINE_DIR, QUARANTINE_LOG, Sample, SampleWriter
+from slm_flywheel.serving.server import free_port
+from slm_flywheel.tasks.samples import advance_watermark, load_new_samples
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
@@ -339,7 +339,7 @@ def test_the_cli_gives_the_ephemeral_prefect_api_time_to_start_on_a_busy_machine
     if preset:
         env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = preset
     script = (
-        "import sys, flywheel.cli as cli; assert 'prefect' not in sys.modules; cli._offline_defaults(); "
+        "import sys, slm_flywheel.cli as cli; assert 'prefect' not in sys.modules; cli._offline_defaults(); "
         "from prefect.settings import get_current_settings; print(get_current_settings().server.ephemeral.startup_timeout_seconds)"
     )
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)

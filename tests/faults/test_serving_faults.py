@@ -21,10 +21,10 @@ import yaml
 from datasets import Dataset
 from typer.testing import CliRunner
 
-from flywheel.config import ConfigError, Settings, TrainingConfig, load_settings
-from serving.app import ServerState, create_app
-from serving.capture import Sample, SampleWriter, read_samples
-from serving.server import BackgroundServer, build_state, check_admin_exposure, free_port, is_loopback
+from slm_flywheel.config import ConfigError, Settings, TrainingConfig, load_settings
+from slm_flywheel.serving.app import ServerState, create_app
+from slm_flywheel.serving.capture import Sample, SampleWriter, read_samples
+from slm_flywheel.serving.server import BackgroundServer, build_state, check_admin_exposure, free_port, is_loopback
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -47,8 +47,8 @@ def _config(home: Path, tiny_model_dir: Path, data_dir: Path, adapters: Path, **
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory, tiny_model_dir, data_dir) -> Path:
     """One LoRA adapter on the tiny model, trained once for the module."""
-    from models.training import train_lora
-    from models.workload import build_task_spec
+    from slm_flywheel.models.training import train_lora
+    from slm_flywheel.models.workload import build_task_spec
 
     folder = tmp_path_factory.mktemp("adapters")
     settings = load_settings(_config(folder / "home", tiny_model_dir, data_dir, folder))
@@ -259,7 +259,7 @@ def test_a_bad_request_fails_alone_and_its_batch_mates_are_answered(settings, ad
 
 
 def test_an_admin_api_beyond_loopback_needs_a_token_or_an_explicit_override(tmp_path, tiny_model_dir, data_dir, caplog):
-    from flywheel.cli import app
+    from slm_flywheel.cli import app
 
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")

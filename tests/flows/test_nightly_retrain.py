@@ -7,15 +7,15 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from data_contracts.contracts import ContractError
-from flows.drift_check import drift_check
-from flows.nightly_retrain import nightly_retrain
-from flows.train_adapter import train_adapter_flow
-from flywheel.config import load_settings
-from flywheel.simulate import simulate
-from serving.app import create_app
-from models.promotion import history
-from serving.server import BackgroundServer, build_state, free_port
+from slm_flywheel.data_contracts.contracts import ContractError
+from slm_flywheel.flows.drift_check import drift_check
+from slm_flywheel.flows.nightly_retrain import nightly_retrain
+from slm_flywheel.flows.train_adapter import train_adapter_flow
+from slm_flywheel.config import load_settings
+from slm_flywheel.simulate import simulate
+from slm_flywheel.serving.app import create_app
+from slm_flywheel.models.promotion import history
+from slm_flywheel.serving.server import BackgroundServer, build_state, free_port
 
 
 def _configure(path, promotion="review", replica=None, **relabel):
@@ -44,15 +44,15 @@ def _traffic(settings, scenario, count, seed):
 def gate_passes(monkeypatch):
     """The real gate runs (its metrics are kept) but its verdict is forced to a pass: these tests
     are about what the promotion policy does after a pass, which the tiny model cannot earn."""
-    import flows.nightly_retrain
+    import slm_flywheel.flows.nightly_retrain
 
-    real = flows.nightly_retrain.evaluate_candidate
+    real = slm_flywheel.flows.nightly_retrain.evaluate_candidate
 
     def passing(*args, **kwargs):
         decision = real(*args, **kwargs)
         return dataclasses.replace(decision, promote=True, reasons=["forced pass (test)", *decision.reasons])
 
-    monkeypatch.setattr(flows.nightly_retrain, "evaluate_candidate", passing)
+    monkeypatch.setattr(slm_flywheel.flows.nightly_retrain, "evaluate_candidate", passing)
 
 
 @pytest.fixture
@@ -114,19 +114,19 @@ def test_contract_failure_stops_the_flow_naming_the_expectation(launched, tiny_c
 
 
 def test_rerun_after_a_training_crash_reuses_teacher_labels(launched, tiny_config, monkeypatch):
-    import models.training
+    import slm_flywheel.models.training
 
     settings = launched
     _traffic(settings, "prior-shift", 100, seed=4)
-    real = models.training.train_lora
+    real = slm_flywheel.models.training.train_lora
 
     def crash(*args, **kwargs):
         raise RuntimeError("simulated crash during training")
 
-    monkeypatch.setattr(models.training, "train_lora", crash)
+    monkeypatch.setattr(slm_flywheel.models.training, "train_lora", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         nightly_retrain(workload="banking-intent", config_path=str(tiny_config), force=True)
-    monkeypatch.setattr(models.training, "train_lora", real)
+    monkeypatch.setattr(slm_flywheel.models.training, "train_lora", real)
     summary = nightly_retrain(workload="banking-intent", config_path=str(tiny_config), force=True)
     assert summary.window_size == 100  # the crashed run did not move the watermark
     assert summary.relabeled > 0

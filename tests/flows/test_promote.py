@@ -6,13 +6,13 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows.promote import promote
-from flows.train_adapter import train_adapter_flow
-from flywheel.config import load_settings
-from models.promotion import history
-from serving.app import create_app
-from serving.client import ServingClient
-from serving.server import BackgroundServer, build_state, free_port
+from slm_flywheel.flows.promote import promote
+from slm_flywheel.flows.train_adapter import train_adapter_flow
+from slm_flywheel.config import load_settings
+from slm_flywheel.models.promotion import history
+from slm_flywheel.serving.app import create_app
+from slm_flywheel.serving.client import ServingClient
+from slm_flywheel.serving.server import BackgroundServer, build_state, free_port
 from tests.conftest import BACKENDS, registry_uri
 
 
@@ -111,21 +111,21 @@ def test_a_failure_during_the_switch_switches_the_others_back(two_replicas, tiny
 def test_a_second_promotion_of_the_workload_waits_for_the_first(two_replicas, tiny_config, monkeypatch):
     import threading
 
-    import tasks.locks
-    from tasks.locks import workload_lock
+    import slm_flywheel.tasks.locks
+    from slm_flywheel.tasks.locks import workload_lock
 
     settings, servers = two_replicas
     client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
     outcome = {}
     with workload_lock("promote", "banking-intent"):  # another promotion of this workload is running
         worker = threading.Thread(target=lambda: outcome.update(promote(workload="banking-intent", version=2, reviewer="ana", config_path=str(tiny_config))))
-        asked, real = threading.Event(), tasks.locks.concurrency
+        asked, real = threading.Event(), slm_flywheel.tasks.locks.concurrency
 
         def asking(*args, **kwargs):
             asked.set()
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(tasks.locks, "concurrency", asking)
+        monkeypatch.setattr(slm_flywheel.tasks.locks, "concurrency", asking)
         worker.start()
         assert asked.wait(timeout=120), "the second promotion never asked for the lock"
         assert int(client.get_model_version_by_alias("banking-intent", "champion").version) == 1  # nothing touched before it

@@ -3,9 +3,9 @@ import json
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from flows.train_adapter import train_adapter_flow
-from flywheel.cli import app
-from flywheel.config import load_settings
+from slm_flywheel.flows.train_adapter import train_adapter_flow
+from slm_flywheel.cli import app
+from slm_flywheel.config import load_settings
 
 
 def test_train_adapter_registers_champion_then_challenger(tiny_config):

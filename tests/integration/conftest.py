@@ -6,7 +6,7 @@ from tests.conftest import REPO
 
 def write_serving_settings(folder, tiny_model_dir, data_dir, tracking_uri):
     """The checked-in flywheel.yaml on the tiny model, written out as a file (the CLI reads it)."""
-    from flywheel.config import load_settings
+    from slm_flywheel.config import load_settings
 
     data = yaml.safe_load((REPO / "flywheel.yaml").read_text())
     data.update(home=str(folder / "state"), base_model=str(tiny_model_dir), data_dir=str(data_dir), tracking_uri=tracking_uri)

@@ -11,15 +11,15 @@ import yaml
 
 from typer.testing import CliRunner
 
-from flywheel.cli import app
-from flywheel.config import load_settings
-from flywheel.tracking import mlflow_client
-from models.teacher import TeacherItem
-from models.workload import TaskSpec
-from serving.capture import Sample, SampleWriter
-from serving.server import BackgroundServer
-from tasks.costs import compute_ledger, log_ledger_to_mlflow, token_counter
-from tasks.relabel import build_teacher, label_with_cache
+from slm_flywheel.cli import app
+from slm_flywheel.config import load_settings
+from slm_flywheel.tracking import mlflow_client
+from slm_flywheel.models.teacher import TeacherItem
+from slm_flywheel.models.workload import TaskSpec
+from slm_flywheel.serving.capture import Sample, SampleWriter
+from slm_flywheel.serving.server import BackgroundServer
+from slm_flywheel.tasks.costs import compute_ledger, log_ledger_to_mlflow, token_counter
+from slm_flywheel.tasks.relabel import build_teacher, label_with_cache
 from tests.conftest import REPO
 from tests.integration.test_teacher import KEY, FakeProvider
 
@@ -119,11 +119,11 @@ def test_ledger_spend_equals_the_servers_usage_log_times_the_prices(tmp_path, sp
 
 
 def test_a_call_without_usage_is_logged_at_the_worst_case_it_was_charged(tmp_path, spec):
-    from flywheel.config import CostConfig, FrontierPrice
-    from models.costs import build_ledger
-    from models.frontier import FrontierClient
-    from models.teacher import OpenAICompatibleTeacher
-    from models.usage import UsageLog, read_usage
+    from slm_flywheel.config import CostConfig, FrontierPrice
+    from slm_flywheel.models.costs import build_ledger
+    from slm_flywheel.models.frontier import FrontierClient
+    from slm_flywheel.models.teacher import OpenAICompatibleTeacher
+    from slm_flywheel.models.usage import UsageLog, read_usage
 
     items = [TeacherItem(f"req-{i}", f"card question {i}") for i in range(6)]
     provider = FakeProvider({item.text: {"label": spec.labels[0]} for item in items}, report_usage=False)

@@ -20,10 +20,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from deployments.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, register_webhook, sign
-from flywheel.config import load_settings
-from serving.app import create_app
-from serving.server import BackgroundServer, build_state, free_port
+from slm_flywheel.deployments.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, register_webhook, sign
+from slm_flywheel.config import load_settings
+from slm_flywheel.serving.app import create_app
+from slm_flywheel.serving.server import BackgroundServer, build_state, free_port
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 def stack(tmp_path_factory, tiny_model_dir, data_dir):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.train_adapter import train_adapter_flow
+    from slm_flywheel.flows.train_adapter import train_adapter_flow
 
     tmp = tmp_path_factory.mktemp("stack")
     prefect_port, mlflow_port, replica_port, webhook_port = (free_port() for _ in range(4))
@@ -203,7 +203,7 @@ def test_a_promote_run_created_through_the_api_moves_the_alias_records_history_a
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from models.promotion import history
+    from slm_flywheel.models.promotion import history
 
     assert _route(stack) == f"{WORKLOAD}@v1"
     deployment = _deployment(stack["api"], "promote/manual")
@@ -234,7 +234,7 @@ def test_a_bad_webhook_signature_is_refused_and_starts_nothing(stack):
 
 
 def test_a_champion_alias_set_in_the_registry_reaches_serving_through_the_webhook(stack):
-    from models.promotion import OUTSIDE_ACTOR, history
+    from slm_flywheel.models.promotion import OUTSIDE_ACTOR, history
 
     registry = _registry(stack)
     register_webhook(registry, stack["webhook"], SECRET)

@@ -8,9 +8,9 @@ import math
 import openai
 import pytest
 
-from models.workload import build_task_spec
-from serving.app import create_app
-from serving.server import BackgroundServer, build_state
+from slm_flywheel.models.workload import build_task_spec
+from slm_flywheel.serving.app import create_app
+from slm_flywheel.serving.server import BackgroundServer, build_state
 from tests.integration.conftest import write_serving_settings
 from tests.integration.test_serving import _adapter
 

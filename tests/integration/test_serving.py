@@ -8,12 +8,12 @@ import httpx
 import pytest
 from datasets import Dataset
 
-from flywheel.config import TrainingConfig
-from models.training import train_lora
-from models.workload import build_task_spec
-from serving.app import create_app
-from serving.capture import read_samples
-from serving.server import BackgroundServer, build_state
+from slm_flywheel.config import TrainingConfig
+from slm_flywheel.models.training import train_lora
+from slm_flywheel.models.workload import build_task_spec
+from slm_flywheel.serving.app import create_app
+from slm_flywheel.serving.capture import read_samples
+from slm_flywheel.serving.server import BackgroundServer, build_state
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 TINY = TrainingConfig(max_examples=16, batch_size=8, lora_r=4, lora_alpha=8, bf16=False)
@@ -179,9 +179,9 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, tmp_pat
 def test_simulator_sends_real_requests_and_keeps_gold_apart(server):
     from typer.testing import CliRunner
 
-    from flywheel.cli import app
-    from flywheel.simulate import simulate
-    from models.teacher import read_ground_truth
+    from slm_flywheel.cli import app
+    from slm_flywheel.simulate import simulate
+    from slm_flywheel.models.teacher import read_ground_truth
 
     srv, state, settings = server
     path = _adapter(settings, "banking-intent", "b1", 1)
@@ -219,8 +219,8 @@ def json_safe(settings):
 
 
 def test_load_by_registry_reference_resolves_to_the_local_adapter(server):
-    from flywheel.tracking import mlflow_client
-    from models.registry import assign_initial_alias, register_adapter
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.registry import assign_initial_alias, register_adapter
 
     srv, state, settings = server
     path = _adapter(settings, "restaurant-slots", "r1", 3)

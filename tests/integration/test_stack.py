@@ -32,9 +32,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flywheel.config import load_settings
-from serving.server import free_port
-from deployments.stack import alive
+from slm_flywheel.config import load_settings
+from slm_flywheel.serving.server import free_port
+from slm_flywheel.deployments.stack import alive
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def _config(home: Path, stack_dir: Path, tiny_model_dir: Path, data_dir: Path) -
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir, data_dir):
-    from deployments.stack import Stack
+    from slm_flywheel.deployments.stack import Stack
 
     # PostgreSQL runs as the `postgres` user under root: its folder must be reachable by it, which
     # pytest's tmp (0700) is not.
@@ -160,7 +160,7 @@ def test_status_shows_every_service_healthy_with_the_ui_urls(stack):
     statuses = stack.status()
     assert {s.name for s in statuses} == {"postgres", "mlflow", "prefect", "worker", "webhook", "replica-0", "replica-1"}
     assert all(s.healthy and s.pid for s in statuses), statuses
-    shown = subprocess.run([sys.executable, "-m", "flywheel.cli", "stack", "status", "--config", str(stack.config_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    shown = subprocess.run([sys.executable, "-m", "slm_flywheel.cli", "stack", "status", "--config", str(stack.config_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert f"MLflow UI: {stack.mlflow_url}" in shown.stdout and f"Prefect UI: {stack.prefect_url}" in shown.stdout
     assert stack.database_server.startswith("postgresql://")
@@ -170,10 +170,10 @@ def test_status_shows_every_service_healthy_with_the_ui_urls(stack):
 def test_two_nightly_runs_a_reviewer_alias_a_promotion_and_the_guard_through_the_stack(stack):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.train_adapter import train_adapter_flow
-    from flywheel.simulate import simulate
-    from models.promotion import OUTSIDE_ACTOR, history
-    from serving.capture import read_samples
+    from slm_flywheel.flows.train_adapter import train_adapter_flow
+    from slm_flywheel.simulate import simulate
+    from slm_flywheel.models.promotion import OUTSIDE_ACTOR, history
+    from slm_flywheel.serving.capture import read_samples
 
     settings, config = stack.settings, str(stack.config_path)
     registry = MlflowClient(stack.mlflow_url, stack.mlflow_url)

@@ -16,11 +16,11 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from flywheel.config import FrontierPrice
-from models.frontier import FrontierClient
-from models.teacher import BUDGET_EXHAUSTED, OK, OUT_OF_SCHEMA, OpenAICompatibleTeacher, TeacherItem
-from models.workload import TaskSpec
-from serving.server import BackgroundServer as LoopbackServer
+from slm_flywheel.config import FrontierPrice
+from slm_flywheel.models.frontier import FrontierClient
+from slm_flywheel.models.teacher import BUDGET_EXHAUSTED, OK, OUT_OF_SCHEMA, OpenAICompatibleTeacher, TeacherItem
+from slm_flywheel.models.workload import TaskSpec
+from slm_flywheel.serving.server import BackgroundServer as LoopbackServer
 
 KEY = "sk-test"
 PRICE_IN, PRICE_OUT = 2.5, 10.0  # USD per million tokens, gpt-4o-like

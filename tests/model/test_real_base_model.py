@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.config import load_settings
-from models.base_model import DEFAULT_MODEL_ALIAS, MARKER, resolve_base_model
-from models.data import sample_training_set
-from models.evaluation import evaluate_predictions
-from models.inference import Predictor, load_model, load_tokenizer
-from models.training import train_lora
-from models.workload import build_task_spec, load_splits
+from slm_flywheel.config import load_settings
+from slm_flywheel.models.base_model import DEFAULT_MODEL_ALIAS, MARKER, resolve_base_model
+from slm_flywheel.models.data import sample_training_set
+from slm_flywheel.models.evaluation import evaluate_predictions
+from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
+from slm_flywheel.models.training import train_lora
+from slm_flywheel.models.workload import build_task_spec, load_splits
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

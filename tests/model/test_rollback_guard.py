@@ -9,15 +9,15 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows.promote import promote
-from flows.rollback_guard import rollback_guard
-from flows.train_adapter import train_adapter_flow
-from flywheel.config import load_settings
-from flywheel.simulate import simulate
-from models.data import load_banking77
-from models.promotion import history
-from serving.app import create_app
-from serving.server import BackgroundServer, build_state, free_port
+from slm_flywheel.flows.promote import promote
+from slm_flywheel.flows.rollback_guard import rollback_guard
+from slm_flywheel.flows.train_adapter import train_adapter_flow
+from slm_flywheel.config import load_settings
+from slm_flywheel.simulate import simulate
+from slm_flywheel.models.data import load_banking77
+from slm_flywheel.models.promotion import history
+from slm_flywheel.serving.app import create_app
+from slm_flywheel.serving.server import BackgroundServer, build_state, free_port
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -9,11 +9,11 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file
 
-from flywheel.config import TrainingConfig
-from models.constrained import is_valid_extraction
-from models.inference import Predictor, load_model, load_tokenizer
-from models.training import train_lora
-from models.workload import TaskSpec
+from slm_flywheel.config import TrainingConfig
+from slm_flywheel.models.constrained import is_valid_extraction
+from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
+from slm_flywheel.models.training import train_lora
+from slm_flywheel.models.workload import TaskSpec
 
 LABELS = ("card_arrival", "card_linking", "exchange_rate", "top_up_failed")
 SLOTS = ("people", "time", "date", "first_name", "last_name")
@@ -111,8 +111,8 @@ def test_extraction_answers_are_valid_json_spans_or_flagged_invalid(tiny_model_d
 def test_evaluation_cache_reuses_a_result_only_for_the_same_model_and_items(trained, tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
-    import models.inference
-    from models.evaluation import evaluate_model, evaluate_sets
+    import slm_flywheel.models.inference
+    from slm_flywheel.models.evaluation import evaluate_model, evaluate_sets
 
     data = _classification_data(12)
     texts, labels = list(data["text"]), list(data["label"])
@@ -124,8 +124,8 @@ def test_evaluation_cache_reuses_a_result_only_for_the_same_model_and_items(trai
     copy = tmp_path / "downloaded"
     shutil.copytree(trained.adapter_dir, copy)
     loads = []
-    real_load = models.inference.load_model
-    monkeypatch.setattr(models.inference, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = slm_flywheel.models.inference.load_model
+    monkeypatch.setattr(slm_flywheel.models.inference, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     sets = {"golden": (texts, labels), "drift": (texts[:5], labels[:5])}
     reused = evaluate_sets(CLASSIFY, str(tiny_model_dir), copy, sets, 4, cache_dir=cache)
     assert reused["golden"] == fresh
@@ -138,7 +138,7 @@ def test_evaluation_cache_reuses_a_result_only_for_the_same_model_and_items(trai
 
 
 def test_an_uncached_set_is_measured_every_time_in_its_own_batches(trained, tiny_model_dir, tmp_path):
-    from models.evaluation import EvalSet, evaluate_sets
+    from slm_flywheel.models.evaluation import EvalSet, evaluate_sets
 
     data = _classification_data(12)
     texts, labels = list(data["text"]), list(data["label"])

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from bench import train as bench_train
-from models.training import length_grouped_order
+from slm_flywheel.models.training import length_grouped_order
 
 
 def test_training_flops_counts_forward_everywhere_and_backward_from_the_lowest_adapted_layer():

@@ -4,7 +4,7 @@ import threading
 import time
 from datetime import date, datetime, timedelta, timezone
 
-from serving.capture import Sample, SampleWriter, read_samples
+from slm_flywheel.serving.capture import Sample, SampleWriter, read_samples
 
 
 def _sample(i, when, workload="banking-intent"):
@@ -66,7 +66,7 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
 def test_a_file_written_before_client_request_id_existed_is_read_not_quarantined(tmp_path):
     import pandas as pd
 
-    from serving.capture import SCHEMA_FIELDS, scan_samples
+    from slm_flywheel.serving.capture import SCHEMA_FIELDS, scan_samples
 
     folder = tmp_path / "workload=w" / "date=2026-01-01"
     folder.mkdir(parents=True)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flywheel.config import ConfigError, load_settings
+from slm_flywheel.config import ConfigError, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

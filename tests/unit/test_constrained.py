@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from models.constrained import LabelConstraint, SlotJsonConstraint, SlotState, is_valid_extraction
+from slm_flywheel.models.constrained import LabelConstraint, SlotJsonConstraint, SlotState, is_valid_extraction
 
 SLOTS = ("people", "time", "date", "first_name", "last_name")
 TEXT = "Table for 4 at 7pm tomorrow, name Ann Lee"

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from flywheel.config import ConfigError, load_settings
-from flywheel.config import CostConfig, FrontierPrice
-from models.costs import LedgerError, TrafficDay, TrainingRun, build_ledger, capture_traffic
-from models.teacher import SimulatedTeacher, TeacherItem
-from models.usage import SIMULATED_MODEL, AuditRecord, UsageLog, UsageLogError, UsageRecord, read_audits, read_usage, record_audit
-from models.workload import TaskSpec
+from slm_flywheel.config import ConfigError, load_settings
+from slm_flywheel.config import CostConfig, FrontierPrice
+from slm_flywheel.models.costs import LedgerError, TrafficDay, TrainingRun, build_ledger, capture_traffic
+from slm_flywheel.models.teacher import SimulatedTeacher, TeacherItem
+from slm_flywheel.models.usage import SIMULATED_MODEL, AuditRecord, UsageLog, UsageLogError, UsageRecord, read_audits, read_usage, record_audit
+from slm_flywheel.models.workload import TaskSpec
 
 REPO = Path(__file__).resolve().parents[2]
 DAY1, DAY2 = date(2026, 11, 28), date(2026, 11, 29)
@@ -201,11 +201,11 @@ def test_an_unpriced_counterfactual_model_is_rejected_naming_the_field(tmp_path)
 def test_relabel_and_audit_tasks_leave_the_records_the_ledger_reads(tmp_path, data_dir):
     from prefect.logging import disable_run_logger
 
-    from flywheel.tracking import mlflow_client
-    from tasks.costs import compute_ledger
-    from tasks.guard import measure_live_signals
-    from models.teacher import ground_truth_path
-    from tasks.relabel import relabel_with_teacher
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.tasks.costs import compute_ledger
+    from slm_flywheel.tasks.guard import measure_live_signals
+    from slm_flywheel.models.teacher import ground_truth_path
+    from slm_flywheel.tasks.relabel import relabel_with_teacher
 
     settings = load_settings(REPO / "flywheel.yaml", home=tmp_path, data_dir=data_dir)
     spec = TaskSpec("banking-intent", "classification", "{text}", labels=("card_arrival", "exchange_rate"))

@@ -1,9 +1,9 @@
 import json
 from collections import Counter
 
-from flywheel.config import load_settings
-from models.data import content_hash, load_banking77, load_restaurant8k, sample_training_set, split_dataset, summarize_splits
-from models.workload import build_task_spec, load_splits
+from slm_flywheel.config import load_settings
+from slm_flywheel.models.data import content_hash, load_banking77, load_restaurant8k, sample_training_set, split_dataset, summarize_splits
+from slm_flywheel.models.workload import build_task_spec, load_splits
 
 from tests.conftest import REPO
 

@@ -62,19 +62,19 @@ def test_the_workload_choices_are_the_configured_workloads(tmp_path, monkeypatch
 def test_a_deployed_flow_keeps_the_name_of_the_flow_it_runs():
     from prefect.flows import load_flow_from_entrypoint
 
-    from flows.drift_check import drift_check
-    from flows.nightly_retrain import nightly_retrain
-    from flows.promote import promote
-    from flows.rollback_guard import rollback_guard
-    from flows.sync_serving import sync_serving
-    from flows.train_adapter import train_adapter_flow
+    from slm_flywheel.flows.drift_check import drift_check
+    from slm_flywheel.flows.nightly_retrain import nightly_retrain
+    from slm_flywheel.flows.promote import promote
+    from slm_flywheel.flows.rollback_guard import rollback_guard
+    from slm_flywheel.flows.sync_serving import sync_serving
+    from slm_flywheel.flows.train_adapter import train_adapter_flow
 
     internal = {flow.name for flow in (drift_check, nightly_retrain, promote, rollback_guard, sync_serving, train_adapter_flow)}
     assert {load_flow_from_entrypoint(str(REPO / entrypoint)).name for entrypoint in ENTRYPOINTS} == internal
 
 
 def test_deploy_selects_the_deployments_of_configured_workloads_and_names_the_rest():
-    from deployments.deploy import PREFECT_FILE, select_deployments
+    from slm_flywheel.deployments.deploy import PREFECT_FILE, select_deployments
 
     everything, none_skipped = select_deployments(PREFECT_FILE, ["banking-intent", "restaurant-slots"])
     assert none_skipped == {} and {"banking-intent", "restaurant-slots", "manual", "sync-serving"} <= set(everything)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flywheel.config import DriftConfig
-from models.drift import (
+from slm_flywheel.config import DriftConfig
+from slm_flywheel.models.drift import (
     DriftReference,
     DriftReport,
     DriftWindow,
@@ -110,7 +110,7 @@ def test_config_keeps_every_row_the_input_test_reads_embedded() -> None:
 def test_importing_the_config_stays_cheap() -> None:
     # Every layer imports the settings: loading them must not pull in torch or scipy.
     heavy = "{'torch', 'scipy', 'sentence_transformers', 'matplotlib'}"
-    code = f"import sys, flywheel.config; print(sorted({heavy} & set(sys.modules)))"
+    code = f"import sys, slm_flywheel.config; print(sorted({heavy} & set(sys.modules)))"
     repo = Path(__file__).parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "[]"

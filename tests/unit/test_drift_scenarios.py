@@ -4,11 +4,11 @@ size and thresholds: steady stays quiet, prior-shift and new-phrasing alarm."""
 import numpy as np
 import pytest
 
-from flywheel.config import load_settings
-from flywheel.config import DriftConfig
-from models.drift import DriftReference, DriftWindow, Embedder, detect_drift
-from models.scenarios import launch_plan, launch_training_set, scenario_requests
-from models.workload import build_task_spec, load_splits
+from slm_flywheel.config import load_settings
+from slm_flywheel.config import DriftConfig
+from slm_flywheel.models.drift import DriftReference, DriftWindow, Embedder, detect_drift
+from slm_flywheel.models.scenarios import launch_plan, launch_training_set, scenario_requests
+from slm_flywheel.models.workload import build_task_spec, load_splits
 from tests.conftest import REPO
 
 

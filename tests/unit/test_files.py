@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from flywheel.files import atomic_write
+from slm_flywheel.files import atomic_write
 
 
 def test_atomic_write_creates_the_folder_and_replaces_a_file_whole(tmp_path):

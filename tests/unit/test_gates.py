@@ -1,7 +1,7 @@
 import pytest
 
-from flywheel.config import GateConfig
-from models.gates import ModelEval, decide, mcnemar_exact
+from slm_flywheel.config import GateConfig
+from slm_flywheel.models.gates import ModelEval, decide, mcnemar_exact
 
 GATES = GateConfig(min_delta=0.02, alpha=0.05, max_golden_drop=0.01, max_slice_regression=0.1, min_slice_support=20, max_latency_factor=1.5)
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from flywheel.config import GuardConfig
-from models.guard import LiveSignals, decide_rollback
+from slm_flywheel.config import GuardConfig
+from slm_flywheel.models.guard import LiveSignals, decide_rollback
 
 CONFIG = GuardConfig()
 RNG = np.random.default_rng(0)

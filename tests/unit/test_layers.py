@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("flywheel", "models", "data_contracts", "serving", "tasks", "flows", "deployments")
-FOUNDATION = {"flywheel.config", "flywheel.files", "flywheel.tracking", "flywheel.progress", "flywheel"}
+FOUNDATION = {"slm_flywheel.config", "slm_flywheel.files", "slm_flywheel.tracking", "slm_flywheel.progress", "flywheel"}
 RANK = {"foundation": 0, "models": 1, "data_contracts": 1, "serving": 2, "tasks": 3, "flows": 4, "deployments": 5, "top": 6}
 
 
@@ -92,4 +92,4 @@ def test_the_rule_sees_a_violation(tmp_path):
     """The reader finds imports inside functions too (a rule that sees nothing cannot fail)."""
     source = tmp_path / "example.py"
     source.write_text("def f():\n    from flows.promote import promote\n    import tasks.push\n")
-    assert {"flows.promote", "flows.promote.promote", "tasks.push"} <= set(imports_of(source))
+    assert {"slm_flywheel.flows.promote", "slm_flywheel.flows.promote.promote", "slm_flywheel.tasks.push"} <= set(imports_of(source))

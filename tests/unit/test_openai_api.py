@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from models.inference import Prediction
-from serving.openai_api import ApiError, reply_to, chat_chunks, last_user_text, parse_chat_request, sse
+from slm_flywheel.models.inference import Prediction
+from slm_flywheel.serving.openai_api import ApiError, reply_to, chat_chunks, last_user_text, parse_chat_request, sse
 
 # A slot answer as the decoder produced it: ' {"people": "2"}' in five tokens.
 PIECES = {1: " {", 2: '"people', 3: '":', 4: ' "2', 5: '"}'}
@@ -105,7 +105,7 @@ def test_the_input_is_the_last_user_message_with_text_parts_joined():
 
 
 def test_completions_default_to_16_tokens_and_refuse_what_they_cannot_honour():
-    from serving.openai_api import completion, parse_completion_request
+    from slm_flywheel.serving.openai_api import completion, parse_completion_request
 
     parsed = parse_completion_request({"model": "m", "prompt": ["a", "b"]})
     assert parsed.max_tokens == 16 and parsed.prompts == ["a", "b"]  # OpenAI's default cap

@@ -3,7 +3,7 @@
 import pytest
 from mlflow import MlflowClient
 
-from models.registry import (
+from slm_flywheel.models.registry import (
     CHALLENGER,
     CHAMPION,
     RegistryError,

@@ -1,11 +1,11 @@
 import pandas as pd
 import pytest
 
-from flywheel.config import load_settings
-from models.review import SAMPLED, ReviewItem, ReviewQueue
-from models.teacher import SimulatedTeacher, TeacherItem
-from models.workload import TaskSpec
-from tasks.relabel import TeacherDistrustError, label_with_cache, relabel_with_teacher
+from slm_flywheel.config import load_settings
+from slm_flywheel.models.review import SAMPLED, ReviewItem, ReviewQueue
+from slm_flywheel.models.teacher import SimulatedTeacher, TeacherItem
+from slm_flywheel.models.workload import TaskSpec
+from slm_flywheel.tasks.relabel import TeacherDistrustError, label_with_cache, relabel_with_teacher
 from tests.conftest import REPO
 
 SPEC = TaskSpec("banking-intent", "classification", "{text}", labels=("card_arrival", "exchange_rate"))
@@ -40,7 +40,7 @@ def test_low_teacher_reviewer_agreement_refuses_teacher_labels(tmp_path, data_di
 def test_warm_start_replay_sample_keeps_every_label():
     import pandas as pd
 
-    from tasks.dataset import replay_sample
+    from slm_flywheel.tasks.dataset import replay_sample
 
     rows = pd.DataFrame({"id": [str(i) for i in range(300)], "text": [f"t{i}" for i in range(300)], "label": ["common"] * 290 + [f"rare{i}" for i in range(10)]})
     sample = replay_sample(rows, 20, per_label=1)
@@ -51,8 +51,8 @@ def test_warm_start_replay_sample_keeps_every_label():
 
 
 def test_the_simulated_teacher_takes_its_error_rate_and_latency_from_the_config(tmp_path, data_dir):
-    from models.teacher import ground_truth_path
-    from tasks.relabel import build_teacher
+    from slm_flywheel.models.teacher import ground_truth_path
+    from slm_flywheel.tasks.relabel import build_teacher
 
     settings = load_settings(REPO / "flywheel.yaml", home=tmp_path, data_dir=data_dir)
     teacher_config = settings.workload("banking-intent").teacher

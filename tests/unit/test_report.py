@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 import pytest
 from rich.console import Console
 
-from flywheel.report import difference_ci95, summary_table, write_reports
-from flywheel.config import CostConfig
-from models.costs import TrafficDay, TrainingRun, build_ledger
-from models.usage import SIMULATED_MODEL, AuditRecord, UsageRecord
+from slm_flywheel.report import difference_ci95, summary_table, write_reports
+from slm_flywheel.config import CostConfig
+from slm_flywheel.models.costs import TrafficDay, TrainingRun, build_ledger
+from slm_flywheel.models.usage import SIMULATED_MODEL, AuditRecord, UsageRecord
 
 
 def _ledger() -> dict:

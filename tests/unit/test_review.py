@@ -1,7 +1,7 @@
 import pytest
 
-from models.review import OUT_OF_SCHEMA, SAMPLED, ReviewError, ReviewItem, ReviewQueue, spot_check_sample
-from models.workload import TaskSpec
+from slm_flywheel.models.review import OUT_OF_SCHEMA, SAMPLED, ReviewError, ReviewItem, ReviewQueue, spot_check_sample
+from slm_flywheel.models.workload import TaskSpec
 
 SPEC = TaskSpec("banking-intent", "classification", "{text}", labels=("card_arrival", "exchange_rate"))
 SLOTS = TaskSpec("restaurant-slots", "extraction", "{text}", slots=("people",))

@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from flywheel.config import load_settings
-from models.scenarios import SCENARIOS, launch_plan, launch_training_set, rephrase, scenario_requests
-from models.workload import build_task_spec, load_splits
+from slm_flywheel.config import load_settings
+from slm_flywheel.models.scenarios import SCENARIOS, launch_plan, launch_training_set, rephrase, scenario_requests
+from slm_flywheel.models.workload import build_task_spec, load_splits
 from tests.conftest import REPO
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from models.selection import select_informative, select_random
+from slm_flywheel.models.selection import select_informative, select_random
 
 
 def _unit(rows):
@@ -45,8 +45,8 @@ def test_select_samples_picks_among_the_embedded_rows_of_the_window():
     import pandas as pd
     from prefect.logging import disable_run_logger
 
-    from models.drift import WindowEmbeddings
-    from tasks.relabel import select_samples
+    from slm_flywheel.models.drift import WindowEmbeddings
+    from slm_flywheel.tasks.relabel import select_samples
 
     # 40 requests; the drift check embedded the odd rows. Rows 1, 5, 9, ... are new and unsure;
     # the even rows are the least confident of all but were not embedded, so cannot be picked.

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from models.constrained import is_valid_extraction
-from models.teacher import BUDGET_EXHAUSTED, OK, SimulatedTeacher, TeacherItem
-from models.workload import TaskSpec
+from slm_flywheel.models.constrained import is_valid_extraction
+from slm_flywheel.models.teacher import BUDGET_EXHAUSTED, OK, SimulatedTeacher, TeacherItem
+from slm_flywheel.models.workload import TaskSpec
 
 SLOTS = ("people", "time", "date", "first_name", "last_name")
 

@@ -7,8 +7,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, create_webhook_app, sign, verify
-from flywheel.config import load_settings
+from slm_flywheel.deployments.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, create_webhook_app, sign, verify
+from slm_flywheel.config import load_settings
 from tests.conftest import REPO
 
 
