@@ -14,14 +14,13 @@ import pytest
 from slm_flywheel.flows.promote import promote
 from slm_flywheel.flows.train_adapter import train_adapter_flow
 from slm_flywheel.serving.server import free_port
-from tests.conftest import REPO
 
 
 def test_serve_names_its_adapters_and_promote_reaches_it_on_the_configured_port(tiny_config, tmp_path, monkeypatch):
     assert train_adapter_flow(workload="banking-intent", config_path=str(tiny_config)).version == 1
     port = free_port()
     monkeypatch.setenv("FLYWHEEL_SERVING__PORT", str(port))  # serve and promote both see it
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
     log = tmp_path / "serve.log"
     with log.open("w") as handle:

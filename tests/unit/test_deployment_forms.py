@@ -18,7 +18,7 @@ def _form(entrypoint: str) -> dict:
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
 
-    return parameter_schema(load_flow_from_entrypoint(str(REPO / entrypoint))).model_dump_for_openapi()
+    return parameter_schema(load_flow_from_entrypoint(entrypoint)).model_dump_for_openapi()
 
 
 def _workload_choices(form: dict) -> list[list[str]]:
@@ -56,7 +56,7 @@ def test_the_workload_choices_are_the_configured_workloads(tmp_path, monkeypatch
     config = tmp_path / "flywheel.yaml"
     config.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("FLYWHEEL_CONFIG", str(config))
-    assert _workload_choices(_form("flows/entrypoints.py:promote")) == [["restaurant-slots"]]
+    assert _workload_choices(_form("slm_flywheel.flows.entrypoints.promote")) == [["restaurant-slots"]]
 
 
 def test_a_deployed_flow_keeps_the_name_of_the_flow_it_runs():
@@ -70,7 +70,7 @@ def test_a_deployed_flow_keeps_the_name_of_the_flow_it_runs():
     from slm_flywheel.flows.train_adapter import train_adapter_flow
 
     internal = {flow.name for flow in (drift_check, nightly_retrain, promote, rollback_guard, sync_serving, train_adapter_flow)}
-    assert {load_flow_from_entrypoint(str(REPO / entrypoint)).name for entrypoint in ENTRYPOINTS} == internal
+    assert {load_flow_from_entrypoint(entrypoint).name for entrypoint in ENTRYPOINTS} == internal
 
 
 def test_deploy_selects_the_deployments_of_configured_workloads_and_names_the_rest():

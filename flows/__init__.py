@@ -1,0 +1,1 @@
+"""The Prefect flows (`nightly-retrain`, `train-adapter`, ...) and the entrypoints prefect.yaml deploys."""

@@ -1,0 +1,1 @@
+"""Thin Prefect tasks around `slm_flywheel.models` (logging, artifacts, transactions, locks)."""
