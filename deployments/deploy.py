@@ -4,11 +4,12 @@
    server (`prefect server start`, or Prefect Cloud)
 2. create the work pool if it is missing (`process` by default; see deployments/kubernetes/)
 3. create each workload's `retrain` and `promote` locks (global concurrency limits, one slot)
-4. `prefect --no-prompt deploy` of every deployment in prefect.yaml (or the `prefect_file` given)
-   whose `workload` parameter is a configured workload (or that has none), from the project root,
-   with FLYWHEEL_PROJECT_DIR set to it (the pull step: the directory workers run the flows in).
-   A deployment for a workload the configuration lacks is skipped and named: its run form lists
-   only configured workloads, so Prefect would refuse its default parameter anyway.
+4. `prefect --no-prompt deploy` of every deployment in the project's prefect.yaml (the working
+   directory's, else the package's default; or the `prefect_file` given) whose `workload`
+   parameter is a configured workload (or that has none), with FLYWHEEL_PROJECT_DIR set to the
+   working directory (the pull step: the directory workers run the flows in, where they read
+   flywheel.yaml). A deployment for a workload the configuration lacks is skipped and named: its
+   run form lists only configured workloads, so Prefect would refuse its default parameter anyway.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from pathlib import Path
 import yaml
 
 from slm_flywheel.config import Settings
+from slm_flywheel.project import project_prefect_file
 from slm_flywheel.tasks.locks import ensure_locks
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_POOL = "flywheel-process"
-PREFECT_FILE = PROJECT_DIR / "prefect.yaml"
 
 
 @dataclass
@@ -60,7 +60,7 @@ class DeployError(RuntimeError):
 
 def _prefect(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
     command = [str(Path(sys.executable).with_name("prefect")), *args]
-    result = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise DeployError(f"`prefect {' '.join(args)}` failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return result
@@ -80,12 +80,14 @@ def deploy(
             "PREFECT_API_URL is not set: deployments need a Prefect server that stays up. Start one "
             "(`.venv/bin/prefect server start`) and `export PREFECT_API_URL=http://127.0.0.1:4200/api`."
         )
-    env = {**os.environ, "FLYWHEEL_PROJECT_DIR": str(PROJECT_DIR), "PREFECT_API_URL": api_url}
+    # The project is the folder deployed from, as for every command (a checkout, or one `flywheel init` wrote).
+    project = Path.cwd()
+    env = {**os.environ, "FLYWHEEL_PROJECT_DIR": str(project), "PREFECT_API_URL": api_url}
     if config_path is not None and Path(config_path).exists():
         env["FLYWHEEL_CONFIG"] = str(Path(config_path).resolve())
     if _prefect("work-pool", "inspect", pool, env=env, check=False).returncode != 0:
         _prefect("work-pool", "create", pool, "--type", "process", env=env)
-    prefect_file = Path(prefect_file or PREFECT_FILE).resolve()
+    prefect_file = Path(prefect_file or project_prefect_file(project)).resolve()
     chosen, skipped = select_deployments(prefect_file, list(settings.workloads))
     if not chosen:
         raise DeployError(f"no deployment in {prefect_file} is for a configured workload ({', '.join(settings.workloads) or 'none'})")

@@ -36,7 +36,6 @@ import httpx
 
 from slm_flywheel.config import Settings
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MARK = "FLYWHEEL_STACK_DIR"
 POOL = "flywheel-process"
@@ -217,6 +216,7 @@ class Stack:
 
     def __init__(self, settings: Settings, config_path: Path):
         self.settings, self.config_path = settings, config_path.resolve()
+        self.project_dir = Path.cwd()  # where the services and the flows run, as for `flywheel deploy`
         self.config = settings.stack
         self.dir = (self.config.dir or settings.home / "stack").resolve()
         self.logs, self.pids = self.dir / "logs", self.dir / "pids"
@@ -264,7 +264,7 @@ class Stack:
             "FLYWHEEL_CONFIG": str(self.config_path),
             "FLYWHEEL_TRACKING_URI": self.mlflow_url,
             "FLYWHEEL_WEBHOOK__SECRET": self._secret(),
-            "FLYWHEEL_PROJECT_DIR": str(PROJECT_DIR),
+            "FLYWHEEL_PROJECT_DIR": str(self.project_dir),
             "PREFECT_API_URL": self.prefect_api,
             "PREFECT_HOME": str(self.dir / "prefect"),
         })
@@ -318,7 +318,7 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.pids.mkdir(parents=True, exist_ok=True)
         with (self.logs / f"{service.name}.log").open("a") as log:
-            process = subprocess.Popen(service.command, env=service.env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR, start_new_session=True)
+            process = subprocess.Popen(service.command, env=service.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.project_dir, start_new_session=True)
         (self.pids / f"{service.name}.pid").write_text(str(process.pid))
         return process.pid
 

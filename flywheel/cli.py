@@ -129,7 +129,7 @@ def _settings(config: Path | None, *, need_file: bool = True) -> Settings:
     if need_file and not path.exists() and not settings.workloads:
         raise ConfigError(
             f"no flywheel.yaml found (looked for {path.resolve()}): run from the folder that holds yours, "
-            "or point at one with --config PATH or FLYWHEEL_CONFIG=PATH"
+            "point at one with --config PATH or FLYWHEEL_CONFIG=PATH, or write the defaults here with `flywheel init`"
         )
     return settings
 
@@ -170,6 +170,22 @@ def _offline_defaults() -> None:
 
 def _secret(value: str | None) -> str | None:
     return None if value is None else "<set>"
+
+
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="The project folder (created if missing).")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the files if they are there.")] = False,
+) -> None:
+    """Start a project: write the default flywheel.yaml and prefect.yaml into FOLDER (default: here)."""
+    from slm_flywheel.project import write_project_files
+
+    try:
+        written = write_project_files(folder, force=force)
+    except FileExistsError as exc:
+        raise CommandError(f"{exc} already there, nothing written: edit yours, or `flywheel init --force` to overwrite with the defaults") from None
+    console.print(f"wrote {', '.join(str(path) for path in written)}")
+    console.print("next: set FLYWHEEL_DATA_DIR (or data_dir), then flywheel train banking-intent")
 
 
 @config_app.command("show")

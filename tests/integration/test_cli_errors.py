@@ -18,7 +18,7 @@ CONFIG = str(REPO / "flywheel.yaml")
 
 
 def _flywheel(*args: str, cwd: Path, home: Path, **env: str | None) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "FLYWHEEL_HOME": str(home), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    environ = {**os.environ, "FLYWHEEL_HOME": str(home)}
     for name in ("FLYWHEEL_CONFIG", "PREFECT_API_URL", "FLYWHEEL_TRACKING_URI"):  # each case starts from a newcomer's shell
         environ.pop(name, None)
     for name, value in env.items():
@@ -53,7 +53,7 @@ def test_a_missing_data_dir(tmp_path, home):
 
 
 def test_no_config_found_says_where_it_looked_and_how_to_point_at_one(tmp_path, home):
-    line = _one_line_error(_flywheel("train", "banking-intent", cwd=tmp_path, home=home), "no flywheel.yaml found", "--config", "FLYWHEEL_CONFIG")
+    line = _one_line_error(_flywheel("train", "banking-intent", cwd=tmp_path, home=home), "no flywheel.yaml found", "--config", "FLYWHEEL_CONFIG", "flywheel init")
     assert str(tmp_path.resolve() / "flywheel.yaml") in line
     _one_line_error(_flywheel("train", "banking-intent", cwd=tmp_path, home=home, FLYWHEEL_CONFIG=str(tmp_path / "missing.yaml")), "missing.yaml does not exist")
 

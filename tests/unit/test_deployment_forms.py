@@ -74,10 +74,11 @@ def test_a_deployed_flow_keeps_the_name_of_the_flow_it_runs():
 
 
 def test_deploy_selects_the_deployments_of_configured_workloads_and_names_the_rest():
-    from slm_flywheel.deployments.deploy import PREFECT_FILE, select_deployments
+    from slm_flywheel.deployments.deploy import select_deployments
 
-    everything, none_skipped = select_deployments(PREFECT_FILE, ["banking-intent", "restaurant-slots"])
+    prefect_file = REPO / "prefect.yaml"
+    everything, none_skipped = select_deployments(prefect_file, ["banking-intent", "restaurant-slots"])
     assert none_skipped == {} and {"banking-intent", "restaurant-slots", "manual", "sync-serving"} <= set(everything)
-    chosen, skipped = select_deployments(PREFECT_FILE, ["banking-intent"])
+    chosen, skipped = select_deployments(prefect_file, ["banking-intent"])
     assert skipped == {"restaurant-slots": "restaurant-slots", "restaurant-slots-hourly": "restaurant-slots"}
     assert set(chosen) == set(everything) - set(skipped)
