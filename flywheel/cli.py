@@ -527,7 +527,7 @@ def deploy(config: ConfigOption = None) -> None:
     console.print(f"deployed {', '.join(done.deployed)}; locks: {', '.join(done.locks)}")
     for name, workload in done.skipped.items():
         console.print(f"skipped {name}: its workload {workload!r} is not configured")
-    console.print("start a worker: .venv/bin/prefect worker start --pool flywheel-process")
+    console.print(f"start a worker: {Path(sys.executable).with_name('prefect')} worker start --pool flywheel-process")
 
 
 webhook_app = typer.Typer(help="The MLflow registry webhook that starts sync-serving.", no_args_is_help=True)
