@@ -1,6 +1,6 @@
 """The layer rule, read from the imports: a module imports only from its own layer or below.
 
-foundation (typed config, atomic files, tracking URI, progress) < models, data_contracts < serving < tasks <
+foundation (typed config, atomic files, tracking URI, progress, project files) < models, data_contracts < serving < tasks <
 flows < deployments < the command line, demo, report and simulator. `serving/` and `models/`
 never import Prefect. Every import counts, including ones inside functions."""
 
@@ -12,24 +12,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("flywheel", "models", "data_contracts", "serving", "tasks", "flows", "deployments")
-FOUNDATION = {"slm_flywheel.config", "slm_flywheel.files", "slm_flywheel.tracking", "slm_flywheel.progress", "flywheel"}
+# The folders and the installed package they are (pyproject's package-dir): flywheel/ is slm_flywheel itself.
+FOLDERS = {"flywheel": "slm_flywheel", **{name: f"slm_flywheel.{name}" for name in ("models", "data_contracts", "serving", "tasks", "flows", "deployments")}}
+PACKAGES = set(FOLDERS.values())
+FOUNDATION = {"slm_flywheel.config", "slm_flywheel.files", "slm_flywheel.tracking", "slm_flywheel.progress", "slm_flywheel.project", "slm_flywheel"}
 RANK = {"foundation": 0, "models": 1, "data_contracts": 1, "serving": 2, "tasks": 3, "flows": 4, "deployments": 5, "top": 6}
 
 
 def layer(module: str) -> str:
     if module in FOUNDATION:
         return "foundation"
-    top = module.split(".")[0]
-    return "top" if top == "flywheel" else top
+    top = module.removeprefix("slm_flywheel.").split(".")[0]
+    return top if top in RANK else "top"
 
 
 def project_modules() -> dict[str, Path]:
     found = {}
-    for package in PACKAGES:
-        for path in sorted((REPO / package).rglob("*.py")):
-            parts = path.relative_to(REPO).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    for folder, package in FOLDERS.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            parts = path.relative_to(REPO / folder).with_suffix("").parts
+            name = ".".join([package, *(parts[:-1] if parts[-1] == "__init__" else parts)])
             found[name] = path
     return found
 
@@ -91,5 +93,5 @@ def test_no_import_cycle_between_files():
 def test_the_rule_sees_a_violation(tmp_path):
     """The reader finds imports inside functions too (a rule that sees nothing cannot fail)."""
     source = tmp_path / "example.py"
-    source.write_text("def f():\n    from flows.promote import promote\n    import tasks.push\n")
+    source.write_text("def f():\n    from slm_flywheel.flows.promote import promote\n    import slm_flywheel.tasks.push\n")
     assert {"slm_flywheel.flows.promote", "slm_flywheel.flows.promote.promote", "slm_flywheel.tasks.push"} <= set(imports_of(source))
