@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow
 
-from slm_flywheel.config import load_settings
 from slm_flywheel.tracking import mlflow_client
-from slm_flywheel.models.workload import build_task_spec, load_splits
+from slm_flywheel.models.context import load_workload
+from slm_flywheel.models.drift import DriftReport
 from slm_flywheel.tasks.drift import build_reference, detect_drift_in_window
 from slm_flywheel.tasks.samples import load_new_samples
 from slm_flywheel.tasks.training import pull_base_model
 
 
+@dataclass
+class DriftCheck:
+    """What `drift-check` found: the drift report on the window and what was quarantined."""
+
+    workload: str
+    report: DriftReport
+    quarantined: int = 0
+    quarantined_files: list[str] = field(default_factory=list)  # "<path>: <reason>", moved aside unread
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workload": self.workload, **self.report.to_dict(), "quarantined": self.quarantined, "quarantined_files": self.quarantined_files}
+
+
 @flow(name="drift-check")
-def drift_check(workload: str, config_path: str | None = None) -> dict[str, Any]:
+def drift_check(workload: str, config_path: str | None = None) -> DriftCheck:
     """Compare the samples since the last retrain with the champion's reference.
 
     1. load the samples since the watermark (contract-checked, unreadable files quarantined;
@@ -23,15 +37,12 @@ def drift_check(workload: str, config_path: str | None = None) -> dict[str, Any]
     2. build (or reuse) the champion's reference
     3. run the drift tests; the report goes to MLflow and to a Prefect artifact
     """
-    settings = load_settings(config_path)
-    config = settings.workload(workload)
-    spec = build_task_spec(workload, config, settings.require_data_dir())
-    splits = load_splits(spec, config, settings.require_data_dir())
+    context = load_workload(workload, config_path)
+    settings, spec = context.settings, context.spec
     client = mlflow_client(settings)
     # Samples
     window = load_new_samples(settings, workload, spec)
     # Drift
-    champion = build_reference(settings, client, spec, list(splits["validation"]["text"]), pull_base_model(settings))
+    champion = build_reference(settings, client, spec, list(context.splits["validation"]["text"]), pull_base_model(settings))
     report, _ = detect_drift_in_window(settings, client, spec, window, champion)
-    quarantined_files = [f"{moved.path}: {moved.reason}" for moved in window.quarantined_files]
-    return {**report.to_dict(), "quarantined": window.quarantined, "quarantined_files": quarantined_files}
+    return DriftCheck(workload, report, window.quarantined, [f"{moved.path}: {moved.reason}" for moved in window.quarantined_files])

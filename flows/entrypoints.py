@@ -9,7 +9,7 @@ deployment run is one flow run with the same name and the same tasks.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from prefect import flow
 from pydantic import GetJsonSchemaHandler
@@ -22,7 +22,11 @@ from slm_flywheel.flows import promote as promote_module
 from slm_flywheel.flows import rollback_guard as rollback_guard_module
 from slm_flywheel.flows import sync_serving as sync_serving_module
 from slm_flywheel.flows import train_adapter as train_adapter_module
+from slm_flywheel.flows.drift_check import DriftCheck
 from slm_flywheel.flows.nightly_retrain import NightlySummary
+from slm_flywheel.flows.promote import Promotion
+from slm_flywheel.flows.rollback_guard import GuardCheck
+from slm_flywheel.flows.sync_serving import WorkloadSync
 from slm_flywheel.config import ConfigError, load_settings
 from slm_flywheel.tasks.training import RegisteredAdapter
 
@@ -59,7 +63,7 @@ def nightly_retrain(workload: Workload, force: bool = False, budget: int | None 
 
 
 @flow(name="drift-check")
-def drift_check(workload: Workload) -> dict[str, Any]:
+def drift_check(workload: Workload) -> DriftCheck:
     """Run the drift tests on the samples captured since the last retrain (moves no watermark).
 
     Args:
@@ -69,7 +73,7 @@ def drift_check(workload: Workload) -> dict[str, Any]:
 
 
 @flow(name="promote")
-def promote(workload: Workload, version: int, reviewer: str, reason: str = "reviewer approval") -> dict[str, Any]:
+def promote(workload: Workload, version: int, reviewer: str, reason: str = "reviewer approval") -> Promotion:
     """Make a registered version the champion and serve it on every replica, all or nothing.
 
     Args:
@@ -83,7 +87,7 @@ def promote(workload: Workload, version: int, reviewer: str, reason: str = "revi
 
 
 @flow(name="sync-serving")
-def sync_serving(workloads: list[Workload] | None = None) -> dict[str, Any]:
+def sync_serving(workloads: list[Workload] | None = None) -> dict[str, WorkloadSync]:
     """Make every serving replica serve the registry's champion (adopting a move made in the MLflow UI).
 
     Args:
@@ -93,7 +97,7 @@ def sync_serving(workloads: list[Workload] | None = None) -> dict[str, Any]:
 
 
 @flow(name="rollback-guard")
-def rollback_guard(workloads: list[Workload] | None = None) -> dict[str, Any]:
+def rollback_guard(workloads: list[Workload] | None = None) -> dict[str, GuardCheck]:
     """Compare recently promoted champions with the previous ones; roll back a clear degradation.
 
     Args:

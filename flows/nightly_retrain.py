@@ -7,12 +7,11 @@ from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 
-from slm_flywheel.flows.promote import promote
+from slm_flywheel.flows.promote import SMOKE_INPUTS, promote
 from slm_flywheel.flows.train_adapter import train_adapter_flow
-from slm_flywheel.config import load_settings
 from slm_flywheel.tracking import mlflow_client
+from slm_flywheel.models.context import WorkloadContext, load_workload
 from slm_flywheel.models.registry import get_version
-from slm_flywheel.models.workload import build_task_spec, load_splits
 from slm_flywheel.tasks.costs import publish_cost_ledger
 from slm_flywheel.tasks.dataset import build_training_set
 from slm_flywheel.tasks.drift import build_reference, detect_drift_in_window
@@ -78,19 +77,17 @@ def nightly_retrain(workload: str, force: bool = False, budget: int | None = Non
        artifact and daily metrics in MLflow
     One run per workload at a time (the workload's `retrain` lock).
     """
+    context = load_workload(workload, config_path)
     with workload_lock("retrain", workload):
-        summary = _nightly(workload, force, budget, config_path)
+        summary = _nightly(context, force, budget, config_path)
     # Costs
-    settings = load_settings(config_path)
-    publish_cost_ledger(settings, mlflow_client(settings), workload, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
+    publish_cost_ledger(context.settings, mlflow_client(context.settings), workload, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
     return summary
 
 
-def _nightly(workload: str, force: bool, budget: int | None, config_path: str | None) -> NightlySummary:
-    settings = load_settings(config_path)
-    config = settings.workload(workload)
-    spec = build_task_spec(workload, config, settings.require_data_dir())
-    splits = load_splits(spec, config, settings.require_data_dir())
+def _nightly(context: WorkloadContext, force: bool, budget: int | None, config_path: str | None) -> NightlySummary:
+    # The subflows (train-adapter, promote) take `config_path`: their parameters stay serializable.
+    settings, workload, config, spec, splits = context.settings, context.name, context.config, context.spec, context.splits
     client = mlflow_client(settings)
     summary = NightlySummary(workload)
     run_tag = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -139,7 +136,7 @@ def _nightly(workload: str, force: bool, budget: int | None, config_path: str | 
             "the `promote` deployment, or the `champion` alias in the MLflow UI"
         )
     else:
-        promote(workload=workload, version=candidate.version, reviewer="nightly-retrain (auto)", reason="; ".join(decision.reasons), config_path=config_path, evidence=decision.metrics)
+        promote(workload=workload, version=candidate.version, reviewer="nightly-retrain (auto)", reason="; ".join(decision.reasons), config_path=config_path, evidence=decision.metrics, smoke_texts=context.golden_texts(SMOKE_INPUTS))
         summary.promotion, summary.promoted_version = f"promoted v{candidate.version} and pushed it to every replica", candidate.version
     get_run_logger().info("nightly-retrain %s: %s", workload, summary.to_dict())
     return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -12,14 +13,32 @@ from prefect.artifacts import create_markdown_artifact
 from slm_flywheel.flows.promote import promote
 from slm_flywheel.config import load_settings
 from slm_flywheel.tracking import mlflow_client
-from slm_flywheel.models.guard import decide_rollback
+from slm_flywheel.models.context import resolve_workload
+from slm_flywheel.models.guard import GuardDecision, decide_rollback
 from slm_flywheel.models.promotion import ROLLED_BACK
-from slm_flywheel.models.workload import build_task_spec
 from slm_flywheel.tasks.guard import measure_live_signals, recent_promotion, served_by
 
 
+@dataclass(frozen=True)
+class GuardCheck:
+    """The guard on one workload: whether it checked a promotion, and its verdict."""
+
+    workload: str
+    checked: bool  # False: no recent promotion to check
+    trip: bool = False  # the champion was rolled back
+    reasons: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, workload: str, decision: GuardDecision) -> GuardCheck:
+        return cls(workload, True, decision.trip, decision.reasons, decision.evidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @flow(name="rollback-guard")
-def rollback_guard(config_path: str | None = None, workloads: list[str] | None = None) -> dict[str, Any]:
+def rollback_guard(config_path: str | None = None, workloads: list[str] | None = None) -> dict[str, GuardCheck]:
     """For every workload whose champion was promoted recently:
 
     1. find the promotion (history) and the previous champion
@@ -32,14 +51,15 @@ def rollback_guard(config_path: str | None = None, workloads: list[str] | None =
     """
     settings = load_settings(config_path)
     client = mlflow_client(settings)
-    results: dict[str, Any] = {}
+    results: dict[str, GuardCheck] = {}
     for workload in workloads or list(settings.workloads):
-        config = settings.workload(workload).guard
+        context = resolve_workload(settings, workload)
+        config = context.config.guard
         entry = recent_promotion(client, workload, config)
         if entry is None:
-            results[workload] = {"checked": False, "reason": "no recent promotion"}
+            results[workload] = GuardCheck(workload, False, reasons=["no recent promotion"])
             continue
-        spec = build_task_spec(workload, settings.workload(workload), settings.data_dir)
+        spec = context.spec  # built only for a workload with something to check
         promoted_at = datetime.fromisoformat(entry.at)
         baseline = measure_live_signals(settings, spec, entry.from_version, served_by(settings, workload, entry.from_version, until=promoted_at), config.audit_budget)
         live = measure_live_signals(settings, spec, entry.to_version, served_by(settings, workload, entry.to_version, since=promoted_at), config.audit_budget)
@@ -51,7 +71,7 @@ def rollback_guard(config_path: str | None = None, workloads: list[str] | None =
             + "\n\n```json\n" + json.dumps(decision.evidence, indent=1, default=str) + "\n```",
             description="live signals of the new champion against the previous one",
         )
-        results[workload] = {"checked": True, **decision.to_dict()}
+        results[workload] = GuardCheck.of(workload, decision)
         if decision.trip:
             reason = "; ".join(decision.reasons)
             client.set_model_version_tag(workload, str(entry.to_version), ROLLED_BACK, reason[:4000])

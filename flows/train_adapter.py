@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import flow
 
-from slm_flywheel.config import load_settings
 from slm_flywheel.tracking import mlflow_client
+from slm_flywheel.models.context import load_workload
 from slm_flywheel.tasks.training import (
     RegisteredAdapter,
     evaluate_adapter,
@@ -38,13 +38,12 @@ def train_adapter_flow(
     5. log everything to MLflow (the exact training set included) and register the version:
        `champion` if there is none, else `challenger`
     """
-    settings = load_settings(config_path)
-    config = settings.workload(workload)
+    context = load_workload(workload, config_path)
     if max_examples is not None:
-        config = config.model_copy(update={"training": config.training.model_copy(update={"max_examples": max_examples})})
-        settings = settings.model_copy(update={"workloads": {**settings.workloads, workload: config}})
+        context = context.with_max_examples(max_examples)
+    settings, config = context.settings, context.config
     # Data
-    data = prepare_training_data(settings, workload, launch, training_set_path)
+    data = prepare_training_data(context, launch, training_set_path)
     base_path = pull_base_model(settings)
     # Train
     output_dir = Path(settings.home).resolve() / "runs" / workload / data.data_hash

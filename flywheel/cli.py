@@ -479,7 +479,7 @@ def promote_cmd(
     except Exception as exc:  # the flow rolled everything back; say what failed
         console.print(f"[red]promotion of {workload} v{version} failed and was rolled back: {exc}[/red]")
         raise typer.Exit(1) from exc
-    console.print(f"{workload}: champion is v{result['champion']} (was v{result['previous']}), serving on {', '.join(result['replicas'])}")
+    console.print(f"{workload}: champion is v{result.champion} (was v{result.previous}), serving on {', '.join(result.replicas)}")
 
 
 @app.command("rollback-guard")
@@ -491,8 +491,8 @@ def rollback_guard_cmd(config: ConfigOption = None) -> None:
     _settings(config)
     results = rollback_guard(config_path=str(config) if config else None)
     for workload, result in results.items():
-        verdict = "not checked" if not result["checked"] else ("ROLLED BACK" if result["trip"] else "kept")
-        console.print(f"{workload}: {verdict}: {'; '.join(result.get('reasons', [result.get('reason', '')]))}")
+        verdict = "not checked" if not result.checked else ("ROLLED BACK" if result.trip else "kept")
+        console.print(f"{workload}: {verdict}: {'; '.join(result.reasons)}")
 
 
 @app.command()
@@ -513,8 +513,8 @@ def sync(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     for name, result in results.items():
-        replicas = ", ".join(f"{url}: {what}" for url, what in result["replicas"].items()) or "no replicas"
-        console.print(f"{name}: champion v{result['champion']}{' (adopted from the registry)' if result.get('adopted') else ''}; {replicas}")
+        replicas = ", ".join(f"{url}: {what}" for url, what in result.replicas.items()) or "no replicas"
+        console.print(f"{name}: champion v{result.champion}{' (adopted from the registry)' if result.adopted else ''}; {replicas}")
 
 
 @app.command()

@@ -210,8 +210,8 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         with _stage(report, "rollback-guard"):
             verdict = rollback_guard(config_path=str(config_path), workloads=[workload])[workload]
         champion_now = mlflow_client(demo).get_model_version_by_alias(workload, "champion")
-        report.rollback_completed = bool(verdict.get("trip")) and int(champion_now.version) == good_version and server_route(server.url, workload) == f"{workload}@v{good_version}"
-        report.rollback = {"bad_version": bad.version, "restored_version": int(champion_now.version), "reasons": verdict.get("reasons", [verdict.get("reason", "")]), "completed": report.rollback_completed}
+        report.rollback_completed = verdict.trip and int(champion_now.version) == good_version and server_route(server.url, workload) == f"{workload}@v{good_version}"
+        report.rollback = {"bad_version": bad.version, "restored_version": int(champion_now.version), "reasons": verdict.reasons, "completed": report.rollback_completed}
         with _stage(report, f"traffic: after rollback ({scenario})"):
             report.live_accuracy_after_rollback = traffic("after rollback", scenario, sizes["after_rollback"], 5)
     finally:

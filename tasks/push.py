@@ -11,10 +11,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.transactions import get_transaction
 
-from slm_flywheel.config import Settings
 from slm_flywheel.models.promotion import PREVIOUS_CHAMPION, HistoryEntry, move_champion, restore_aliases
 from slm_flywheel.models.registry import CHAMPION, alias_version
-from slm_flywheel.models.workload import build_task_spec, load_splits
 from slm_flywheel.serving.client import ServingClient, ServingError
 
 
@@ -78,12 +76,6 @@ def _unload(replicas: list[Replica], name: str) -> None:
 def _unload_new(transaction: Any) -> None:
     loaded, name = transaction.get("loaded")
     _unload(loaded, name)
-
-
-def smoke_inputs(settings: Settings, workload: str, count: int = 3) -> list[str]:
-    """A few golden inputs every replica must answer with a new adapter before it takes traffic."""
-    spec = build_task_spec(workload, settings.workload(workload), settings.require_data_dir())
-    return list(load_splits(spec, settings.workload(workload), settings.require_data_dir())["golden"]["text"][:count])
 
 
 def _smoke(client: ServingClient, name: str, texts: list[str]) -> None:

@@ -17,11 +17,12 @@ from prefect.cache_policies import NONE
 
 from slm_flywheel import progress
 from slm_flywheel.config import Settings, WorkloadConfig
+from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.data import SplitSummary, content_hash, sample_training_set, summarize_splits
 from slm_flywheel.models.scenarios import launch_plan, launch_training_set
 from slm_flywheel.models.evaluation import EvalResult, evaluate_model, plot_breakdown
 from slm_flywheel.models.training import TrainResult
-from slm_flywheel.models.workload import TaskSpec, build_task_spec, load_splits
+from slm_flywheel.models.workload import TaskSpec
 
 
 TRAINING_SET_ARTIFACT = "evaluation/training_set.parquet"  # the exact rows a version was trained on
@@ -58,17 +59,14 @@ class RegisteredAdapter:
 
 
 @task(cache_policy=NONE)  # reads the live review queue and training sets
-def prepare_training_data(settings: Settings, workload: str, launch: bool = False, training_set_path: str | None = None) -> TrainingData:
+def prepare_training_data(context: WorkloadContext, launch: bool = False, training_set_path: str | None = None) -> TrainingData:
     """Load the workload's dataset, split it deterministically and sample the training set.
 
     With `launch`, the training set is the launch data (late items capped; see models/scenarios.py).
     With `training_set_path` (Parquet: id, text, label), that file is the training set, as the
     nightly retrain builds it (the champion's data replayed plus the new teacher labels).
     """
-    config: WorkloadConfig = settings.workload(workload)
-    data_dir = settings.require_data_dir()
-    spec = build_task_spec(workload, config, data_dir)
-    splits = load_splits(spec, config, data_dir)
+    workload, config, spec, splits = context.name, context.config, context.spec, context.splits
     if training_set_path is not None:
         train_set = Dataset.from_pandas(pd.read_parquet(training_set_path)[["id", "text", "label"]], preserve_index=False)
     elif launch:

@@ -67,7 +67,7 @@ def test_steady_traffic_no_drift_then_prior_shift_drift_relabel_retrain_gate(lau
     settings = launched  # review policy
     _traffic(settings, "steady", 120, seed=1)
     checked = drift_check(workload="banking-intent", config_path=str(tiny_config))
-    assert checked["window_size"] == 120 and checked["drifted"] is False
+    assert checked.report.window_size == 120 and checked.report.drifted is False
     quiet = nightly_retrain(workload="banking-intent", config_path=str(tiny_config))
     assert quiet.window_size == 120 and not quiet.drift_detected
     assert quiet.candidate_version is None and quiet.relabeled == 0  # no retrain

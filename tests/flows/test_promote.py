@@ -57,7 +57,7 @@ def test_promote_moves_alias_records_history_and_switches_every_replica(two_repl
     settings, servers = two_replicas
     assert [_routes(s) for s in servers] == ["banking-intent@v1", "banking-intent@v1"]
     result = promote(workload="banking-intent", version=2, reviewer="ana", reason="looks good", config_path=str(tiny_config))
-    assert result["previous"] == 1
+    assert result.previous == 1
     client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
     assert int(client.get_model_version_by_alias("banking-intent", "champion").version) == 2
     assert int(client.get_model_version_by_alias("banking-intent", "previous-champion").version) == 1
@@ -118,7 +118,7 @@ def test_a_second_promotion_of_the_workload_waits_for_the_first(two_replicas, ti
     client = MlflowClient(settings.resolved_tracking_uri, settings.resolved_tracking_uri)
     outcome = {}
     with workload_lock("promote", "banking-intent"):  # another promotion of this workload is running
-        worker = threading.Thread(target=lambda: outcome.update(promote(workload="banking-intent", version=2, reviewer="ana", config_path=str(tiny_config))))
+        worker = threading.Thread(target=lambda: outcome.update(promotion=promote(workload="banking-intent", version=2, reviewer="ana", config_path=str(tiny_config))))
         asked, real = threading.Event(), slm_flywheel.tasks.locks.concurrency
 
         def asking(*args, **kwargs):
@@ -131,4 +131,4 @@ def test_a_second_promotion_of_the_workload_waits_for_the_first(two_replicas, ti
         assert int(client.get_model_version_by_alias("banking-intent", "champion").version) == 1  # nothing touched before it
         assert worker.is_alive()  # and it cannot have passed the lock we hold
     worker.join(timeout=120)
-    assert outcome["champion"] == 2 and _routes(servers[0]) == "banking-intent@v2"
+    assert outcome["promotion"].champion == 2 and _routes(servers[0]) == "banking-intent@v2"

@@ -38,7 +38,7 @@ def test_serve_names_its_adapters_and_promote_reaches_it_on_the_configured_port(
         assert "loaded adapters: banking-intent v1" in log.read_text()
         assert train_adapter_flow(workload="banking-intent", config_path=str(tiny_config), max_examples=16).version == 2
         result = promote(workload="banking-intent", version=2, reviewer="ana", config_path=str(tiny_config))
-        assert result["replicas"] == [f"http://127.0.0.1:{port}"]
+        assert result.replicas == [f"http://127.0.0.1:{port}"]
         assert httpx.get(f"http://127.0.0.1:{port}/v1/workloads").json()["workloads"]["banking-intent"] == "banking-intent@v2"
     finally:
         process.terminate()

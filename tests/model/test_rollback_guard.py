@@ -61,11 +61,11 @@ def test_a_bad_promotion_is_rolled_back_in_registry_and_serving(config_path, dat
         assert simulate(settings, "banking-intent", "steady", 80, server.url, seed=2).failed == 0
         state.writer.flush()
         result = rollback_guard(config_path=str(config_path))["banking-intent"]
-        assert result["trip"], result
+        assert result.trip and result.checked, result
         routes = httpx.get(f"{server.url}/v1/workloads").json()["workloads"]
         assert routes["banking-intent"] == "banking-intent@v1"
         # Once rolled back, the guard does not act again (no flapping).
-        assert rollback_guard(config_path=str(config_path))["banking-intent"]["checked"] is False
+        assert rollback_guard(config_path=str(config_path))["banking-intent"].checked is False
     state.engine.close()
     state.writer.close()
 
