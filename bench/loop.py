@@ -108,7 +108,7 @@ def _retrain_set(replay: pd.DataFrame, bought: pd.DataFrame, relabel: Any) -> tu
     gate's share held out (the same stable split by id), then `retrain_rows` (the champion's data
     replayed, new labels winning over replayed rows with the same text). Returns the rows and how
     many are new."""
-    from slm_flywheel.tasks.dataset import in_holdout, retrain_rows
+    from slm_flywheel.models.retrain import in_holdout, retrain_rows
 
     new = bought[~bought["id"].map(lambda item_id: in_holdout(item_id, relabel.holdout_share))]
     return retrain_rows(replay, new, relabel), len(new)

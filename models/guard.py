@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from slm_flywheel.config import GuardConfig
+from slm_flywheel.models.workload import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,26 @@ class GuardDecision:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Served answers compared with the teacher's: how many it could judge, how many agreed."""
+
+    audited: int
+    agreed: int
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.audited if self.audited else None
+
+
+def audit_answers(spec: TaskSpec, answers: list[str], teacher_labels: list[str | None]) -> Audit:
+    """Compare served answers with the teacher's labels (None: the teacher gave no valid one, not
+    counted). Extraction answers are compared as slot dicts, so slot order does not matter."""
+    parse = spec.parse_label if spec.task == "extraction" else (lambda text: text)
+    pairs = [(parse(answer), parse(label)) for answer, label in zip(answers, teacher_labels) if label is not None]
+    return Audit(len(pairs), sum(answer == label for answer, label in pairs))
 
 
 def decide_rollback(baseline: LiveSignals, live: LiveSignals, config: GuardConfig) -> GuardDecision:

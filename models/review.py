@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from slm_flywheel.files import atomic_write
 from slm_flywheel.models.workload import TaskSpec
+
+if TYPE_CHECKING:
+    from slm_flywheel.models.teacher import TeacherLabel
 
 SAMPLED = "spot_check"  # a random share of valid teacher labels
 OUT_OF_SCHEMA = "out_of_schema"  # the teacher could not answer inside the schema
@@ -132,3 +139,20 @@ def spot_check_sample(item_ids: list[str], share: float, seed: int) -> set[str]:
         return set()
     count = max(1, round(len(item_ids) * share))
     return set(random.Random(seed).sample(sorted(item_ids), min(count, len(item_ids))))
+
+
+def review_items(workload: str, labels: Sequence[TeacherLabel], texts: Mapping[str, str], teacher: str, spot: set[str], run_tag: str, now: str) -> list[ReviewItem]:
+    """What a run sends to review: its spot-checked valid labels, and every answer the teacher
+    could not give inside the schema (a person labels those)."""
+    items = [ReviewItem(l.item_id, workload, texts[l.item_id], l.label, teacher, SAMPLED, run_tag, now) for l in labels if l.valid and l.item_id in spot]
+    items += [ReviewItem(l.item_id, workload, texts[l.item_id], None, teacher, OUT_OF_SCHEMA, run_tag, now) for l in labels if l.reason == OUT_OF_SCHEMA]
+    return items
+
+
+def training_labels(valid: Sequence[TeacherLabel], texts: Mapping[str, str], reviewed: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """The labelled rows (id, text, label) a run trains on: the teacher's valid labels, except where
+    a reviewer has since said otherwise, plus every reviewed label from earlier runs."""
+    reviewed_labels = {item_id: (text, label) for item_id, text, label in reviewed}
+    rows = [(l.item_id, texts[l.item_id], reviewed_labels.pop(l.item_id, (None, l.label))[1]) for l in valid]
+    rows += [(item_id, text, label) for item_id, (text, label) in reviewed_labels.items()]
+    return pd.DataFrame(rows, columns=["id", "text", "label"])

@@ -37,6 +37,10 @@ class TaskSpec:
     def parse_label(self, label: str) -> Answer:
         return json.loads(label) if self.task == "extraction" else label
 
+    def parse_stored_answers(self, answers: list[Any]) -> list[Answer | None]:
+        """Captured answers (label, slot JSON text, or None for an invalid one) as answers."""
+        return [self.parse_label(answer) if isinstance(answer, str) else None for answer in answers]
+
     def answer_to_label(self, answer: Answer) -> str:
         if self.task == "extraction":
             assert isinstance(answer, dict)

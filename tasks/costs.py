@@ -147,7 +147,7 @@ def log_ledger_to_mlflow(client: Any, settings: Settings, ledger: CostLedger, ru
     """One MLflow run holding the ledger's daily metrics (step = the day as YYYYMMDD); returns its id."""
     from mlflow.entities import Metric, Param
 
-    from slm_flywheel.tasks.training import experiment_id
+    from slm_flywheel.tracking import experiment_id
 
     tags = {"kind": "cost-ledger", "workload": ledger.workload}
     run = client.create_run(experiment_id(client, settings, ledger.workload), run_name=f"costs-{ledger.workload}-{run_tag}", tags=tags)

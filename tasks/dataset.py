@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from slm_flywheel.data_contracts.contracts import ContractError, split_quarantine, validate_teacher_labels, validate_training_set
-from slm_flywheel.config import RelabelConfig, Settings
+from slm_flywheel.config import Settings
+from slm_flywheel.models.retrain import in_holdout, retrain_rows
 from slm_flywheel.models.workload import TaskSpec
 
 
@@ -25,33 +25,6 @@ class RetrainSet:
     new_rows: int
     holdout: pd.DataFrame  # id, text, label: the fresh drift slice, never trained on
     quarantined: int
-
-
-def in_holdout(item_id: str, share: float) -> bool:
-    """A stable split by id: the same sample lands on the same side in every rerun."""
-    return int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
-
-
-def replay_sample(replay: pd.DataFrame, size: int, per_label: int, seed: int = 0) -> pd.DataFrame:
-    """`size` rows of the champion's data (seeded), with at least `per_label` rows of every label
-    it has (all of a label's rows if it has fewer), so the training-set contract still holds."""
-    if size >= len(replay):
-        return replay
-    shuffled = replay.sample(frac=1.0, random_state=seed)
-    floor = shuffled.groupby("label", sort=False).head(per_label)
-    rest = shuffled.drop(floor.index)
-    return pd.concat([floor, rest.head(max(size - len(floor), 0))]).sort_index()
-
-
-def retrain_rows(replay: pd.DataFrame, new: pd.DataFrame, config: RelabelConfig) -> pd.DataFrame:
-    """The rows a retrain trains on: the champion's data replayed plus the new labels (id, text, label)."""
-    if config.retrain_mode == "warm_start":
-        # Warm start continues from the champion's adapter: a replay sample twice the new data
-        # guards against forgetting at a fraction of the full replay's training time.
-        replay = replay_sample(replay, max(len(new), 1) * 2, per_label=config.min_per_label)
-    # New labels win over replayed ones for the same text (the teacher saw today's meaning).
-    replay = replay[~replay["text"].isin(set(new["text"]))]
-    return pd.concat([replay, new[["id", "text", "label"]]], ignore_index=True)
 
 
 @task(cache_policy=NONE)  # reads the live sample store and review queue: a rerun must see what changed

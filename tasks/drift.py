@@ -29,7 +29,8 @@ from slm_flywheel.models.drift import (
 from slm_flywheel.models.registry import AdapterVersion
 from slm_flywheel.models.workload import TaskSpec
 from slm_flywheel.tasks.samples import SampleWindow
-from slm_flywheel.tasks.training import TRAINING_SET_ARTIFACT, experiment_id
+from slm_flywheel.tasks.training import TRAINING_SET_ARTIFACT
+from slm_flywheel.tracking import experiment_id, log_files, log_metrics
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,6 @@ def _embedder(torch_threads: int | None) -> Embedder:
 def embedder(settings: Settings) -> Embedder:
     """One embedder per process: loading MiniLM takes seconds, and a run embeds twice."""
     return _embedder(settings.torch_threads)
-
-
-def parse_answers(spec: TaskSpec, answers: list[Any]) -> list[Any]:
-    """Stored answers (label, slot JSON text, or None) as the drift tests take them."""
-    if spec.task == "classification":
-        return [answer if isinstance(answer, str) else None for answer in answers]
-    return [json.loads(answer) if isinstance(answer, str) else None for answer in answers]
 
 
 @task(cache_policy=NONE)  # cached by the embedding cache per (model, texts), which outlives flow runs
@@ -103,7 +97,7 @@ def detect_drift_in_window(settings: Settings, client: Any, spec: TaskSpec, wind
     embeddings = embed_window(embedder(settings), list(samples["input"]), config.max_embedded, config.seed)
     current = DriftWindow(
         embeddings=embeddings.vectors,
-        answers=parse_answers(spec, list(samples["answer"])),
+        answers=spec.parse_stored_answers(list(samples["answer"])),
         confidences=samples["confidence"].to_numpy(dtype=np.float64) if len(samples) else np.zeros(0),
         embedded=embeddings.positions,
     )
@@ -113,17 +107,8 @@ def detect_drift_in_window(settings: Settings, client: Any, spec: TaskSpec, wind
     create_markdown_artifact(key=f"drift-{spec.name}", markdown=markdown, description=f"drift check of {spec.name}")
     run = client.create_run(experiment_id(client, settings, spec.name), run_name=f"drift-{spec.name}", tags={"kind": "drift-check", "champion_version": str(champion.version.version)})
     run_id = run.info.run_id
-    client.log_metric(run_id, "drifted", float(report.drifted))
-    client.log_metric(run_id, "window_size", float(report.window_size))
-    client.log_metric(run_id, "embedded_rows", float(len(embeddings.positions)))
-    for test in report.tests:
-        key = test.name.replace(" ", "_")
-        client.log_metric(run_id, f"{key}_effect", float(test.effect))
-        client.log_metric(run_id, f"{key}_p", float(test.p_value))
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "drift_report.json").write_text(json.dumps(report.to_dict(), indent=1))
-        (Path(tmp) / "drift_report.png").write_bytes(png)
-        client.log_artifacts(run_id, tmp, "drift")
+    log_metrics(client, run_id, report.metrics() | {"embedded_rows": len(embeddings.positions)})
+    log_files(client, run_id, {"drift_report.json": json.dumps(report.to_dict(), indent=1), "drift_report.png": png}, "drift")
     client.set_terminated(run_id, "FINISHED")
     get_run_logger().info("%s drift: %s (%s)", spec.name, "DRIFTED" if report.drifted else "no drift", report.reason)
     return report, embeddings

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from prefect.cache_policies import NONE
 
 from slm_flywheel import progress
 from slm_flywheel.config import Settings
+from slm_flywheel.tracking import log_files, log_metrics
 from slm_flywheel.models.evaluation import EvalSet, evaluate_sets
 from slm_flywheel.models.gates import GateDecision, ModelEval, decide
 from slm_flywheel.models.registry import AdapterVersion, download_adapter
@@ -70,16 +70,11 @@ def evaluate_candidate(
         "candidate": _model_eval("candidate", spec, base_path, download_adapter(client, candidate, settings.adapters_dir), golden, holdout, batch, cache),
     }
     decision = decide(evals["base"], evals["champion"], evals["candidate"], gates)
-    for key, value in decision.metrics.items():
-        client.log_metric(candidate.run_id, f"gate_{key}", float(value))
+    log_metrics(client, candidate.run_id, decision.metrics, prefix="gate_")
     for name, model in evals.items():
-        for key, value in model.drift.items():
-            client.log_metric(candidate.run_id, f"gate_{name}_drift_{key}", float(value))
-        for key, value in model.golden.items():
-            client.log_metric(candidate.run_id, f"gate_{name}_golden_{key}", float(value))
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "gate_decision.json").write_text(json.dumps(decision.to_dict(), indent=1))
-        client.log_artifacts(candidate.run_id, tmp, "gate")
+        log_metrics(client, candidate.run_id, model.drift, prefix=f"gate_{name}_drift_")
+        log_metrics(client, candidate.run_id, model.golden, prefix=f"gate_{name}_golden_")
+    log_files(client, candidate.run_id, {"gate_decision.json": json.dumps(decision.to_dict(), indent=1)}, "gate")
     client.set_model_version_tag(spec.name, str(candidate.version), "gate_promote", str(decision.promote).lower())
     client.set_model_version_tag(spec.name, str(candidate.version), "gate_reasons", " | ".join(decision.reasons)[:4000])
     client.set_model_version_tag(spec.name, str(candidate.version), "gate_vs_champion", str(champion.version))

@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 
 from slm_flywheel.config import Settings
 from slm_flywheel.config import GuardConfig
-from slm_flywheel.models.guard import LiveSignals
+from slm_flywheel.models.guard import Audit, LiveSignals, audit_answers
 from slm_flywheel.models.promotion import HistoryEntry, history
 from slm_flywheel.models.registry import CHAMPION, alias_version
 from slm_flywheel.models.teacher import TeacherItem
@@ -47,24 +47,21 @@ def served_by(settings: Settings, workload: str, version: int, since: datetime |
 def measure_live_signals(settings: Settings, spec: TaskSpec, version: int, samples: pd.DataFrame, audit_budget: int, seed: int = 0) -> LiveSignals:
     """Confidence, invalid share, and agreement with the teacher on a budgeted audit sample."""
     valid = samples[samples["valid"]]
-    agreement, audited = None, 0
+    audit_result = Audit(0, 0)
     if audit_budget and len(valid):
         audit = valid.sample(n=min(audit_budget, len(valid)), random_state=seed)
         teacher = build_teacher(settings, spec, "audit")
         items = [TeacherItem(str(r), str(t)) for r, t in zip(audit["request_id"], audit["input"])]
         run, _ = label_with_cache(teacher, items, settings.state_dir / "teacher-labels" / spec.name)
-        parse = spec.parse_label if spec.task == "extraction" else (lambda text: text)  # slot order must not matter
-        pairs = [(parse(answer), parse(label.label)) for answer, label in zip(audit["answer"], run.labels) if label.valid]
-        audited = len(pairs)
-        agreed = sum(answer == label for answer, label in pairs)
-        agreement = agreed / audited if audited else None
-        record_audit(audit_path(settings.state_dir, spec.name), spec.name, version, audited, agreed)  # the ledger's served-vs-frontier accuracy
-        get_run_logger().info("%s v%d audit by %s: %d answers, agreement %s", spec.name, version, teacher.name, audited, agreement)
+        audit_result = audit_answers(spec, list(audit["answer"]), [label.label if label.valid else None for label in run.labels])
+        # the ledger's served-vs-frontier accuracy
+        record_audit(audit_path(settings.state_dir, spec.name), spec.name, version, audit_result.audited, audit_result.agreed)
+        get_run_logger().info("%s v%d audit by %s: %d answers, agreement %s", spec.name, version, teacher.name, audit_result.audited, audit_result.agreement)
     return LiveSignals(
         version=version,
         confidences=valid["confidence"].to_numpy(dtype=np.float64),
         invalid=int((~samples["valid"]).sum()),
         total=len(samples),
-        agreement=agreement,
-        audited=audited,
+        agreement=audit_result.agreement,
+        audited=audit_result.audited,
     )

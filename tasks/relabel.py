@@ -16,7 +16,7 @@ from prefect.cache_policies import NONE
 from slm_flywheel.config import Settings
 from slm_flywheel.models.drift import WindowEmbeddings
 from slm_flywheel.models.frontier import FrontierClient
-from slm_flywheel.models.review import OUT_OF_SCHEMA, SAMPLED, ReviewItem, ReviewQueue, spot_check_sample
+from slm_flywheel.models.review import ReviewQueue, review_items, spot_check_sample, training_labels
 from slm_flywheel.models.selection import select_informative
 from slm_flywheel.models.teacher import (
     OpenAICompatibleTeacher,
@@ -160,13 +160,6 @@ def relabel_with_teacher(settings: Settings, spec: TaskSpec, selected: pd.DataFr
     valid = [label for label in run.labels if label.valid]
     spot = spot_check_sample([label.item_id for label in valid], config.review_share, seed=int(hashlib.sha256(run_tag.encode()).hexdigest()[:8], 16))
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    review = [ReviewItem(l.item_id, spec.name, texts[l.item_id], l.label, teacher.name, SAMPLED, run_tag, now) for l in valid if l.item_id in spot]
-    review += [ReviewItem(l.item_id, spec.name, texts[l.item_id], None, teacher.name, OUT_OF_SCHEMA, run_tag, now) for l in run.labels if l.reason == OUT_OF_SCHEMA]
-    queued = queue.enqueue(review)
-    # Training takes the teacher's valid labels, except where a reviewer has since said otherwise,
-    # plus every reviewed label from earlier runs.
-    reviewed_labels = {item_id: (text, label) for item_id, text, label in queue.reviewed_labels()}
-    rows = [(l.item_id, texts[l.item_id], reviewed_labels.pop(l.item_id, (None, l.label))[1]) for l in valid]
-    rows += [(item_id, text, label) for item_id, (text, label) in reviewed_labels.items()]
-    labelled = pd.DataFrame(rows, columns=["id", "text", "label"])
+    queued = queue.enqueue(review_items(spec.name, run.labels, texts, teacher.name, spot, run_tag, now))
+    labelled = training_labels(valid, texts, queue.reviewed_labels())
     return RelabelResult(labelled, teacher.name, len(items), len(valid), queued, run.cost_usd, from_cache, agreement)

@@ -17,6 +17,7 @@ from prefect.cache_policies import NONE
 
 from slm_flywheel import progress
 from slm_flywheel.config import Settings, WorkloadConfig
+from slm_flywheel.tracking import experiment_id, log_metrics
 from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.data import SplitSummary, content_hash, sample_training_set, summarize_splits
 from slm_flywheel.models.scenarios import launch_plan, launch_training_set
@@ -137,19 +138,6 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def experiment_id(client: Any, settings: Settings, workload: str) -> str:
-    """The workload's MLflow experiment, created with artifacts under the state dir when new."""
-    name = f"slm-flywheel/{workload}"
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    # A tracking server decides where artifacts go; a database URI (SQLite or PostgreSQL) would
-    # otherwise put them in ./mlruns of whatever directory the process runs in.
-    server = (settings.tracking_uri or "").startswith(("http://", "https://", "databricks"))
-    location = None if server else (settings.artifact_root / workload).as_uri()
-    return client.create_experiment(name, artifact_location=location)
-
-
 @task(cache_policy=NONE)  # side effect on the registry
 def register_adapter_version(
     client: Any,
@@ -187,8 +175,7 @@ def register_adapter_version(
             "train_loss": trained.final_loss,
             **{f"golden_{k}": v for k, v in golden.metrics.items()},
         }
-        for key, value in metrics.items():
-            client.log_metric(run_id, key, float(value))
+        log_metrics(client, run_id, metrics)
         client.log_artifacts(run_id, str(trained.adapter_dir), "adapter")
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)

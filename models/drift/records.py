@@ -80,6 +80,14 @@ class DriftReport:
             "tests": [asdict(test) for test in self.tests],
         }
 
+    def metrics(self) -> dict[str, float]:
+        """The verdict and each test's effect and p-value, as MLflow metrics (`<test>_effect`, `<test>_p`)."""
+        values = {"drifted": float(self.drifted), "window_size": float(self.window_size)}
+        for test in self.tests:
+            key = test.name.replace(" ", "_")
+            values[f"{key}_effect"], values[f"{key}_p"] = float(test.effect), float(test.p_value)
+        return values
+
     def to_markdown(self) -> str:
         verdict = "**DRIFT**" if self.drifted else ("insufficient samples" if self.insufficient else "no drift")
         lines = [

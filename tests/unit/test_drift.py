@@ -449,3 +449,23 @@ def test_embedder_sets_its_threads_for_its_own_calls_only(monkeypatch: pytest.Mo
     monkeypatch.setattr(model, "encode", spy)
     embedder.encode(["where is my card"])
     assert seen == [embedder.torch_threads] and torch.get_num_threads() == before
+
+
+def test_report_metrics_name_each_test_by_its_effect_and_corrected_p() -> None:
+    from slm_flywheel.models.drift import DriftReport, DriftTest
+
+    tests = [DriftTest("input mmd", 0.2, 0.01, 0.3, 0.1, True, True), DriftTest("label_js", 0.0, 0.9, 0.01, 0.1, False, False)]
+    report = DriftReport(True, tests, 500, 400, "input drift", False, 0.05)
+    assert report.metrics() == {
+        "drifted": 1.0, "window_size": 500.0,
+        "input_mmd_effect": 0.3, "input_mmd_p": 0.01, "label_js_effect": 0.01, "label_js_p": 0.9,
+    }
+
+
+def test_stored_answers_parse_by_task_and_keep_invalid_ones_as_none() -> None:
+    from slm_flywheel.models.workload import TaskSpec
+
+    intents = TaskSpec("banking-intent", "classification", "{text}", labels=("a",))
+    slots = TaskSpec("restaurant-slots", "extraction", "{text}", slots=("people",))
+    assert intents.parse_stored_answers(["a", None]) == ["a", None]
+    assert slots.parse_stored_answers(['{"people": "2"}', None, float("nan")]) == [{"people": "2"}, None, None]

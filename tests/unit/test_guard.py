@@ -38,3 +38,15 @@ def test_a_small_audit_does_not_count():
     baseline = _signals(1, RNG.beta(8, 2, 400), agreement=0.9, audited=40)
     decision = decide_rollback(baseline, _signals(2, RNG.beta(8, 2, 400), agreement=0.0, audited=5), CONFIG)
     assert not decision.trip and "agreement_live" not in decision.evidence
+
+
+def test_audit_counts_only_judged_answers_and_ignores_slot_order():
+    from slm_flywheel.models.guard import audit_answers
+    from slm_flywheel.models.workload import TaskSpec
+
+    slots = TaskSpec("restaurant-slots", "extraction", "{text}", slots=("people", "time"))
+    audit = audit_answers(slots, ['{"people": "2", "time": "7pm"}', '{"people": "3"}', '{"people": "4"}'], ['{"time": "7pm", "people": "2"}', '{"people": "5"}', None])
+    assert (audit.audited, audit.agreed, audit.agreement) == (2, 1, 0.5)
+    intents = TaskSpec("banking-intent", "classification", "{text}", labels=("a", "b"))
+    assert audit_answers(intents, ["a"], [None]).agreement is None
+    assert audit_answers(intents, ["a", "b"], ["a", "a"]).agreed == 1

@@ -40,7 +40,7 @@ def test_low_teacher_reviewer_agreement_refuses_teacher_labels(tmp_path, data_di
 def test_warm_start_replay_sample_keeps_every_label():
     import pandas as pd
 
-    from slm_flywheel.tasks.dataset import replay_sample
+    from slm_flywheel.models.retrain import replay_sample
 
     rows = pd.DataFrame({"id": [str(i) for i in range(300)], "text": [f"t{i}" for i in range(300)], "label": ["common"] * 290 + [f"rare{i}" for i in range(10)]})
     sample = replay_sample(rows, 20, per_label=1)

@@ -51,3 +51,29 @@ def test_spot_check_sample_is_reproducible_and_sized():
     assert spot_check_sample(ids, 0.05, 1) == spot_check_sample(list(reversed(ids)), 0.05, 1)
     assert len(spot_check_sample(ids[:3], 0.05, 1)) == 1
     assert spot_check_sample(ids, 0.0, 1) == set()
+
+
+def _label(item_id, label, reason="ok"):
+    from slm_flywheel.models.teacher import TeacherLabel
+
+    return TeacherLabel(item_id, label, label is not None, reason, 0.0, False, "teacher")
+
+
+def test_review_items_are_the_spot_checks_and_every_out_of_schema_answer():
+    from slm_flywheel.models.review import review_items
+
+    labels = [_label("a", "card_arrival"), _label("b", "exchange_rate"), _label("c", None, OUT_OF_SCHEMA), _label("d", None, "budget_exhausted")]
+    texts = {key: f"text {key}" for key in "abcd"}
+    items = review_items("banking-intent", labels, texts, "teacher", {"b"}, "run1", "2026-11-28T00:00:00+00:00")
+    assert [(i.item_id, i.reason, i.teacher_label, i.text) for i in items] == [("b", SAMPLED, "exchange_rate", "text b"), ("c", OUT_OF_SCHEMA, None, "text c")]
+
+
+def test_training_labels_prefer_a_reviewer_over_the_teacher_and_keep_earlier_reviews():
+    from slm_flywheel.models.review import training_labels
+
+    valid = [_label("a", "card_arrival"), _label("b", "card_arrival")]
+    texts = {"a": "text a", "b": "text b"}
+    reviewed = [("b", "text b", "exchange_rate"), ("old", "older text", "card_arrival")]
+    rows = training_labels(valid, texts, reviewed)
+    assert list(rows.columns) == ["id", "text", "label"]
+    assert rows.values.tolist() == [["a", "text a", "card_arrival"], ["b", "text b", "exchange_rate"], ["old", "older text", "card_arrival"]]
