@@ -13,9 +13,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from math import comb
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slm_flywheel.config import GateConfig
+
+if TYPE_CHECKING:  # evaluation imports torch; the decision itself stays a light, pure module
+    from slm_flywheel.models.evaluation import EvalResult, EvalSet
+
+# Latency is compared on items every model answers now, back to back in the gate, never from
+# the evaluation cache (a stored result was timed under whatever else ran then): the drift slice
+# (new every night), topped up with golden items when it has fewer than LATENCY_PROBE_MIN, in
+# batches of LATENCY_BATCH (several batches: a p95 over several measurements, not one).
+LATENCY_PROBE_MIN = 32
+LATENCY_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,32 @@ class ModelEval:
     drift: dict[str, float]
     drift_correct: list[bool]  # per drift-slice item, in a fixed order shared by all models
     latency_p95_ms: float
+
+
+def gate_eval_sets(golden: tuple[list[str], list[str]], drift: tuple[list[str], list[str]]) -> dict[str, EvalSet]:
+    """What the gate evaluates each model on: golden (cached), the drift slice and, when that slice
+    is smaller than LATENCY_PROBE_MIN, a latency probe topped up with golden items (both timed now)."""
+    from slm_flywheel.models.evaluation import EvalSet
+
+    drift_set = EvalSet(*drift, LATENCY_BATCH, cached=False)
+    sets = {"golden": EvalSet(*golden), "drift": drift_set}
+    missing = LATENCY_PROBE_MIN - len(drift_set.texts)
+    if missing > 0:
+        sets["latency"] = drift_set._replace(texts=drift_set.texts + golden[0][:missing], references=drift_set.references + golden[1][:missing])
+    return sets
+
+
+def model_eval(name: str, results: dict[str, EvalResult]) -> ModelEval:
+    """A model's `ModelEval` from its results on `gate_eval_sets` (latency: the probe, else the drift slice)."""
+    golden, drift = results["golden"], results["drift"]
+    return ModelEval(
+        name=name,
+        golden=golden.metrics,
+        golden_breakdown=golden.breakdown,
+        drift=drift.metrics,
+        drift_correct=drift.correct,
+        latency_p95_ms=results.get("latency", drift).metrics.get("latency_p95_ms", 0.0),
+    )
 
 
 @dataclass(frozen=True)

@@ -15,37 +15,16 @@ from prefect.cache_policies import NONE
 from slm_flywheel import progress
 from slm_flywheel.config import Settings
 from slm_flywheel.tracking import log_files, log_metrics
-from slm_flywheel.models.evaluation import EvalSet, evaluate_sets
-from slm_flywheel.models.gates import GateDecision, ModelEval, decide
+from slm_flywheel.models.evaluation import evaluate_sets
+from slm_flywheel.models.gates import GateDecision, ModelEval, decide, gate_eval_sets, model_eval
 from slm_flywheel.models.registry import AdapterVersion, download_adapter
 from slm_flywheel.models.workload import TaskSpec
 
 
-# Latency is compared on items every model answers now, back to back in this task, never from
-# the evaluation cache (a stored result was timed under whatever else ran then): the drift slice
-# (new every night), topped up with golden items when it has fewer than LATENCY_PROBE_MIN, in
-# batches of LATENCY_BATCH (several batches: a p95 over several measurements, not one).
-LATENCY_PROBE_MIN = 32
-LATENCY_BATCH = 8
-
-
 def _model_eval(name: str, spec: TaskSpec, base_path: str, adapter: Path | None, golden: Dataset, holdout: pd.DataFrame, batch: int, cache_dir: Path) -> ModelEval:
     report = lambda done, total: progress.report(f"gate: evaluate {name}", done, total)  # noqa: E731
-    drift = EvalSet(list(holdout["text"]), list(holdout["label"]), LATENCY_BATCH, cached=False)
-    sets = {"golden": EvalSet(list(golden["text"]), list(golden["label"])), "drift": drift}
-    if len(holdout) < LATENCY_PROBE_MIN:
-        head = golden[: LATENCY_PROBE_MIN - len(holdout)]  # a dict of columns
-        sets["latency"] = drift._replace(texts=drift.texts + list(head["text"]), references=drift.references + list(head["label"]))
-    results = evaluate_sets(spec, base_path, adapter, sets, batch, report, cache_dir)
-    golden_result, drift_result = results["golden"], results["drift"]
-    return ModelEval(
-        name=name,
-        golden=golden_result.metrics,
-        golden_breakdown=golden_result.breakdown,
-        drift=drift_result.metrics,
-        drift_correct=drift_result.correct,
-        latency_p95_ms=results.get("latency", drift_result).metrics.get("latency_p95_ms", 0.0),
-    )
+    sets = gate_eval_sets((list(golden["text"]), list(golden["label"])), (list(holdout["text"]), list(holdout["label"])))
+    return model_eval(name, evaluate_sets(spec, base_path, adapter, sets, batch, report, cache_dir))
 
 
 @task(cache_policy=NONE)  # evaluations are cached per (adapter, split) by models/evaluation.py across runs

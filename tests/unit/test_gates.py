@@ -54,3 +54,28 @@ def test_a_thin_slice_may_move_without_blocking():
     champion = _eval("champion", [True] * 50 + [False] * 50, breakdown={"rare": {"f1": 0.9, "support": 5}})
     candidate = _eval("candidate", [True] * 80 + [False] * 20, breakdown={"rare": {"f1": 0.1, "support": 5}})
     assert decide(None, champion, candidate, GATES).promote
+
+
+def test_gate_eval_sets_time_the_drift_slice_and_top_up_a_small_one_for_latency():
+    from slm_flywheel.models.gates import LATENCY_BATCH, LATENCY_PROBE_MIN, gate_eval_sets
+
+    golden = ([f"g{i}" for i in range(100)], [f"l{i}" for i in range(100)])
+    sets = gate_eval_sets(golden, (["d0", "d1"], ["x", "y"]))
+    assert sets["golden"].cached and not sets["drift"].cached and sets["drift"].batch_size == LATENCY_BATCH
+    probe = sets["latency"]
+    assert len(probe.texts) == LATENCY_PROBE_MIN and probe.texts[:3] == ["d0", "d1", "g0"] and probe.references[2] == "l0"
+    assert not probe.cached
+    large = gate_eval_sets(golden, ([f"d{i}" for i in range(LATENCY_PROBE_MIN)], ["x"] * LATENCY_PROBE_MIN))
+    assert "latency" not in large
+
+
+def test_model_eval_takes_latency_from_the_probe_when_there_is_one():
+    from slm_flywheel.models.evaluation import EvalResult
+    from slm_flywheel.models.gates import model_eval
+
+    golden = EvalResult({"accuracy": 0.9}, {"a": {"f1": 0.9}}, ["a", "b"], ["a", "a"])
+    drift = EvalResult({"accuracy": 0.5, "latency_p95_ms": 10.0}, {}, ["a", "b"], ["a", "a"])
+    probe = EvalResult({"latency_p95_ms": 12.0}, {}, [], [])
+    assert model_eval("candidate", {"golden": golden, "drift": drift, "latency": probe}).latency_p95_ms == 12.0
+    evaluated = model_eval("base", {"golden": golden, "drift": drift})
+    assert evaluated.latency_p95_ms == 10.0 and evaluated.drift_correct == [True, False] and evaluated.golden_breakdown == {"a": {"f1": 0.9}}
