@@ -1,4 +1,4 @@
-"""A newcomer's mistakes, each run as the real command (`python -m slm_flywheel.cli`, a subprocess):
+"""A newcomer's mistakes, each run as the real command (`python -m slm_flywheel.app.cli`, a subprocess):
 one line on stderr naming the problem and the fix, exit code 2, no traceback unless `--debug`."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _flywheel(*args: str, cwd: Path, home: Path, **env: str | None) -> subproces
             environ.pop(name, None)
         else:
             environ[name] = value
-    return subprocess.run([sys.executable, "-m", "slm_flywheel.cli", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "slm_flywheel.app.cli", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=600)
 
 
 def _one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
@@ -130,7 +130,7 @@ def test_version_and_config_show(tmp_path, home):
 
 
 def test_a_default_replica_follows_the_served_address_and_an_explicit_list_is_kept():
-    from slm_flywheel.cli import _served_settings
+    from slm_flywheel.app.cli import _served_settings
     from slm_flywheel.config import load_settings
 
     settings = load_settings(CONFIG)

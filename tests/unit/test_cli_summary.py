@@ -1,6 +1,6 @@
 """The nightly summary table renders every list field, drift tests (dicts) included."""
 
-from slm_flywheel.cli import _summary_cell
+from slm_flywheel.app.cli import _summary_cell
 
 
 def test_a_drift_test_renders_as_name_p_effect_and_verdict():

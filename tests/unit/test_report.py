@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 from rich.console import Console
 
-from slm_flywheel.report import difference_ci95, summary_table, write_reports
+from slm_flywheel.app.report import difference_ci95, summary_table, write_reports
 from slm_flywheel.config import CostConfig
 from slm_flywheel.models.costs import TrafficDay, TrainingRun, build_ledger
 from slm_flywheel.models.usage import SIMULATED_MODEL, AuditRecord, UsageRecord

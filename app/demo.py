@@ -144,8 +144,8 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
     from slm_flywheel.flows.rollback_guard import rollback_guard
     from slm_flywheel.flows.train_adapter import train_adapter_flow
     from slm_flywheel.config import load_settings
-    from slm_flywheel.report import live_gain_ci95, write_reports
-    from slm_flywheel.simulate import simulate
+    from slm_flywheel.app.report import live_gain_ci95, write_reports
+    from slm_flywheel.app.simulate import simulate
     from slm_flywheel.tracking import mlflow_client
     from slm_flywheel.models.base_model import resolve_base_model
     from slm_flywheel.models.promotion import history

@@ -361,7 +361,7 @@ def simulate(
 ) -> None:
     """Send simulated production traffic over HTTP; hidden gold answers go to a separate file."""
     from slm_flywheel import progress
-    from slm_flywheel.simulate import simulate as run_simulation
+    from slm_flywheel.app.simulate import simulate as run_simulation
 
     settings = _settings(config)
     try:
@@ -641,9 +641,9 @@ def demo(
     """The whole flywheel on embedded defaults: launch → drift → relabel → retrain → gate → push → rollback."""
     _offline_defaults()
     from slm_flywheel import progress
-    from slm_flywheel.demo import run_demo
+    from slm_flywheel.app.demo import run_demo
 
-    from slm_flywheel.report import summary_table
+    from slm_flywheel.app.report import summary_table
 
     settings = _settings(config)
     started = time.perf_counter()
