@@ -650,7 +650,7 @@ def demo(
     with progress.progress_bar():
         report = run_demo(settings, workload=workload, scenario=scenario, budget=budget, fast=fast)
     home = Path(report.home)
-    console.print(summary_table(report.to_dict()))
+    console.print(summary_table(report))
     console.print(f"total {time.perf_counter() - started:.0f} s. Reports: {home / 'report.html'}, {home / 'report.md'}, {home / 'report.json'}")
     console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}  (then http://127.0.0.1:5000)")
     console.print(f"Costs: flywheel costs {workload} --config {home / 'flywheel.yaml'}")
