@@ -128,14 +128,3 @@ def test_version_and_config_show(tmp_path, home):
     nothing = _flywheel("config", "show", cwd=tmp_path, home=home)
     assert nothing.returncode == 0 and "does not exist; defaults only" in nothing.stdout
 
-
-def test_a_default_replica_follows_the_served_address_and_an_explicit_list_is_kept():
-    from slm_flywheel.app.cli import _served_settings
-    from slm_flywheel.config import load_settings
-
-    settings = load_settings(CONFIG)
-    assert settings.serving.replicas == ["http://127.0.0.1:8000"]
-    assert _served_settings(settings, None, 8100).serving.replicas == ["http://127.0.0.1:8100"]
-    assert _served_settings(settings, "0.0.0.0", 8100).serving.replicas == ["http://127.0.0.1:8100"]
-    fleet = settings.model_copy(update={"serving": settings.serving.model_copy(update={"replicas": ["http://gpu-1:8000", "http://gpu-2:8000"]})})
-    assert _served_settings(fleet, None, 8100).serving.replicas == ["http://gpu-1:8000", "http://gpu-2:8000"]
