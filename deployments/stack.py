@@ -282,7 +282,7 @@ class Stack:
     def services(self) -> list[Service]:
         """In start order: servers first, then what needs them."""
         env, host, python = self.env(), self.config.host, sys.executable
-        cli = [python, "-m", "slm_flywheel.cli"]
+        cli = [python, "-m", "slm_flywheel.app.cli"]
         services = [
             # The database URLs (passwords in them) go by environment, not argv, which `ps` shows anyone.
             Service("mlflow", [

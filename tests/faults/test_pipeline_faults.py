@@ -339,7 +339,7 @@ def test_the_cli_gives_the_ephemeral_prefect_api_time_to_start_on_a_busy_machine
     if preset:
         env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = preset
     script = (
-        "import sys, slm_flywheel.cli as cli; assert 'prefect' not in sys.modules; cli._offline_defaults(); "
+        "import sys, slm_flywheel.app.cli as cli; assert 'prefect' not in sys.modules; cli._offline_defaults(); "
         "from prefect.settings import get_current_settings; print(get_current_settings().server.ephemeral.startup_timeout_seconds)"
     )
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)

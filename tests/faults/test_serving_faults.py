@@ -259,7 +259,7 @@ def test_a_bad_request_fails_alone_and_its_batch_mates_are_answered(settings, ad
 
 
 def test_an_admin_api_beyond_loopback_needs_a_token_or_an_explicit_override(tmp_path, tiny_model_dir, data_dir, caplog):
-    from slm_flywheel.cli import app
+    from slm_flywheel.app.cli import app
 
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")

@@ -12,7 +12,7 @@ from slm_flywheel.flows.drift_check import drift_check
 from slm_flywheel.flows.nightly_retrain import nightly_retrain
 from slm_flywheel.flows.train_adapter import train_adapter_flow
 from slm_flywheel.config import load_settings
-from slm_flywheel.simulate import simulate
+from slm_flywheel.app.simulate import simulate
 from slm_flywheel.serving.app import create_app
 from slm_flywheel.models.promotion import history
 from slm_flywheel.serving.server import BackgroundServer, build_state, free_port

@@ -24,7 +24,7 @@ def test_serve_names_its_adapters_and_promote_reaches_it_on_the_configured_port(
     env.pop("PREFECT_API_URL", None)
     log = tmp_path / "serve.log"
     with log.open("w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "slm_flywheel.cli", "serve", "-c", str(tiny_config)], env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen([sys.executable, "-m", "slm_flywheel.app.cli", "serve", "-c", str(tiny_config)], env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while True:

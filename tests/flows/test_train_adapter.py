@@ -4,7 +4,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from slm_flywheel.flows.train_adapter import train_adapter_flow
-from slm_flywheel.cli import app
+from slm_flywheel.app.cli import app
 from slm_flywheel.config import load_settings
 
 

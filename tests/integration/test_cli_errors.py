@@ -1,4 +1,4 @@
-"""A newcomer's mistakes, each run as the real command (`python -m slm_flywheel.cli`, a subprocess):
+"""A newcomer's mistakes, each run as the real command (`python -m slm_flywheel.app.cli`, a subprocess):
 one line on stderr naming the problem and the fix, exit code 2, no traceback unless `--debug`."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _flywheel(*args: str, cwd: Path, home: Path, **env: str | None) -> subproces
             environ.pop(name, None)
         else:
             environ[name] = value
-    return subprocess.run([sys.executable, "-m", "slm_flywheel.cli", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "slm_flywheel.app.cli", *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=600)
 
 
 def _one_line_error(result: subprocess.CompletedProcess, *expected: str) -> str:
@@ -128,14 +128,3 @@ def test_version_and_config_show(tmp_path, home):
     nothing = _flywheel("config", "show", cwd=tmp_path, home=home)
     assert nothing.returncode == 0 and "does not exist; defaults only" in nothing.stdout
 
-
-def test_a_default_replica_follows_the_served_address_and_an_explicit_list_is_kept():
-    from slm_flywheel.cli import _served_settings
-    from slm_flywheel.config import load_settings
-
-    settings = load_settings(CONFIG)
-    assert settings.serving.replicas == ["http://127.0.0.1:8000"]
-    assert _served_settings(settings, None, 8100).serving.replicas == ["http://127.0.0.1:8100"]
-    assert _served_settings(settings, "0.0.0.0", 8100).serving.replicas == ["http://127.0.0.1:8100"]
-    fleet = settings.model_copy(update={"serving": settings.serving.model_copy(update={"replicas": ["http://gpu-1:8000", "http://gpu-2:8000"]})})
-    assert _served_settings(fleet, None, 8100).serving.replicas == ["http://gpu-1:8000", "http://gpu-2:8000"]

@@ -11,7 +11,7 @@ import yaml
 
 from typer.testing import CliRunner
 
-from slm_flywheel.cli import app
+from slm_flywheel.app.cli import app
 from slm_flywheel.config import load_settings
 from slm_flywheel.tracking import mlflow_client
 from slm_flywheel.models.teacher import TeacherItem

@@ -57,7 +57,7 @@ def test_the_wheel_is_one_namespaced_package_with_every_module_and_the_defaults(
 
     entry_points = configparser.ConfigParser()
     entry_points.read_string(wheel.read(f"{dist_info}/entry_points.txt").decode())
-    assert dict(entry_points["console_scripts"]) == {"flywheel": "slm_flywheel.cli:main"}
+    assert dict(entry_points["console_scripts"]) == {"flywheel": "slm_flywheel.app.cli:main"}
 
 
 def test_init_writes_the_defaults_and_refuses_to_overwrite_them_without_force(tmp_path):

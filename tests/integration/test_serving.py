@@ -179,8 +179,8 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, tmp_pat
 def test_simulator_sends_real_requests_and_keeps_gold_apart(server):
     from typer.testing import CliRunner
 
-    from slm_flywheel.cli import app
-    from slm_flywheel.simulate import simulate
+    from slm_flywheel.app.cli import app
+    from slm_flywheel.app.simulate import simulate
     from slm_flywheel.models.teacher import read_ground_truth
 
     srv, state, settings = server

@@ -160,7 +160,7 @@ def test_status_shows_every_service_healthy_with_the_ui_urls(stack):
     statuses = stack.status()
     assert {s.name for s in statuses} == {"postgres", "mlflow", "prefect", "worker", "webhook", "replica-0", "replica-1"}
     assert all(s.healthy and s.pid for s in statuses), statuses
-    shown = subprocess.run([sys.executable, "-m", "slm_flywheel.cli", "stack", "status", "--config", str(stack.config_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    shown = subprocess.run([sys.executable, "-m", "slm_flywheel.app.cli", "stack", "status", "--config", str(stack.config_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert f"MLflow UI: {stack.mlflow_url}" in shown.stdout and f"Prefect UI: {stack.prefect_url}" in shown.stdout
     assert stack.database_server.startswith("postgresql://")
@@ -171,7 +171,7 @@ def test_two_nightly_runs_a_reviewer_alias_a_promotion_and_the_guard_through_the
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from slm_flywheel.flows.train_adapter import train_adapter_flow
-    from slm_flywheel.simulate import simulate
+    from slm_flywheel.app.simulate import simulate
     from slm_flywheel.models.promotion import OUTSIDE_ACTOR, history
     from slm_flywheel.serving.capture import read_samples
 

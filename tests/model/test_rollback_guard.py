@@ -13,7 +13,7 @@ from slm_flywheel.flows.promote import promote
 from slm_flywheel.flows.rollback_guard import rollback_guard
 from slm_flywheel.flows.train_adapter import train_adapter_flow
 from slm_flywheel.config import load_settings
-from slm_flywheel.simulate import simulate
+from slm_flywheel.app.simulate import simulate
 from slm_flywheel.models.data import load_banking77
 from slm_flywheel.models.promotion import history
 from slm_flywheel.serving.app import create_app

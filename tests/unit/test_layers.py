@@ -1,29 +1,30 @@
 """The layer rule, read from the imports: a module imports only from its own layer or below.
 
-foundation (typed config, atomic files, tracking URI, progress, project files) < models, data_contracts < serving < tasks <
-flows < deployments < the command line, demo, report and simulator. `serving/` and `models/`
-never import Prefect. Every import counts, including ones inside functions."""
+foundation (`slm_flywheel` itself: typed config, atomic files, tracking URI, progress, project files) < models,
+data_contracts < serving < tasks < flows < deployments < app (the command line, demo, report and simulator).
+`serving/` and `models/` never import Prefect. Every import counts, including ones inside functions.
+The layer of a module is its package, read from pyproject's package-dir."""
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# The folders and the installed package they are (pyproject's package-dir): flywheel/ is slm_flywheel itself.
-FOLDERS = {"flywheel": "slm_flywheel", **{name: f"slm_flywheel.{name}" for name in ("models", "data_contracts", "serving", "tasks", "flows", "deployments")}}
-PACKAGES = set(FOLDERS.values())
-FOUNDATION = {"slm_flywheel.config", "slm_flywheel.files", "slm_flywheel.tracking", "slm_flywheel.progress", "slm_flywheel.project", "slm_flywheel"}
-RANK = {"foundation": 0, "models": 1, "data_contracts": 1, "serving": 2, "tasks": 3, "flows": 4, "deployments": 5, "top": 6}
+# The folders and the installed packages they are (pyproject's package-dir): flywheel/ is slm_flywheel itself.
+PACKAGE_DIR: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+FOLDERS = {folder: package for package, folder in PACKAGE_DIR.items()}
+PACKAGES = set(PACKAGE_DIR)
+RANK = {"foundation": 0, "models": 1, "data_contracts": 1, "serving": 2, "tasks": 3, "flows": 4, "deployments": 5, "app": 6}
 
 
 def layer(module: str) -> str:
-    if module in FOUNDATION:
-        return "foundation"
-    top = module.removeprefix("slm_flywheel.").split(".")[0]
-    return top if top in RANK else "top"
+    """The package a module sits in; the modules of `slm_flywheel` itself are the foundation."""
+    package = max((name for name in PACKAGES if module == name or module.startswith(name + ".")), key=len)
+    return "foundation" if package == "slm_flywheel" else package.split(".")[1]
 
 
 def project_modules() -> dict[str, Path]:
@@ -53,10 +54,18 @@ def project_imports(path: Path) -> set[str]:
     return {name for name in imports_of(path) if name in MODULES}
 
 
+def upward_imports(module: str, path: Path) -> list[str]:
+    mine = RANK[layer(module)]
+    return sorted(name for name in project_imports(path) if RANK[layer(name)] > mine)
+
+
+def test_every_package_has_a_layer():
+    assert {layer(package) for package in PACKAGES} == set(RANK)
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_module_imports_only_its_layer_or_below(module):
-    mine = RANK[layer(module)]
-    upward = sorted(name for name in project_imports(MODULES[module]) if RANK[layer(name)] > mine)
+    upward = upward_imports(module, MODULES[module])
     assert not upward, f"{module} ({layer(module)}) imports a higher layer: {upward}"
 
 
@@ -95,3 +104,7 @@ def test_the_rule_sees_a_violation(tmp_path):
     source = tmp_path / "example.py"
     source.write_text("def f():\n    from slm_flywheel.flows.promote import promote\n    import slm_flywheel.tasks.push\n")
     assert {"slm_flywheel.flows.promote", "slm_flywheel.flows.promote.promote", "slm_flywheel.tasks.push"} <= set(imports_of(source))
+    # the foundation importing the command line is the violation the package layout rules out
+    source.write_text("def f():\n    from slm_flywheel.app.cli import main\n    from slm_flywheel import progress\n")
+    assert layer("slm_flywheel.config") == "foundation" and layer("slm_flywheel.app.cli") == "app"
+    assert upward_imports("slm_flywheel.config", source) == ["slm_flywheel.app.cli"]

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 
 import pytest
 from rich.console import Console
 
-from slm_flywheel.report import difference_ci95, summary_table, write_reports
+from slm_flywheel.app.report import DemoReport, RollbackAct, TrafficPhase, difference_ci95, summary_table, write_reports
 from slm_flywheel.config import CostConfig
-from slm_flywheel.models.costs import TrafficDay, TrainingRun, build_ledger
+from slm_flywheel.models.costs import CostLedger, TrafficDay, TrainingRun, build_ledger
+from slm_flywheel.models.drift import DriftTest
+from slm_flywheel.models.promotion import HistoryEntry
 from slm_flywheel.models.usage import SIMULATED_MODEL, AuditRecord, UsageRecord
 
 
-def _ledger() -> dict:
+def _ledger() -> CostLedger:
     """A synthetic ledger of the demo's shape: one day, 1,300 requests, 300 simulated labels, two trainings."""
     day = datetime(2026, 11, 28, 16, tzinfo=timezone.utc)
     traffic = [TrafficDay(day.date(), 1300, 0, 26_000, 6_500, 0, 0, 1300, 1.0)]
@@ -22,83 +25,80 @@ def _ledger() -> dict:
     usage += [UsageRecord(day, "banking-intent", "audit", SIMULATED_MODEL, 0, 0, 1)] * 40
     audits = [AuditRecord(day, "banking-intent", 3, 40, 30)]
     training = [TrainingRun("a", day, 250.0), TrainingRun("b", day, 300.0)]
-    return build_ledger("banking-intent", traffic, usage, audits, training, CostConfig(), simulated_price_per_item=0.0005).to_dict()
+    return build_ledger("banking-intent", traffic, usage, audits, training, CostConfig(), simulated_price_per_item=0.0005)
 
 
 COSTS = _ledger()
 
 
 def _test(name, effect, threshold, p, drifted):
-    # The keys of `DriftReport.to_dict()["tests"]` items (p_value is Holm-corrected there).
-    return {"name": name, "statistic": effect, "effect": effect, "threshold": threshold, "p_value": p, "significant": p < 0.05, "drifted": drifted, "detail": {"p_value_uncorrected": p / 4}}
+    # p_value is Holm-corrected in a DriftTest
+    return DriftTest(name, statistic=effect, p_value=p, effect=effect, threshold=threshold, significant=p < 0.05, drifted=drifted, detail={"p_value_uncorrected": p / 4})
 
 
-FULL = {
-    "workload": "banking-intent",
-    "scenario": "prior-shift",
-    "fast": False,
-    "home": "/abs/.flywheel/demo",
-    "teacher": "simulated-teacher (SIMULATED frontier model)",
-    "launch_drift_detected": False,
-    "drift_detected": True,
-    "drift_reason": "drift in input_mmd (effect 0.0412 >= 0.002, p=0.0199)",
-    "champion_version": 1,
-    "candidate_version": 2,
-    "promoted_version": 2,
-    "gate_reasons": ["candidate beats champion on the drift slice by +0.1910 (p=0.000244) with no regression"],
-    "relabeled": 300,
-    "teacher_cost": 0.15,
-    "teacher_cached": 0,
-    "to_review": 15,
-    "live_accuracy_launch": 0.713,
-    "live_accuracy_before": 0.27,
-    "live_accuracy_after": 0.5,
-    "live_accuracy_rollback": 0.48,
-    "champion_drift_accuracy": 0.2697,
-    "candidate_drift_accuracy": 0.4607,
-    "drift_tests": {
+FULL = DemoReport(
+    workload="banking-intent",
+    scenario="prior-shift",
+    fast=False,
+    home="/abs/.flywheel/demo",
+    teacher="simulated-teacher (SIMULATED frontier model)",
+    launch_drift_detected=False,
+    drift_detected=True,
+    drift_reason="drift in input_mmd (effect 0.0412 >= 0.002, p=0.0199)",
+    champion_version=1,
+    candidate_version=2,
+    promoted_version=2,
+    gate_reasons=["candidate beats champion on the drift slice by +0.1910 (p=0.000244) with no regression"],
+    relabeled=300,
+    teacher_cost=0.15,
+    teacher_cached=0,
+    to_review=15,
+    live_accuracy_launch=0.713,
+    live_accuracy_before=0.27,
+    live_accuracy_after=0.5,
+    live_accuracy_rollback=0.48,
+    champion_drift_accuracy=0.2697,
+    candidate_drift_accuracy=0.4607,
+    drift_tests={
         "launch": [_test("input_mmd", 0.0011, 0.002, 0.41, False), _test("label_js", 0.02, 0.1, 0.6, False), _test("confidence_ks", 0.04, 0.1, 0.9, False), _test("low_confidence_share", 0.01, 0.05, 1.0, False)],
         "drifted": [
             _test("input_mmd", 0.0412, 0.002, 0.0199, True),
-            {"name": "label_js", "statistic": 0.52, "effect": 0.52, "threshold": 0.1, "p_value": 0.005, "p_adjusted": 0.0199, "drifted": True},
+            _test("label_js", 0.52, 0.1, 0.0199, True),
             _test("confidence_ks", 0.12, 0.1, 0.0199, True),
             _test("low_confidence_share", 0.03, 0.05, 0.02, False),
         ],
     },
-    "gate_metrics": {
+    gate_metrics={
         "base_golden_headline": 0.01, "champion_golden_headline": 0.588, "candidate_golden_headline": 0.618,
         "base_drift_headline": 0.0, "champion_drift_headline": 0.27, "candidate_drift_headline": 0.46,
         "drift_gain": 0.191, "mcnemar_p": 0.000244, "candidate_latency_p95_ms": 120.0,
     },
-    "timeline": [
-        {"phase": "launch", "requests": 300, "live_accuracy": 0.713, "served_by": "banking-intent@v1"},
-        {"phase": "drift", "requests": 400, "live_accuracy": 0.27, "served_by": "banking-intent@v1"},
-        {"phase": "after retrain", "requests": 400, "live_accuracy": 0.5, "served_by": "banking-intent@v2"},
-        {"phase": "bad promotion", "requests": 200, "live_accuracy": 0.1, "served_by": "banking-intent@v3"},
-        {"phase": "after rollback", "requests": 200, "live_accuracy": 0.48, "served_by": "banking-intent@v2"},
+    timeline=[
+        TrafficPhase("launch", "steady", 300, 0.713, "banking-intent@v1"),
+        TrafficPhase("drift", "prior-shift", 400, 0.27, "banking-intent@v1"),
+        TrafficPhase("after retrain", "prior-shift", 400, 0.5, "banking-intent@v2"),
+        TrafficPhase("bad promotion", "prior-shift", 200, 0.1, "banking-intent@v3"),
+        TrafficPhase("after rollback", "prior-shift", 200, 0.48, "banking-intent@v2"),
     ],
-    "history": [
-        {"action": "bootstrap", "actor": "train-adapter (launch)", "at": "2026-11-28T16:00:00+00:00", "from_version": None, "to_version": 1, "reason": "first champion", "evidence": {}},
-        {"action": "promote", "actor": "nightly-retrain (auto)", "at": "2026-11-28T17:00:00+00:00", "from_version": 1, "to_version": 2, "reason": "gate passed | drift slice +0.19", "evidence": {"drift_gain": 0.191}},
-        {"action": "rollback", "actor": "rollback-guard", "at": "2026-11-28T17:30:00+00:00", "from_version": 3, "to_version": 2, "reason": "teacher agreement fell", "evidence": {}},
+    history=[
+        HistoryEntry("bootstrap", "train-adapter (launch)", "2026-11-28T16:00:00+00:00", None, 1, "first champion"),
+        HistoryEntry("promote", "nightly-retrain (auto)", "2026-11-28T17:00:00+00:00", 1, 2, "gate passed | drift slice +0.19", {"drift_gain": 0.191}),
+        HistoryEntry("rollback", "rollback-guard", "2026-11-28T17:30:00+00:00", 3, 2, "teacher agreement fell"),
     ],
-    "rollback": {"bad_version": 3, "restored_version": 2, "reasons": ["teacher agreement fell from 0.95 to 0.40"], "completed": True},
-    "rollback_completed": True,
-    "costs": COSTS,
-    "cost_usd": COSTS["total"]["cost_usd"],
-    "frontier_only_cost_usd": COSTS["total"]["frontier_only_usd"],
-    "savings_pct": COSTS["total"]["savings_pct"],
-    "stage_seconds": {"pull base model": 0.0, "train launch champion": 250.7, "traffic: drift (prior-shift)": 40.2, "nightly-retrain": 300.1, "promote and push": 3.0},
-}
+    rollback=RollbackAct(bad_version=3, restored_version=2, reasons=["teacher agreement fell from 0.95 to 0.40"], completed=True),
+    rollback_completed=True,
+    costs=COSTS,
+    cost_usd=COSTS.total.cost_usd,
+    frontier_only_cost_usd=COSTS.total.frontier_only_usd,
+    savings_pct=COSTS.total.savings_pct,
+    stage_seconds={"pull base model": 0.0, "train launch champion": 250.7, "traffic: drift (prior-shift)": 40.2, "nightly-retrain": 300.1, "promote and push": 3.0},
+)
 
-# What a `--fast` run that did not promote (and had no rollback act) may leave.
-MINIMAL = {
-    "workload": "banking-intent", "scenario": "prior-shift", "fast": True, "teacher": "", "drift_detected": False,
-    "champion_version": 1, "candidate_version": None, "promoted_version": None, "gate_reasons": [], "relabeled": 0,
-    "teacher_cost": 0.0, "live_accuracy_launch": None, "live_accuracy_before": 0.3, "live_accuracy_after": None,
-    "champion_drift_accuracy": None, "candidate_drift_accuracy": None, "drift_tests": None, "gate_metrics": None,
-    "timeline": None, "history": None, "rollback": None, "rollback_completed": False, "stage_seconds": {},
-}
+# What a `--fast` run may leave that stopped after the drifted traffic: no teacher labels, no candidate, no rollback act, no ledger.
+MINIMAL = DemoReport(
+    "banking-intent", "prior-shift", fast=True, champion_version=1, live_accuracy_before=0.3,
+    timeline=[TrafficPhase("launch", "steady", 80, None, "banking-intent@v1"), TrafficPhase("drift", "prior-shift", 160, 0.3, "banking-intent@v1")],
+)
 
 
 def test_full_report_writes_markdown_with_plot_files_and_self_contained_html(tmp_path):
@@ -135,19 +135,21 @@ def test_minimal_report_says_na_and_skips_the_plots_it_cannot_draw(tmp_path):
     assert "0.300 → n/a" in md
     assert "Nothing was promoted" in md and "not run in this demo" in md
     assert "SIMULATED" in md and "sqlite:///.flywheel/demo/mlflow.db" in md
-    write_reports({}, tmp_path / "empty")  # nothing at all still renders
+    empty = write_reports(DemoReport("banking-intent", "prior-shift", fast=True), tmp_path / "empty")  # before any stage ran
+    assert set(empty) == {"markdown", "html"} and "| rollback completed | n/a |" in empty["markdown"].read_text(encoding="utf-8")
 
 
 def test_a_plot_draws_whatever_fields_exist(tmp_path):
-    partial = {
-        "drift_tests": {"drifted": [{"name": "input_mmd", "effect": 0.1}]},  # no threshold: nothing to plot
-        "gate_metrics": {"candidate_drift_headline": 0.4},
-        "relabeled": 5,
-        "timeline": [{"phase": "launch", "live_accuracy": None}],
-    }
+    partial = DemoReport(
+        "banking-intent", "prior-shift", fast=True,
+        drift_tests={"launch": []},  # a nightly run with no tests: no panel
+        gate_metrics={"candidate_drift_headline": 0.4},
+        relabeled=5,
+        timeline=[TrafficPhase("launch", "steady", 80, None, "banking-intent@v1")],  # no gold answer: no point
+    )
     paths = write_reports(partial, tmp_path)
     assert {name for name in paths if name.startswith("plot:")} == {"plot:gate", "plot:teacher"}
-    assert "5 labels, simulated cost n/a" in paths["markdown"].read_text(encoding="utf-8")
+    assert "5 labels, simulated cost $0.00 (0 from cache, 0 to human review)" in paths["markdown"].read_text(encoding="utf-8")
 
 
 def test_summary_table_has_the_headline_rows_then_seconds_per_stage():
@@ -173,11 +175,11 @@ def test_difference_interval_matches_newcombes_worked_example():
 
 
 def test_cost_section_shows_the_ledger_against_frontier_only_with_its_chart(tmp_path):
-    total = COSTS["total"]
+    total = COSTS.total
     # The synthetic ledger's arithmetic: 1 h of serving at $0.50, 550 s of training at $1.20/h,
     # 340 simulated calls at $0.0005, against 26,000 + 6,500 tokens at gpt-4o-mini's $0.15 / $0.60.
-    assert total["cost_usd"] == pytest.approx(0.5 + 550 / 3600 * 1.2 + 340 * 0.0005)
-    assert total["frontier_only_usd"] == pytest.approx((26_000 * 0.15 + 6_500 * 0.60) / 1e6)
+    assert total.cost_usd == pytest.approx(0.5 + 550 / 3600 * 1.2 + 340 * 0.0005)
+    assert total.frontier_only_usd == pytest.approx((26_000 * 0.15 + 6_500 * 0.60) / 1e6)
     md = write_reports(FULL, tmp_path)["markdown"].read_text(encoding="utf-8")
     section = md[md.index("## Costs") : md.index("## Registry history")]
     assert "every request sent to `gpt-4o-mini`" in section and "SIMULATED" in section
@@ -194,3 +196,12 @@ def test_cost_section_shows_the_ledger_against_frontier_only_with_its_chart(tmp_
 def test_cost_section_says_na_without_a_ledger(tmp_path):
     md = write_reports(MINIMAL, tmp_path)["markdown"].read_text(encoding="utf-8")
     assert "## Costs\n\nn/a" in md and "| cost vs frontier-only | n/a |" in md
+
+
+def test_report_json_is_the_typed_report_with_the_ledgers_totals():
+    data = json.loads(json.dumps(FULL.to_dict(), default=str))
+    assert data["costs"]["total"]["cost_usd"] == pytest.approx(COSTS.total.cost_usd)  # a derived total, not a field
+    assert data["rollback"] == {"bad_version": 3, "restored_version": 2, "reasons": ["teacher agreement fell from 0.95 to 0.40"], "completed": True}
+    assert [phase["requests"] for phase in data["timeline"]] == [300, 400, 400, 200, 200]
+    assert data["history"][1]["from_version"] == 1 and data["drift_tests"]["drifted"][1]["p_value"] == 0.0199
+    assert MINIMAL.to_dict()["costs"] is None

@@ -361,7 +361,7 @@ def simulate(
 ) -> None:
     """Send simulated production traffic over HTTP; hidden gold answers go to a separate file."""
     from slm_flywheel import progress
-    from slm_flywheel.simulate import simulate as run_simulation
+    from slm_flywheel.app.simulate import simulate as run_simulation
 
     settings = _settings(config)
     try:
@@ -641,16 +641,16 @@ def demo(
     """The whole flywheel on embedded defaults: launch → drift → relabel → retrain → gate → push → rollback."""
     _offline_defaults()
     from slm_flywheel import progress
-    from slm_flywheel.demo import run_demo
+    from slm_flywheel.app.demo import run_demo
 
-    from slm_flywheel.report import summary_table
+    from slm_flywheel.app.report import summary_table
 
     settings = _settings(config)
     started = time.perf_counter()
     with progress.progress_bar():
         report = run_demo(settings, workload=workload, scenario=scenario, budget=budget, fast=fast)
     home = Path(report.home)
-    console.print(summary_table(report.to_dict()))
+    console.print(summary_table(report))
     console.print(f"total {time.perf_counter() - started:.0f} s. Reports: {home / 'report.html'}, {home / 'report.md'}, {home / 'report.json'}")
     console.print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}  (then http://127.0.0.1:5000)")
     console.print(f"Costs: flywheel costs {workload} --config {home / 'flywheel.yaml'}")

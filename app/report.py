@@ -1,9 +1,10 @@
 """The demo's final report: `report.md` (plots beside it), a self-contained `report.html`, and the
 rich table the CLI prints.
 
-Both files are rendered from one list of blocks, so they always say the same thing. Every field of
-the demo's report dict may be missing or None (a `--fast` run may not promote, the rollback act
-may not run): the text then says "n/a" and the plot that needs it is left out.
+Both files are rendered from one list of blocks, so they always say the same thing. They render
+from the typed `DemoReport` that `flywheel demo` fills in as it goes; the fields that may be None
+(a `--fast` run may not promote, a phase may have no gold answers) say "n/a", and the plot that
+needs them is left out.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ import io
 import math
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from slm_flywheel.models.costs import format_usd
+from slm_flywheel.models.costs import CostLedger, format_usd
+
+if TYPE_CHECKING:  # annotations only: the report module stays light for the command line
+    from slm_flywheel.models.drift import DriftTest
+    from slm_flywheel.models.promotion import HistoryEntry
 
 NA = "n/a"
 DRIFT_RUNS = (("launch", "nightly run on launch traffic"), ("drifted", "nightly run on drifted traffic"))
@@ -31,7 +36,7 @@ SCENARIOS = {
     "prior-shift": "most traffic moves onto the items that were rare at launch, as after a product launch",
     "new-phrasing": "the launch mix, rewritten: lowercase, typos, abbreviations, other wording",
 }
-# What each demo stage did, matched by substring in this order (stage names come from flywheel/demo.py).
+# What each demo stage did, matched by substring in this order (stage names come from app/demo.py).
 STAGES = (
     ("pull base model", "materialized the base small LM into a cached checkpoint (once per machine)"),
     ("train launch champion", "trained a LoRA adapter on launch data and registered it in MLflow as `champion`"),
@@ -50,6 +55,73 @@ STAGES = (
     ("rollback", "ran `rollback-guard`: the new champion against the previous one on live traffic"),
     ("cost ledger", "priced the run's records (traffic, teacher calls, training runs) against frontier-only"),
 )
+
+
+@dataclass(frozen=True)
+class TrafficPhase:
+    """One burst of simulated traffic and its live accuracy against the simulator's hidden gold."""
+
+    phase: str  # "launch", "drift", "after retrain", "bad promotion", "after rollback"
+    scenario: str
+    requests: int
+    live_accuracy: float | None  # None when no request had a gold answer
+    served_by: str  # the route that served it, e.g. banking-intent@v2
+
+
+@dataclass(frozen=True)
+class RollbackAct:
+    """The demo's rollback act: the bad version promoted on purpose and what the guard restored."""
+
+    bad_version: int
+    restored_version: int
+    reasons: list[str]
+    completed: bool
+
+
+@dataclass
+class DemoReport:
+    """What `flywheel demo` measured, filled in stage by stage; report.json is its `to_dict()`."""
+
+    workload: str
+    scenario: str
+    fast: bool
+    teacher: str = ""
+    launch_drift_detected: bool = False  # the nightly run on launch traffic: should stay quiet
+    drift_detected: bool = False
+    drift_reason: str = ""
+    champion_version: int | None = None
+    candidate_version: int | None = None
+    promoted_version: int | None = None
+    gate_reasons: list[str] = field(default_factory=list)
+    relabeled: int = 0
+    teacher_cost: float = 0.0
+    live_accuracy_launch: float | None = None
+    live_accuracy_before: float | None = None
+    live_accuracy_after: float | None = None
+    champion_drift_accuracy: float | None = None
+    candidate_drift_accuracy: float | None = None
+    teacher_cached: int = 0
+    to_review: int = 0
+    live_accuracy_rollback: float | None = None  # on the bad version, before the guard acted
+    live_accuracy_after_rollback: float | None = None
+    # 95% interval of live_accuracy_after - live_accuracy_before (independent traffic samples)
+    live_accuracy_gain_ci95: list[float] | None = None
+    rollback_completed: bool = False
+    rollback: RollbackAct | None = None  # None until the rollback act has run
+    drift_tests: dict[str, list[DriftTest]] = field(default_factory=dict)  # "launch" and "drifted" nightly runs
+    gate_metrics: dict[str, float] = field(default_factory=dict)  # the gate decision's metrics (none without a candidate)
+    timeline: list[TrafficPhase] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
+    # The cost ledger of the demo's records (`models/costs.py`): totals, and the ledger itself.
+    cost_usd: float | None = None
+    frontier_only_cost_usd: float | None = None
+    savings_pct: float | None = None
+    costs: CostLedger | None = None
+    home: str = ""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "costs": self.costs.to_dict() if self.costs else None}  # the ledger's derived totals too
 
 
 @dataclass(frozen=True)
@@ -95,7 +167,7 @@ class Image:
 Block = Heading | Paragraph | Bullets | TableBlock | Code | Image
 
 
-def write_reports(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def write_reports(report: DemoReport, out_dir: Path) -> dict[str, Path]:
     """Write `report.md` (PNGs under `out_dir/plots/`) and a self-contained `report.html`.
 
     Returns:
@@ -118,14 +190,14 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return written
 
 
-def summary_table(report: dict[str, Any]) -> Table:
+def summary_table(report: DemoReport) -> Table:
     """The headline outcome, then seconds per stage: what `flywheel demo` prints last."""
     table = Table(title=_title(report))
     table.add_column("")
     table.add_column("value")
     for key, value in _headline(report):
         table.add_row(key, escape(value))
-    for stage, seconds in (report.get("stage_seconds") or {}).items():
+    for stage, seconds in report.stage_seconds.items():
         table.add_row(escape(f"seconds: {stage}"), _num(seconds, ".0f"))
     return table
 
@@ -135,10 +207,6 @@ def summary_table(report: dict[str, Any]) -> Table:
 
 def _num(value: Any, spec: str = ".3f") -> str:
     return NA if value is None else format(value, spec)
-
-
-def _count(value: Any) -> str:
-    return NA if value is None else str(int(value))
 
 
 def _yes(value: Any) -> str:
@@ -180,22 +248,22 @@ def difference_ci95(before: float, n_before: int, after: float, n_after: int) ->
     return diff - math.sqrt((after - low2) ** 2 + (high1 - before) ** 2), diff + math.sqrt((high2 - after) ** 2 + (before - low1) ** 2)
 
 
-def _requests(report: dict[str, Any], phase: str) -> int | None:
-    return next((int(p["requests"]) for p in report.get("timeline") or [] if p.get("phase") == phase and p.get("requests")), None)
+def _requests(report: DemoReport, phase: str) -> int | None:
+    return next((p.requests for p in report.timeline if p.phase == phase), None)
 
 
-def live_gain_ci95(report: dict[str, Any]) -> tuple[float, float] | None:
+def live_gain_ci95(report: DemoReport) -> tuple[float, float] | None:
     """The 95% interval of live accuracy after the retrain minus before, from the traffic counts."""
-    before, after = report.get("live_accuracy_before"), report.get("live_accuracy_after")
+    before, after = report.live_accuracy_before, report.live_accuracy_after
     n_before, n_after = _requests(report, "drift"), _requests(report, "after retrain")
     if before is None or after is None or not n_before or not n_after:
         return None
     return difference_ci95(before, n_before, after, n_after)
 
 
-def _live_change(report: dict[str, Any]) -> str:
+def _live_change(report: DemoReport) -> str:
     """Before → after, the margin, and its 95% interval when the traffic counts are known."""
-    text = _change(report.get("live_accuracy_before"), report.get("live_accuracy_after"))
+    text = _change(report.live_accuracy_before, report.live_accuracy_after)
     interval = live_gain_ci95(report)
     if interval is None:
         return text
@@ -204,41 +272,33 @@ def _live_change(report: dict[str, Any]) -> str:
     return text[:-1] + f", 95% CI {100 * low:+.1f} to {100 * high:+.1f}: {verdict})"
 
 
-def _title(report: dict[str, Any]) -> str:
-    fast = " (fast)" if report.get("fast") else ""
-    return f"slm-flywheel demo: {report.get('workload') or NA}, {report.get('scenario') or NA}{fast}"
+def _title(report: DemoReport) -> str:
+    fast = " (fast)" if report.fast else ""
+    return f"slm-flywheel demo: {report.workload}, {report.scenario}{fast}"
 
 
-def _total_seconds(report: dict[str, Any]) -> float | None:
-    stages = report.get("stage_seconds") or {}
-    return report.get("total_seconds") or (sum(v for v in stages.values() if v is not None) if stages else None)
+def _total_seconds(report: DemoReport) -> float | None:
+    return sum(report.stage_seconds.values()) if report.stage_seconds else None
 
 
-def _rollback(report: dict[str, Any]) -> dict[str, Any]:
-    return report.get("rollback") or {}
-
-
-def _rollback_summary(report: dict[str, Any]) -> str:
-    rollback = _rollback(report)
-    if not rollback:
+def _rollback_summary(report: DemoReport) -> str:
+    rollback = report.rollback
+    if rollback is None:
         return NA
-    moved = f"{_version(rollback.get('bad_version'))} → {_version(rollback.get('restored_version'))}"
-    return f"{_yes(rollback.get('completed', report.get('rollback_completed')))} ({moved})"
+    return f"{_yes(rollback.completed)} ({_version(rollback.bad_version)} → {_version(rollback.restored_version)})"
 
 
-def _teacher_summary(report: dict[str, Any]) -> str:
-    if report.get("relabeled") is None:
-        return NA
+def _teacher_summary(report: DemoReport) -> str:
     return (
-        f"{report['relabeled']} labels, simulated cost {_money(report.get('teacher_cost'))} "
-        f"({_count(report.get('teacher_cached'))} from cache, {_count(report.get('to_review'))} to human review)"
+        f"{report.relabeled} labels, simulated cost {_money(report.teacher_cost)} "
+        f"({report.teacher_cached} from cache, {report.to_review} to human review)"
     )
 
 
-def _headline(report: dict[str, Any]) -> list[tuple[str, str]]:
+def _headline(report: DemoReport) -> list[tuple[str, str]]:
     return [
-        ("drift detected", f"{_yes(report.get('drift_detected'))} (on launch traffic: {_yes(report.get('launch_drift_detected'))})"),
-        ("promoted version", _version(report.get("promoted_version"))),
+        ("drift detected", f"{_yes(report.drift_detected)} (on launch traffic: {_yes(report.launch_drift_detected)})"),
+        ("promoted version", _version(report.promoted_version)),
         ("live accuracy before → after", _live_change(report)),
         ("rollback completed", _rollback_summary(report)),
         ("teacher (SIMULATED)", _teacher_summary(report)),
@@ -251,58 +311,56 @@ def _usd(value: Any) -> str:
     return NA if value is None else format_usd(value)
 
 
-def _cost_summary(report: dict[str, Any]) -> str:
-    if report.get("cost_usd") is None:
+def _cost_summary(report: DemoReport) -> str:
+    if report.cost_usd is None:
         return NA
-    pct = report.get("savings_pct")
-    return (
-        f"{_usd(report['cost_usd'])} vs {_usd(report.get('frontier_only_cost_usd'))} "
-        f"(savings {NA if pct is None else f'{pct:.1f}%'})"
-    )
+    return f"{_usd(report.cost_usd)} vs {_usd(report.frontier_only_cost_usd)} (savings {_pct(report.savings_pct)})"
+
+
+def _pct(value: float | None) -> str:
+    return NA if value is None else f"{value:.1f}%"
 
 
 COST_COLUMNS = (
-    ("requests", "requests", _count),
+    ("requests", "requests", str),
     ("frontier $", "frontier_usd", _usd),
     ("relabel $", "relabel_usd", _usd),
     ("serving $", "serving_usd", _usd),
     ("training $", "training_usd", _usd),
     ("cost $", "cost_usd", _usd),
     ("frontier-only $", "frontier_only_usd", _usd),
-    ("savings %", "savings_pct", lambda value: NA if value is None else f"{value:.1f}%"),
+    ("savings %", "savings_pct", _pct),
 )
 
 
-def _cost_blocks(report: dict[str, Any], plot: Plot | None) -> list[Block]:
+def _cost_blocks(report: DemoReport, plot: Plot | None) -> list[Block]:
     """The cost ledger of the demo's traffic: per day, the total, the chart, the break-even volume."""
-    ledger = report.get("costs") or {}
+    ledger = report.costs
     blocks: list[Block] = [Heading("Costs")]
-    if not ledger:
+    if ledger is None:
         return blocks + [Paragraph(NA)]
-    model = ledger.get("frontier_model") or NA
     blocks.append(
         Paragraph(
             "What this run cost with the small model (frontier calls for relabelling and audits, the serving fleet's "
             "hours, the training runs), against **frontier-only**: every request sent to "
-            f"`{model}` at the measured tokens (the workload's prompt and answer only, so a lower bound of the "
+            f"`{ledger.frontier_model}` at the measured tokens (the workload's prompt and answer only, so a lower bound of the "
             "frontier's cost). Prices are the examples of `costs` in `flywheel.yaml`; the teacher's calls are "
             "SIMULATED and priced per label. From the records: `flywheel costs <workload>`."
         )
     )
-    lines = [*(ledger.get("days") or []), *([ledger["total"]] if ledger.get("total") else [])]
-    rows = [[str(line.get("period") or NA)] + [render(line.get(key)) for _, key, render in COST_COLUMNS] for line in lines]
-    blocks.append(_table_or_na(["day", *(name for name, _, _ in COST_COLUMNS)], rows))
-    total = ledger.get("total") or {}
-    agreement = total.get("audited_agreement")
+    rows = [[line.period] + [render(getattr(line, key)) for _, key, render in COST_COLUMNS] for line in [*ledger.days, ledger.total]]
+    blocks.append(TableBlock(["day", *(name for name, _, _ in COST_COLUMNS)], rows))
+    total = ledger.total
+    agreement = total.audited_agreement
     if agreement is not None:
         blocks.append(
             Paragraph(
-                f"Served answers the teacher audited: {_count(total.get('audited'))}, of which {agreement:.1%} agreed "
+                f"Served answers the teacher audited: {total.audited}, of which {agreement:.1%} agreed "
                 "with the frontier's answer (the frontier scores 100% on its own answers): the savings come with this accuracy."
             )
         )
-    per_request, break_even = ledger.get("frontier_usd_per_request"), ledger.get("break_even_requests_per_day")
-    fixed = f"fixed costs {_usd(ledger.get('fixed_usd_per_day'))} a day (serving share, training, relabelling, audits)"
+    per_request, break_even = ledger.frontier_usd_per_request, ledger.break_even_requests_per_day
+    fixed = f"fixed costs {_usd(ledger.fixed_usd_per_day)} a day (serving share, training, relabelling, audits)"
     if per_request is None:
         blocks.append(Paragraph(f"**Break-even:** n/a (no requests); {fixed}."))
     elif break_even is None:
@@ -326,22 +384,19 @@ def _describe(stage: str) -> str:
     return next((text for needle, text in STAGES if needle in stage), "")
 
 
-def _story(report: dict[str, Any]) -> list[str]:
+def _story(report: DemoReport) -> list[str]:
     """One numbered step per act of the demo, with this run's numbers."""
-    scenario = report.get("scenario") or NA
-    before = report.get("live_accuracy_before")
-    candidate, promoted = report.get("candidate_version"), report.get("promoted_version")
-    reason = report.get("drift_reason")
-    rollback = _rollback(report)
+    scenario, before, reason = report.scenario, report.live_accuracy_before, report.drift_reason
+    candidate, promoted, rollback = report.candidate_version, report.promoted_version, report.rollback
     steps: list[str] = []
     steps.append(
-        f"**Launch.** Champion {_version(report.get('champion_version'))} was trained on launch data (the items "
+        f"**Launch.** Champion {_version(report.champion_version)} was trained on launch data (the items "
         f"that launch later are rare in it) and served; live accuracy on launch traffic: "
-        f"{_num(report.get('live_accuracy_launch'))}."
+        f"{_num(report.live_accuracy_launch)}."
     )
     steps.append(
         f"**A quiet night.** `nightly-retrain` on launch traffic detected drift: "
-        f"{_yes(report.get('launch_drift_detected'))} (it should say no: this traffic looks like what the champion "
+        f"{_yes(report.launch_drift_detected)} (it should say no: this traffic looks like what the champion "
         "was trained on)."
     )
     steps.append(
@@ -349,28 +404,27 @@ def _story(report: dict[str, Any]) -> list[str]:
         f"the launch champion: {_num(before)}."
     )
     steps.append(
-        f"**Nightly retrain.** Drift detected: {_yes(report.get('drift_detected'))}{f': {reason}' if reason else ''}. "
+        f"**Nightly retrain.** Drift detected: {_yes(report.drift_detected)}{f': {reason}' if reason else ''}. "
         f"The SIMULATED teacher produced {_teacher_summary(report)}; "
         + (f"candidate {_version(candidate)} was trained on them." if candidate is not None else "no candidate was trained.")
     )
     steps.append(
         "**Gate.** On the held-out drift slice (teacher labels never trained on), champion → candidate: "
-        f"{_change(report.get('champion_drift_accuracy'), report.get('candidate_drift_accuracy'))}. "
-        f"Decision: {'; '.join(report.get('gate_reasons') or []) or NA}."
+        f"{_change(report.champion_drift_accuracy, report.candidate_drift_accuracy)}. "
+        f"Decision: {'; '.join(report.gate_reasons) or NA}."
     )
     if promoted is not None:
         steps.append(f"**Promotion.** {_version(promoted)} became champion and was pushed to the serving tier.")
     else:
         steps.append("**Promotion.** Nothing was promoted: the champion kept serving.")
     steps.append(f"**After the retrain.** Live accuracy {_live_change(report)}.")
-    if rollback:
+    if rollback is not None:
         steps.append(
-            f"**Rollback act.** {_version(rollback.get('bad_version'))} was promoted on purpose; the rollback guard "
-            f"found: {'; '.join(rollback.get('reasons') or []) or NA}. Restored "
-            f"{_version(rollback.get('restored_version'))}, completed: "
-            f"{_yes(rollback.get('completed', report.get('rollback_completed')))}. Live accuracy while the bad version "
-            f"served: {_num(report.get('live_accuracy_rollback'))}; after the rollback: "
-            f"{_num(report.get('live_accuracy_after_rollback'))}."
+            f"**Rollback act.** {_version(rollback.bad_version)} was promoted on purpose; the rollback guard "
+            f"found: {'; '.join(rollback.reasons) or NA}. Restored {_version(rollback.restored_version)}, "
+            f"completed: {_yes(rollback.completed)}. Live accuracy while the bad version "
+            f"served: {_num(report.live_accuracy_rollback)}; after the rollback: "
+            f"{_num(report.live_accuracy_after_rollback)}."
         )
     else:
         steps.append("**Rollback act.** n/a: not run in this demo.")
@@ -381,10 +435,9 @@ def _table_or_na(header: list[str], rows: list[list[str]]) -> Block:
     return TableBlock(header, rows) if rows else Paragraph(NA)
 
 
-def build_blocks(report: dict[str, Any], plots: list[Plot]) -> list[Block]:
+def build_blocks(report: DemoReport, plots: list[Plot]) -> list[Block]:
     """The report's content, in reading order."""
-    home = report.get("home") or ".flywheel/demo"
-    teacher = report.get("teacher") or "simulated-teacher"
+    home = report.home or ".flywheel/demo"  # set once the demo has its state dir
     blocks: list[Block] = [
         Heading(_title(report), 1),
         Paragraph(
@@ -393,7 +446,7 @@ def build_blocks(report: dict[str, Any], plots: list[Plot]) -> list[Block]:
             "the champion. Every number below comes from this run."
         ),
         Paragraph(
-            f"**The teacher is a SIMULATED frontier model** (`{teacher}`). It answers from the traffic simulator's "
+            f"**The teacher is a SIMULATED frontier model** (`{report.teacher}`). It answers from the traffic simulator's "
             "hidden gold with a controlled rate of plausible mistakes; no LLM API was called and its cost is simulated "
             "(a price per label), not billed. Set `teacher.kind: openai` in `flywheel.yaml` for a real one."
         ),
@@ -404,7 +457,7 @@ def build_blocks(report: dict[str, Any], plots: list[Plot]) -> list[Block]:
         Heading("Stages"),
         _table_or_na(
             ["stage", "seconds", "what it did"],
-            [[stage, _num(seconds, ".1f"), _describe(stage)] for stage, seconds in (report.get("stage_seconds") or {}).items()],
+            [[stage, _num(seconds, ".1f"), _describe(stage)] for stage, seconds in report.stage_seconds.items()],
         ),
     ]
     for plot in plots:
@@ -416,14 +469,8 @@ def build_blocks(report: dict[str, Any], plots: list[Plot]) -> list[Block]:
         _table_or_na(
             ["when", "who", "action", "from → to", "why"],
             [
-                [
-                    str(entry.get("at") or NA),
-                    str(entry.get("actor") or NA),
-                    str(entry.get("action") or NA),
-                    f"{_from_version(entry.get('from_version'))} → {_version(entry.get('to_version'))}",
-                    str(entry.get("reason") or NA),
-                ]
-                for entry in report.get("history") or []
+                [entry.at, entry.actor, entry.action, f"{_from_version(entry.from_version)} → {_version(entry.to_version)}", entry.reason]
+                for entry in report.history
             ],
         )
     )
@@ -522,7 +569,7 @@ def to_html(blocks: list[Block], title: str) -> str:
 # Plots: one small figure each, None when the report lacks what it needs.
 
 
-def build_plots(report: dict[str, Any]) -> list[Plot]:
+def build_plots(report: DemoReport) -> list[Plot]:
     plots = [_drift_plot(report), _live_accuracy_plot(report), _teacher_plot(report), _gate_plot(report), _cost_plot(report)]
     return [plot for plot in plots if plot is not None]
 
@@ -541,18 +588,8 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _p_value(test: dict[str, Any]) -> float | None:
-    # `DriftReport.to_dict` stores the Holm-corrected p as `p_value`; a dict may also carry it as `p_adjusted`.
-    return test.get("p_adjusted", test.get("p_value"))
-
-
-def _drift_plot(report: dict[str, Any]) -> Plot | None:
-    runs = report.get("drift_tests") or {}
-    panels = []
-    for key, label in DRIFT_RUNS:
-        tests = [t for t in runs.get(key) or [] if t.get("effect") is not None and t.get("threshold") is not None]
-        if tests:
-            panels.append((label, tests))
+def _drift_plot(report: DemoReport) -> Plot | None:
+    panels = [(label, report.drift_tests[key]) for key, label in DRIFT_RUNS if report.drift_tests.get(key)]  # a run the demo reached, with tests
     if not panels:
         return None
     from matplotlib.ticker import FuncFormatter
@@ -560,12 +597,12 @@ def _drift_plot(report: dict[str, Any]) -> Plot | None:
     fig, axes = _figure(len(panels), 5.5 * len(panels))
     for ax, (label, tests) in zip(axes, panels):
         # Effects live on different scales (MMD², JS distance, KS D, shares): their ratio to the threshold shares one.
-        ratios = [t["effect"] / t["threshold"] if t["threshold"] > 0 else float(t["effect"] > 0) for t in tests]
-        colors = ["tab:red" if t.get("drifted") else "tab:orange" if t.get("significant") else "tab:gray" for t in tests]
-        bars = ax.barh([str(t.get("name", "?")) for t in tests], ratios, color=colors)
+        ratios = [t.effect / t.threshold if t.threshold > 0 else float(t.effect > 0) for t in tests]
+        colors = ["tab:red" if t.drifted else "tab:orange" if t.significant else "tab:gray" for t in tests]
+        bars = ax.barh([t.name for t in tests], ratios, color=colors)
         for bar, test in zip(bars, tests):
-            p = _p_value(test)
-            note = f" {test['effect']:.3g} vs {test['threshold']:.3g}, p={_num(p, '.2g')}"
+            # `DriftTest.p_value` is the Holm-corrected p
+            note = f" {test.effect:.3g} vs {test.threshold:.3g}, p={test.p_value:.2g}"
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, note, va="center", fontsize=7)
         ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
         # Linear up to the threshold, logarithmic past it: a 20x drift and a 0.2x quiet test fit one axis.
@@ -574,7 +611,7 @@ def _drift_plot(report: dict[str, Any]) -> Plot | None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.invert_yaxis()
         ax.set_xlabel("effect ÷ threshold (log past 1)")
-        drifted = any(t.get("drifted") for t in tests)
+        drifted = any(t.drifted for t in tests)
         ax.set_title(f"{label}: {'DRIFT' if drifted else 'no drift'}", fontsize=10)
     return Plot(
         "drift",
@@ -586,23 +623,8 @@ def _drift_plot(report: dict[str, Any]) -> Plot | None:
     )
 
 
-def _live_points(report: dict[str, Any]) -> list[tuple[str, float, str]]:
-    timeline = report.get("timeline") or []
-    if timeline:
-        points = [(str(p.get("phase", "?")), p.get("live_accuracy"), str(p.get("served_by") or "")) for p in timeline]
-        return [point for point in points if point[1] is not None]
-    fields = (
-        ("launch", "live_accuracy_launch"),
-        ("drift", "live_accuracy_before"),
-        ("after retrain", "live_accuracy_after"),
-        ("bad promotion", "live_accuracy_rollback"),
-        ("after rollback", "live_accuracy_after_rollback"),
-    )
-    return [(phase, report[key], "") for phase, key in fields if report.get(key) is not None]
-
-
-def _live_accuracy_plot(report: dict[str, Any]) -> Plot | None:
-    points = _live_points(report)
+def _live_accuracy_plot(report: DemoReport) -> Plot | None:
+    points = [(p.phase, p.live_accuracy, p.served_by) for p in report.timeline if p.live_accuracy is not None]
     if not points:
         return None
     fig, (ax,) = _figure(width=7.0)
@@ -625,16 +647,15 @@ def _live_accuracy_plot(report: dict[str, Any]) -> Plot | None:
     )
 
 
-def _teacher_plot(report: dict[str, Any]) -> Plot | None:
-    if not report.get("relabeled"):
+def _teacher_plot(report: DemoReport) -> Plot | None:
+    if not report.relabeled:
         return None
-    counts = {"labelled": report["relabeled"], "of which cached": report.get("teacher_cached"), "sent to human review": report.get("to_review")}
-    counts = {key: value for key, value in counts.items() if value is not None}
+    counts = {"labelled": report.relabeled, "of which cached": report.teacher_cached, "sent to human review": report.to_review}
     fig, (ax,) = _figure(width=5.0)
-    bars = ax.bar(list(counts), list(counts.values()), color=["tab:blue", "tab:gray", "tab:orange"][: len(counts)])
+    bars = ax.bar(list(counts), list(counts.values()), color=["tab:blue", "tab:gray", "tab:orange"])
     ax.bar_label(bars, fontsize=8)
     ax.set_ylabel("samples")
-    ax.set_title(f"SIMULATED teacher: simulated cost {_money(report.get('teacher_cost'))}", fontsize=10)
+    ax.set_title(f"SIMULATED teacher: simulated cost {_money(report.teacher_cost)}", fontsize=10)
     return Plot(
         "teacher",
         "Teacher labels",
@@ -644,14 +665,10 @@ def _teacher_plot(report: dict[str, Any]) -> Plot | None:
     )
 
 
-def _gate_plot(report: dict[str, Any]) -> Plot | None:
-    metrics = report.get("gate_metrics") or {}
-    fallback = {
-        "champion_drift_headline": report.get("champion_drift_accuracy"),
-        "candidate_drift_headline": report.get("candidate_drift_accuracy"),
-    }
+def _gate_plot(report: DemoReport) -> Plot | None:
+    # The gate decision's metrics: each model's headline on each split it was evaluated on (none without a candidate).
     values = {
-        (model, split): metrics.get(f"{model}_{split}_headline", fallback.get(f"{model}_{split}_headline"))
+        (model, split): report.gate_metrics.get(f"{model}_{split}_headline")
         for model in GATE_MODELS
         for split in ("golden", "drift")
     }
@@ -673,7 +690,7 @@ def _gate_plot(report: dict[str, Any]) -> Plot | None:
         "The gate's comparison",
         "The same evaluation for the base model, the champion and the candidate, on the golden split and on the "
         "held-out drift slice. The candidate is promoted only if it beats the champion on the drift slice "
-        f"(significantly) without regressing on golden. Decision: {'; '.join(report.get('gate_reasons') or []) or NA}.",
+        f"(significantly) without regressing on golden. Decision: {'; '.join(report.gate_reasons) or NA}.",
         _png(fig),
     )
 
@@ -682,25 +699,24 @@ COST_PARTS = (("relabel_usd", "relabelling", "tab:orange"), ("audit_usd", "audit
               ("serving_usd", "serving", "tab:blue"), ("training_usd", "training", "tab:green"))
 
 
-def _cost_plot(report: dict[str, Any]) -> Plot | None:
-    total = (report.get("costs") or {}).get("total") or {}
-    if total.get("frontier_only_usd") is None or total.get("cost_usd") is None:
+def _cost_plot(report: DemoReport) -> Plot | None:
+    if report.costs is None:
         return None
+    total = report.costs.total
     fig, (ax,) = _figure(width=7.0)
     left = 0.0
     for key, label, color in COST_PARTS:
-        value = total.get(key) or 0.0
+        value = getattr(total, key)
         if value > 0:
             ax.barh(["small model"], [value], left=[left], color=color, label=label)
             left += value
-    ax.barh(["frontier-only"], [total["frontier_only_usd"]], color="tab:gray", label="frontier-only")
-    for name, value in (("small model", total["cost_usd"]), ("frontier-only", total["frontier_only_usd"])):
+    ax.barh(["frontier-only"], [total.frontier_only_usd], color="tab:gray", label="frontier-only")
+    for name, value in (("small model", total.cost_usd), ("frontier-only", total.frontier_only_usd)):
         ax.annotate(_usd(value), (value, name), textcoords="offset points", xytext=(4, 0), va="center", fontsize=8)
-    ax.set_xlim(0, max(total["cost_usd"], total["frontier_only_usd"], 1e-9) * 1.25)  # room for the labels
+    ax.set_xlim(0, max(total.cost_usd, total.frontier_only_usd, 1e-9) * 1.25)  # room for the labels
     ax.set_xlabel("USD over the run")
     ax.legend(fontsize=7, loc="lower right")
-    pct = total.get("savings_pct")
-    ax.set_title(f"Cost against frontier-only: savings {NA if pct is None else f'{pct:.1f}%'}", fontsize=10)
+    ax.set_title(f"Cost against frontier-only: savings {_pct(total.savings_pct)}", fontsize=10)
     return Plot(
         "costs",
         "Costs against frontier-only",

@@ -17,13 +17,13 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import yaml
 
 from slm_flywheel import progress
+from slm_flywheel.app.report import DemoReport, RollbackAct, TrafficPhase, live_gain_ci95, write_reports
 from slm_flywheel.config import Settings
 
 # Launch / drift traffic and data sizes: the default run fits 15 minutes on 2 CPU cores, `fast`
@@ -38,50 +38,6 @@ SIZES = {
 }
 TRAFFIC_CONCURRENCY = 16  # clients at once: the serving tier micro-batches them
 KEEP = ("models",)  # caches a second run reuses; everything else starts clean
-
-
-@dataclass
-class DemoReport:
-    workload: str
-    scenario: str
-    fast: bool
-    teacher: str = ""
-    launch_drift_detected: bool = False  # the nightly run on launch traffic: should stay quiet
-    drift_detected: bool = False
-    drift_reason: str = ""
-    champion_version: int | None = None
-    candidate_version: int | None = None
-    promoted_version: int | None = None
-    gate_reasons: list[str] = field(default_factory=list)
-    relabeled: int = 0
-    teacher_cost: float = 0.0
-    live_accuracy_launch: float | None = None
-    live_accuracy_before: float | None = None
-    live_accuracy_after: float | None = None
-    champion_drift_accuracy: float | None = None
-    candidate_drift_accuracy: float | None = None
-    teacher_cached: int = 0
-    to_review: int = 0
-    live_accuracy_rollback: float | None = None  # on the bad version, before the guard acted
-    live_accuracy_after_rollback: float | None = None
-    # 95% interval of live_accuracy_after - live_accuracy_before (independent traffic samples)
-    live_accuracy_gain_ci95: list[float] | None = None
-    rollback_completed: bool = False
-    rollback: dict[str, Any] | None = None
-    drift_tests: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    gate_metrics: dict[str, float] = field(default_factory=dict)
-    timeline: list[dict[str, Any]] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    # The cost ledger of the demo's records (`models/costs.py`): totals, and the ledger itself.
-    cost_usd: float | None = None
-    frontier_only_cost_usd: float | None = None
-    savings_pct: float | None = None
-    costs: dict[str, Any] | None = None
-    home: str = ""
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @contextmanager
@@ -144,10 +100,10 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
     from slm_flywheel.flows.rollback_guard import rollback_guard
     from slm_flywheel.flows.train_adapter import train_adapter_flow
     from slm_flywheel.config import load_settings
-    from slm_flywheel.report import live_gain_ci95, write_reports
-    from slm_flywheel.simulate import simulate
+    from slm_flywheel.app.simulate import simulate
     from slm_flywheel.tracking import mlflow_client
     from slm_flywheel.models.base_model import resolve_base_model
+    from slm_flywheel.models.drift import DriftTest
     from slm_flywheel.models.promotion import history
     from slm_flywheel.serving.app import create_app
     from slm_flywheel.serving.server import BackgroundServer, build_state, free_port
@@ -177,7 +133,7 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
             if result.failed:
                 raise RuntimeError(f"{result.failed} simulated requests failed")
             state.writer.flush()  # every captured sample on disk before a flow reads them
-            report.timeline.append({"phase": phase, "scenario": kind, "requests": count, "live_accuracy": result.live_accuracy, "served_by": served})
+            report.timeline.append(TrafficPhase(phase, kind, count, result.live_accuracy, served))
             return result.live_accuracy
 
         with _stage(report, "traffic: launch (steady)"):
@@ -185,12 +141,12 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         with _stage(report, "nightly-retrain on launch traffic"):
             quiet = nightly_retrain(workload=workload, config_path=str(config_path))
             report.launch_drift_detected = quiet.drift_detected
-            report.drift_tests["launch"] = quiet.drift_tests
+            report.drift_tests["launch"] = [DriftTest(**test) for test in quiet.drift_tests]
         with _stage(report, f"traffic: drift ({scenario})"):
             report.live_accuracy_before = traffic("drift", scenario, sizes["drifted"], 2)
         with _stage(report, "nightly-retrain"):
             summary = nightly_retrain(workload=workload, config_path=str(config_path), budget=budget if budget is not None else sizes["budget"])
-        report.drift_detected, report.drift_reason, report.drift_tests["drifted"] = summary.drift_detected, summary.drift_reason, summary.drift_tests
+        report.drift_detected, report.drift_reason, report.drift_tests["drifted"] = summary.drift_detected, summary.drift_reason, [DriftTest(**test) for test in summary.drift_tests]
         report.teacher, report.relabeled, report.teacher_cost = summary.teacher, summary.relabeled, summary.teacher_cost
         report.teacher_cached, report.to_review = summary.teacher_cached, summary.to_review
         report.candidate_version, report.gate_reasons, report.gate_metrics = summary.candidate_version, summary.gate_reasons, summary.gate_metrics
@@ -211,22 +167,22 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
             verdict = rollback_guard(config_path=str(config_path), workloads=[workload])[workload]
         champion_now = mlflow_client(demo).get_model_version_by_alias(workload, "champion")
         report.rollback_completed = verdict.trip and int(champion_now.version) == good_version and server_route(server.url, workload) == f"{workload}@v{good_version}"
-        report.rollback = {"bad_version": bad.version, "restored_version": int(champion_now.version), "reasons": verdict.reasons, "completed": report.rollback_completed}
+        report.rollback = RollbackAct(bad.version, int(champion_now.version), verdict.reasons, report.rollback_completed)
         with _stage(report, f"traffic: after rollback ({scenario})"):
             report.live_accuracy_after_rollback = traffic("after rollback", scenario, sizes["after_rollback"], 5)
     finally:
         server.__exit__(None, None, None)
         state.engine.close()
         state.writer.close()
-    report.history = [asdict(entry) for entry in history(mlflow_client(demo), workload)]
+    report.history = history(mlflow_client(demo), workload)
     with _stage(report, "cost ledger"):
         ledger = compute_ledger(demo, mlflow_client(demo), workload)
-    report.costs = ledger.to_dict()
+    report.costs = ledger
     report.cost_usd, report.frontier_only_cost_usd, report.savings_pct = ledger.total.cost_usd, ledger.total.frontier_only_usd, ledger.total.savings_pct
-    interval = live_gain_ci95(report.to_dict())
+    interval = live_gain_ci95(report)
     report.live_accuracy_gain_ci95 = [round(bound, 4) for bound in interval] if interval else None
     (demo.home / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
-    write_reports(report.to_dict(), demo.home)
+    write_reports(report, demo.home)
     return report
 
 
