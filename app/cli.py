@@ -257,7 +257,7 @@ def predict(
     from slm_flywheel.models.base_model import resolve_base_model
     from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
     from slm_flywheel.models.registry import download_adapter, get_version
-    from slm_flywheel.models.workload import build_task_spec
+    from slm_flywheel.models.context import resolve_workload
 
     if (text is None) == (input is None):
         raise CommandError("give either one TEXT or --input FILE")
@@ -268,8 +268,8 @@ def predict(
     settings = _workload_settings(config, workload, data=True)
     if version is None and alias is None:
         _require_champion(settings, workload)
-    workload_config = settings.workload(workload)
-    spec = build_task_spec(workload, workload_config, settings.data_dir)
+    context = resolve_workload(settings, workload)
+    workload_config, spec = context.config, context.spec
     client = mlflow_client(settings)
     record = get_version(client, workload, version=version, alias=alias)
     base_path = resolve_base_model(settings.base_model, settings.models_dir)
@@ -420,12 +420,11 @@ app.add_typer(review_app, name="review")
 
 
 def _queue(workload: str, config: Path | None) -> tuple[Any, Any]:
+    from slm_flywheel.models.context import resolve_workload
     from slm_flywheel.models.review import ReviewQueue
-    from slm_flywheel.models.workload import build_task_spec
 
     settings = _workload_settings(config, workload)
-    spec = build_task_spec(workload, settings.workload(workload), settings.data_dir)
-    return ReviewQueue(settings.state_dir / "review", workload), spec
+    return ReviewQueue(settings.state_dir / "review", workload), resolve_workload(settings, workload).spec
 
 
 @review_app.command("list")

@@ -83,11 +83,9 @@ def shuffled_label_set(settings: Settings, workload: str, count: int, path: Path
 
     import pandas as pd
 
-    from slm_flywheel.models.workload import build_task_spec, load_splits
+    from slm_flywheel.models.context import resolve_workload
 
-    config = settings.workload(workload)
-    spec = build_task_spec(workload, config, settings.require_data_dir())
-    rows = load_splits(spec, config, settings.require_data_dir())["train"].to_pandas().sample(n=count, random_state=1)
+    rows = resolve_workload(settings, workload).splits["train"].to_pandas().sample(n=count, random_state=1)
     labels = rows["label"].tolist()
     random.Random(2).shuffle(labels)
     pd.DataFrame({"id": rows["id"].astype(str), "text": rows["text"], "label": labels}).to_parquet(path)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slm_flywheel.config import Settings
+from slm_flywheel.models.context import resolve_workload
 from slm_flywheel.models.scenarios import launch_plan, scenario_requests
 from slm_flywheel.models.teacher import ground_truth_path
-from slm_flywheel.models.workload import build_task_spec, load_splits
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,8 @@ def simulate(
     import httpx
     from datasets import concatenate_datasets
 
-    config = settings.workload(workload)
-    data_dir = settings.require_data_dir()
-    spec = build_task_spec(workload, config, data_dir)
-    splits = load_splits(spec, config, data_dir)
+    context = resolve_workload(settings, workload)
+    config, spec, splits = context.config, context.spec, context.splits
     pool = concatenate_datasets([splits["train"], splits["validation"]])  # never golden
     plan = launch_plan(spec.task, spec.labels, config.launch)
     requests = scenario_requests(pool, plan, scenario, count, seed)
