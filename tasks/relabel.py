@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.runtime import task_run
 
-from slm_flywheel.config import Settings
+from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.drift import WindowEmbeddings
 from slm_flywheel.models.frontier import FrontierClient
 from slm_flywheel.models.review import ReviewQueue, review_items, spot_check_sample, training_labels
@@ -29,11 +30,22 @@ from slm_flywheel.models.teacher import (
     read_ground_truth,
 )
 from slm_flywheel.models.usage import Purpose, UsageLog, usage_path
-from slm_flywheel.models.workload import TaskSpec
 
 
 class TeacherDistrustError(RuntimeError):
     """Reviewers disagree with the teacher too often: its labels must not be trained on."""
+
+
+class FrontierOutage(RuntimeError):
+    """Some teacher calls still failed after the client's own retries: Prefect retries the task later."""
+
+
+RELABEL_RETRIES = 2
+
+
+def _frontier_outage(task: object, run: object, state: object) -> bool:
+    """Prefect's retry condition: retry an outage, never a distrusted teacher, a contract or a bug."""
+    return isinstance(state.result(raise_on_failure=False), FrontierOutage)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -50,10 +62,10 @@ class RelabelResult:
     agreement: float | None
 
 
-def build_frontier_client(settings: Settings, workload: str) -> FrontierClient:
+def build_frontier_client(context: WorkloadContext) -> FrontierClient:
     """The workload's frontier model (`teacher.kind: openai`), its key from the environment or a
     Prefect Secret block, its price from `costs.frontier_prices`."""
-    config = settings.workload(workload).teacher
+    config = context.config.teacher
     api_key = None  # None: the client reads `api_key_env` and names it when it is missing
     if config.api_key_block:
         from prefect.blocks.system import Secret
@@ -61,19 +73,18 @@ def build_frontier_client(settings: Settings, workload: str) -> FrontierClient:
         api_key = Secret.load(config.api_key_block).get()
     return FrontierClient(
         base_url=config.base_url or "", model=config.model or "", api_key=api_key, api_key_env=config.api_key_env,
-        price=settings.costs.frontier_prices[config.model or ""],  # present: checked when the config loads
+        price=context.settings.costs.frontier_prices[config.model or ""],  # present: checked when the config loads
         max_retries=config.max_retries, timeout_s=config.timeout_s,
         reasoning=config.reasoning, reasoning_tokens=config.reasoning_tokens,
     )
 
 
-def build_teacher(settings: Settings, spec: TaskSpec, purpose: Purpose) -> Teacher:
+def build_teacher(context: WorkloadContext, purpose: Purpose) -> Teacher:
     """The configured teacher: the SIMULATED one (offline, demo) or an OpenAI-compatible API.
 
     Every call it pays is appended to the workload's usage log with `purpose` (relabel or audit).
     """
-    config = settings.workload(spec.name).teacher
-    budget = settings.workload(spec.name).relabel.budget_usd
+    settings, spec, config, budget = context.settings, context.spec, context.config.teacher, context.config.relabel.budget_usd
     usage_log = UsageLog(usage_path(settings.state_dir, spec.name), spec.name, purpose)
     if config.kind == "simulated":
         return SimulatedTeacher(
@@ -82,7 +93,7 @@ def build_teacher(settings: Settings, spec: TaskSpec, purpose: Purpose) -> Teach
             budget_usd=budget, usage_log=usage_log,
         )
     return OpenAICompatibleTeacher(
-        spec, build_frontier_client(settings, spec.name), budget_usd=budget, batch_size=config.batch_size,
+        spec, build_frontier_client(context), budget_usd=budget, batch_size=config.batch_size,
         max_concurrency=config.max_concurrency, cache_dir=settings.state_dir / "teacher-cache", usage_log=usage_log,
     )
 
@@ -135,10 +146,17 @@ def label_with_cache(teacher: Teacher, items: list[TeacherItem], cache_dir: Path
     return replace(run, labels=labels), len(cached)
 
 
-@task(cache_policy=NONE)  # labels cached per (teacher, text): an overlapping window reuses the overlap; a whole-input key cannot
-def relabel_with_teacher(settings: Settings, spec: TaskSpec, selected: pd.DataFrame, run_tag: str) -> RelabelResult:
+# Labels are cached per (teacher, text) by `label_with_cache`, not by a Prefect cache policy: measured
+# over 200 items (bench/caches.py, bench/RESULTS.md), Prefect's INPUTS key pays all 200 again when
+# the flow is rerun (a new run tag), pays 300 against 200 when the frontier drops halfway, and
+# shares nothing with the rollback guard's audit (25 of 40 audited texts selected again: 240
+# calls against 215); an identical rerun is free either way.
+# Retried by Prefect only for a frontier outage (the openai SDK has already retried each call):
+# the retry pays only for the items the outage left unlabelled; the last attempt goes on with them.
+@task(cache_policy=NONE, retries=RELABEL_RETRIES, retry_delay_seconds=[60, 300], retry_condition_fn=_frontier_outage)  # measured: see above
+def relabel_with_teacher(context: WorkloadContext, selected: pd.DataFrame, run_tag: str) -> RelabelResult:
     """Label the selected samples; spot checks and out-of-schema answers go to the review queue."""
-    config = settings.workload(spec.name).relabel
+    settings, spec, config = context.settings, context.spec, context.config.relabel
     queue = ReviewQueue(settings.state_dir / "review", spec.name)
     agreement, reviewed = queue.agreement()
     if agreement is not None and reviewed >= config.min_reviews_for_agreement and agreement < config.agreement_floor:
@@ -147,9 +165,15 @@ def relabel_with_teacher(settings: Settings, spec: TaskSpec, selected: pd.DataFr
             f"{config.agreement_floor}: refusing to train on teacher labels (review more items or fix the teacher)"
         )
     logger = get_run_logger()
-    teacher = build_teacher(settings, spec, "relabel")
+    teacher = build_teacher(context, "relabel")
     items = [TeacherItem(str(rid), str(text)) for rid, text in zip(selected["request_id"], selected["input"])]
     run, from_cache = label_with_cache(teacher, items, settings.state_dir / "teacher-labels" / spec.name)
+    failed = [label for label in run.labels if label.reason.startswith("failed")]
+    if failed and 0 < task_run.run_count <= RELABEL_RETRIES:
+        raise FrontierOutage(
+            f"{teacher.name}: {len(failed)} of {len(items)} items failed ({failed[0].reason}); "
+            f"the {len(items) - len(failed)} answered are kept for the retry"
+        )
     simulated = "SIMULATED" in teacher.name
     prefix = "[SIMULATED teacher] " if simulated else ""
     logger.info(
