@@ -600,6 +600,7 @@ def costs(
     from slm_flywheel.tracking import mlflow_client
     from slm_flywheel.models.costs import LedgerError
     from slm_flywheel.models.usage import UsageLogError
+    from slm_flywheel.models.context import resolve_workload
     from slm_flywheel.tasks.costs import break_even_text, compute_ledger, ledger_rows
 
     settings = _workload_settings(config, workload)
@@ -609,7 +610,7 @@ def costs(
         console.print(f"[red]--since must be a date YYYY-MM-DD, got {since!r}[/red]")
         raise typer.Exit(2) from exc
     try:
-        ledger = compute_ledger(settings, mlflow_client(settings), workload, first_day)
+        ledger = compute_ledger(resolve_workload(settings, workload), mlflow_client(settings), first_day)
     except (LedgerError, UsageLogError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc

@@ -105,6 +105,7 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
     from slm_flywheel.models.promotion import history
     from slm_flywheel.serving.app import create_app
     from slm_flywheel.serving.server import BackgroundServer, build_state, free_port
+    from slm_flywheel.models.context import resolve_workload
     from slm_flywheel.tasks.costs import compute_ledger
 
     sizes = SIZES["fast" if fast else "default"]
@@ -174,7 +175,7 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         state.writer.close()
     report.history = history(mlflow_client(demo), workload)
     with _stage(report, "cost ledger"):
-        ledger = compute_ledger(demo, mlflow_client(demo), workload)
+        ledger = compute_ledger(resolve_workload(demo, workload), mlflow_client(demo))
     report.costs = ledger
     report.cost_usd, report.frontier_only_cost_usd, report.savings_pct = ledger.total.cost_usd, ledger.total.frontier_only_usd, ledger.total.savings_pct
     interval = live_gain_ci95(report)

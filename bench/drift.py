@@ -60,14 +60,12 @@ def main() -> None:
     from slm_flywheel.config import load_settings
     from slm_flywheel.models.drift import DriftReference, DriftWindow, Embedder, detect_drift, embed_window
     from slm_flywheel.models.scenarios import rephrase
-    from slm_flywheel.models.workload import build_task_spec, load_splits
+    from slm_flywheel.models.context import resolve_workload
 
     load_before = os.getloadavg()[0]
     settings = load_settings()
-    workload = settings.workload("banking-intent")
-    config = workload.drift
-    spec = build_task_spec("banking-intent", workload, settings.require_data_dir())
-    splits = load_splits(spec, workload, settings.require_data_dir())
+    context = resolve_workload(settings, "banking-intent")
+    config, splits = context.config.drift, context.splits
     embedder = Embedder(torch_threads=settings.torch_threads)
     reference_texts = list(splits["train"]["text"][:2000])
     pool = [(text, label) for split, start in (("train", 2000), ("validation", 0)) for text, label in zip(splits[split]["text"][start:], splits[split]["label"][start:])]

@@ -143,7 +143,7 @@ def main() -> None:
     from slm_flywheel.models.selection import select_informative, select_random
     from slm_flywheel.models.teacher import SimulatedTeacher, TeacherItem
     from slm_flywheel.models.training import train_lora
-    from slm_flywheel.models.workload import build_task_spec, load_splits
+    from slm_flywheel.models.context import WorkloadContext
 
     disable_progress_bar()
     hf_logging.disable_progress_bar()
@@ -155,9 +155,8 @@ def main() -> None:
 
         torch.set_num_threads(settings.torch_threads)
     config = _slice_config(settings)
-    data_dir = settings.require_data_dir()
-    spec = build_task_spec("banking-intent", config, data_dir)
-    splits = load_splits(spec, config, data_dir)
+    context = WorkloadContext(settings, "banking-intent", config)  # the slice, resolved by the one data-dir rule
+    spec, splits = context.spec, context.splits
     plan = launch_plan(spec.task, spec.labels, config.launch)
     late = set(plan.late_labels)
     base = resolve_base_model(settings.base_model, settings.models_dir)

@@ -28,14 +28,14 @@ def _adapter(settings, workdir: Path) -> Path:
     from slm_flywheel.models.data import sample_training_set
     from slm_flywheel.models.registry import CHAMPION, alias_version, download_adapter
     from slm_flywheel.models.training import train_lora
-    from slm_flywheel.models.workload import build_task_spec, load_splits
+    from slm_flywheel.models.context import resolve_workload
 
     record = alias_version(mlflow_client(settings), "banking-intent", CHAMPION)
     if record is not None:
         return download_adapter(mlflow_client(settings), record, settings.adapters_dir)
-    config = settings.workload("banking-intent")
-    spec = build_task_spec("banking-intent", config, settings.data_dir)
-    train = sample_training_set(load_splits(spec, config, settings.data_dir)["train"], 320, 1, True)
+    context = resolve_workload(settings, "banking-intent")
+    config, spec = context.config, context.spec
+    train = sample_training_set(context.splits["train"], 320, 1, True)
     base = resolve_base_model(settings.base_model, settings.models_dir)
     return train_lora(spec, base, train, workdir / "bench-adapter", config.training.model_copy(update={"max_examples": 320})).adapter_dir
 
@@ -93,16 +93,14 @@ def main() -> None:
     from rich.table import Table
 
     from slm_flywheel.config import load_settings
-    from slm_flywheel.models.workload import build_task_spec, load_splits
+    from slm_flywheel.models.context import resolve_workload
     from slm_flywheel.serving.app import create_app
     from slm_flywheel.serving.server import BackgroundServer, build_state
 
     settings = load_settings()
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     adapter = _adapter(settings, workdir)
-    config = settings.workload("banking-intent")
-    spec = build_task_spec("banking-intent", config, settings.data_dir)
-    texts = list(load_splits(spec, config, settings.data_dir)["golden"]["text"])
+    texts = list(resolve_workload(settings, "banking-intent").splits["golden"]["text"])
     settings = settings.model_copy(update={"home": workdir / "state"})
     rows = []
     swap_ms = None

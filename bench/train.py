@@ -198,13 +198,13 @@ def run_path(job: Job) -> dict[str, Any]:
     from slm_flywheel.config import load_settings
     from slm_flywheel.models.evaluation import evaluate_model
     from slm_flywheel.models.training import train_lora
-    from slm_flywheel.models.workload import build_task_spec
+    from slm_flywheel.models.context import resolve_workload
 
     if job.threads:
         torch.set_num_threads(job.threads)
     settings = load_settings()
-    config = settings.workload(job.workload)
-    spec = build_task_spec(job.workload, config, settings.require_data_dir())
+    context = resolve_workload(settings, job.workload)
+    config, spec = context.config, context.spec
     training = config.training.model_copy(update={"max_examples": len(job.texts)})
     output_dir = Path(job.output_dir)
     machine_before, own_before = _cpu_seconds()
@@ -249,14 +249,12 @@ def main() -> None:
     from slm_flywheel.models.gates import mcnemar_exact
     from slm_flywheel.models.inference import load_tokenizer
     from slm_flywheel.models.training import tokenize_examples
-    from slm_flywheel.models.workload import build_task_spec, load_splits
+    from slm_flywheel.models.context import resolve_workload
 
     started = time.perf_counter()
     settings = load_settings()
-    config = settings.workload(args.workload)
-    data_dir = settings.require_data_dir()
-    spec = build_task_spec(args.workload, config, data_dir)
-    splits = load_splits(spec, config, data_dir)
+    context = resolve_workload(settings, args.workload)
+    config, spec, splits = context.config, context.spec, context.splits
     stratify = spec.task == "classification"
     train_set = sample_training_set(splits["train"], examples, config.training.seed, stratify)
     golden = sample_training_set(splits["golden"], golden_size, config.training.seed, stratify)

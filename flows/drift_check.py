@@ -38,11 +38,10 @@ def drift_check(workload: str, config_path: str | None = None) -> DriftCheck:
     3. run the drift tests; the report goes to MLflow and to a Prefect artifact
     """
     context = load_workload(workload, config_path)
-    settings, spec = context.settings, context.spec
-    client = mlflow_client(settings)
+    client = mlflow_client(context.settings)
     # Samples
-    window = load_new_samples(settings, workload, spec)
+    window = load_new_samples(context)
     # Drift
-    champion = build_reference(settings, client, spec, list(context.splits["validation"]["text"]), pull_base_model(settings))
-    report, _ = detect_drift_in_window(settings, client, spec, window, champion)
+    champion = build_reference(context, client, pull_base_model(context.settings))
+    report, _ = detect_drift_in_window(context, client, window, champion)
     return DriftCheck(workload, report, window.quarantined, [f"{moved.path}: {moved.reason}" for moved in window.quarantined_files])

@@ -81,25 +81,25 @@ def nightly_retrain(workload: str, force: bool = False, budget: int | None = Non
     with workload_lock("retrain", workload):
         summary = _nightly(context, force, budget, config_path)
     # Costs
-    publish_cost_ledger(context.settings, mlflow_client(context.settings), workload, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
+    publish_cost_ledger(context, mlflow_client(context.settings), datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
     return summary
 
 
 def _nightly(context: WorkloadContext, force: bool, budget: int | None, config_path: str | None) -> NightlySummary:
     # The subflows (train-adapter, promote) take `config_path`: their parameters stay serializable.
-    settings, workload, config, spec, splits = context.settings, context.name, context.config, context.spec, context.splits
+    settings, workload, config = context.settings, context.name, context.config
     client = mlflow_client(settings)
     summary = NightlySummary(workload)
     run_tag = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     # Samples
-    window = load_new_samples(settings, workload, spec)
+    window = load_new_samples(context)
     summary.window_size, summary.quarantined = len(window.samples), window.quarantined
     summary.quarantined_files = [f"{moved.path}: {moved.reason}" for moved in window.quarantined_files]
     # Drift
     base_path = pull_base_model(settings)
-    champion = build_reference(settings, client, spec, list(splits["validation"]["text"]), base_path)
+    champion = build_reference(context, client, base_path)
     summary.champion_version = champion.version.version
-    report, embeddings = detect_drift_in_window(settings, client, spec, window, champion)
+    report, embeddings = detect_drift_in_window(context, client, window, champion)
     summary.drift_detected, summary.drift_reason = report.drifted, report.reason
     summary.drift_tests = report.to_dict().get("tests", [])
     if not (report.drifted or force):
@@ -110,18 +110,18 @@ def _nightly(context: WorkloadContext, force: bool, budget: int | None, config_p
         return summary
     # Relabel
     selected = select_samples(window.samples, embeddings, champion.reference.embeddings, budget if budget is not None else config.relabel.budget)
-    labels = relabel_with_teacher(settings, spec, selected, run_tag)
+    labels = relabel_with_teacher(context, selected, run_tag)
     summary.relabeled, summary.teacher, summary.teacher_cost = labels.valid, labels.teacher, labels.cost_usd
     summary.teacher_cached, summary.to_review = labels.cached, labels.to_review
     # Contracts
-    retrain_set = build_training_set(settings, spec, champion.training_set, labels.labelled, list(splits["golden"]["text"]), run_tag)
+    retrain_set = build_training_set(context, champion.training_set, labels.labelled, run_tag)
     summary.training_rows, summary.holdout_size = retrain_set.rows, len(retrain_set.holdout)
     # Train
     warm_start = str(champion.adapter_dir) if config.relabel.retrain_mode == "warm_start" else None
     candidate = train_adapter_flow(workload=workload, config_path=config_path, training_set_path=str(retrain_set.path), warm_start_adapter=warm_start)
     summary.candidate_version, summary.data_hash = candidate.version, candidate.data_hash
     # Gate
-    decision = evaluate_candidate(settings, client, spec, base_path, champion.version, get_version(client, workload, version=candidate.version), splits["golden"], retrain_set.holdout)
+    decision = evaluate_candidate(context, client, base_path, champion.version, get_version(client, workload, version=candidate.version), retrain_set.holdout)
     summary.promote, summary.gate_reasons, summary.gate_metrics = decision.promote, decision.reasons, dict(decision.metrics)
     summary.champion_drift_accuracy = decision.metrics.get("champion_drift_headline")
     summary.candidate_drift_accuracy = decision.metrics.get("candidate_drift_headline")

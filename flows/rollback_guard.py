@@ -59,10 +59,9 @@ def rollback_guard(config_path: str | None = None, workloads: list[str] | None =
         if entry is None:
             results[workload] = GuardCheck(workload, False, reasons=["no recent promotion"])
             continue
-        spec = context.spec  # built only for a workload with something to check
         promoted_at = datetime.fromisoformat(entry.at)
-        baseline = measure_live_signals(settings, spec, entry.from_version, served_by(settings, workload, entry.from_version, until=promoted_at), config.audit_budget)
-        live = measure_live_signals(settings, spec, entry.to_version, served_by(settings, workload, entry.to_version, since=promoted_at), config.audit_budget)
+        baseline = measure_live_signals(context, entry.from_version, served_by(settings, workload, entry.from_version, until=promoted_at), config.audit_budget)
+        live = measure_live_signals(context, entry.to_version, served_by(settings, workload, entry.to_version, since=promoted_at), config.audit_budget)
         decision = decide_rollback(baseline, live, config)
         create_markdown_artifact(
             key=f"rollback-guard-{workload}",

@@ -51,4 +51,4 @@ def train_adapter_flow(
     # Evaluate
     golden = evaluate_adapter(data.spec, base_path, trained.adapter_dir, data.splits["golden"], config.eval_batch_size, settings.eval_cache_dir)
     # Register
-    return register_adapter_version(mlflow_client(settings), settings, data, base_path, trained, golden)
+    return register_adapter_version(context, mlflow_client(settings), data, base_path, trained, golden)

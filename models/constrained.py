@@ -76,6 +76,15 @@ class LabelConstraint:
 # Grammar states for the slot JSON: what may come next.
 _EXPECT_SPACE, _EXPECT_OPEN, _AFTER_OPEN, _IN_KEY, _EXPECT_COLON, _EXPECT_VSPACE = range(6)
 _EXPECT_VQUOTE, _IN_VALUE, _AFTER_VALUE, _EXPECT_KSPACE, _EXPECT_KQUOTE, _DONE = range(6, 12)
+# The modes where exactly one character may come: that character and the mode after it.
+_LITERALS = {
+    _EXPECT_SPACE: (" ", _EXPECT_OPEN),
+    _EXPECT_OPEN: ("{", _AFTER_OPEN),
+    _EXPECT_COLON: (":", _EXPECT_VSPACE),
+    _EXPECT_VSPACE: (" ", _EXPECT_VQUOTE),
+    _EXPECT_VQUOTE: ('"', _IN_VALUE),
+    _EXPECT_KSPACE: (" ", _EXPECT_KQUOTE),
+}
 
 
 @dataclass(frozen=True)
@@ -102,14 +111,13 @@ class SlotJsonConstraint:
     def _advance(self, state: SlotState, chars: str) -> SlotState | None:
         mode, buffer, used = state.mode, state.buffer, state.used
         for char in chars:
-            if mode == _EXPECT_SPACE:
-                if char != " ":
+            if mode in _LITERALS:  # one fixed character, then the next mode
+                expected, after = _LITERALS[mode]
+                if char != expected:
                     return None
-                mode = _EXPECT_OPEN
-            elif mode == _EXPECT_OPEN:
-                if char != "{":
-                    return None
-                mode = _AFTER_OPEN
+                mode = after
+                if mode == _IN_VALUE:
+                    buffer = ""
             elif mode in (_AFTER_OPEN, _EXPECT_KQUOTE):
                 if char == '"':
                     mode, buffer = _IN_KEY, ""
@@ -126,18 +134,6 @@ class SlotJsonConstraint:
                     buffer += char
                     if not any(slot.startswith(buffer) and slot not in used for slot in self.slots):
                         return None
-            elif mode == _EXPECT_COLON:
-                if char != ":":
-                    return None
-                mode = _EXPECT_VSPACE
-            elif mode == _EXPECT_VSPACE:
-                if char != " ":
-                    return None
-                mode = _EXPECT_VQUOTE
-            elif mode == _EXPECT_VQUOTE:
-                if char != '"':
-                    return None
-                mode, buffer = _IN_VALUE, ""
             elif mode == _IN_VALUE:
                 if char == '"':
                     if not buffer:
@@ -156,10 +152,6 @@ class SlotJsonConstraint:
                     mode = _DONE
                 else:
                     return None
-            elif mode == _EXPECT_KSPACE:
-                if char != " ":
-                    return None
-                mode = _EXPECT_KQUOTE
             else:  # _DONE: nothing may follow the closing brace
                 return None
         return SlotState(mode, buffer, used, state.text + chars)

@@ -64,9 +64,12 @@ class WorkloadContext:
         return list(self.splits["golden"]["text"][:count])
 
 
-def resolve_workload(settings: Settings, name: str) -> WorkloadContext:
-    """The context of workload `name` (an unknown name is a `ConfigError` that lists the known ones)."""
-    return WorkloadContext(settings=settings, name=name, config=settings.workload(name))
+def resolve_workload(settings: Settings, name: str, spec: TaskSpec | None = None) -> WorkloadContext:
+    """The context of workload `name` (an unknown name is a `ConfigError` that lists the known ones).
+
+    `spec`: a task spec already built for it (one is built from the config on first use otherwise).
+    """
+    return WorkloadContext(settings=settings, name=name, config=settings.workload(name), _spec=spec)
 
 
 def load_workload(name: str, config_path: str | Path | None = None) -> WorkloadContext:

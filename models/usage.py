@@ -18,7 +18,7 @@ import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 Purpose = Literal["relabel", "audit"]
 PURPOSES: tuple[str, ...] = ("relabel", "audit")
@@ -123,23 +123,24 @@ def _lines(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def read_usage(path: Path) -> list[UsageRecord]:
-    """Every paid call in a usage log, in the order written (an absent file holds none)."""
+_Record = TypeVar("_Record", UsageRecord, AuditRecord)
+
+
+def _records(path: Path, record: type[_Record], what: str) -> list[_Record]:
     records = []
     for number, row in _lines(path):
         try:
-            records.append(UsageRecord(**row))
+            records.append(record(**row))
         except TypeError as error:
-            raise UsageLogError(f"{path}:{number}: not a usage record ({error})") from error
+            raise UsageLogError(f"{path}:{number}: not {what} ({error})") from error
     return records
+
+
+def read_usage(path: Path) -> list[UsageRecord]:
+    """Every paid call in a usage log, in the order written (an absent file holds none)."""
+    return _records(path, UsageRecord, "a usage record")
 
 
 def read_audits(path: Path) -> list[AuditRecord]:
     """Every audit in an audit log, in the order written (an absent file holds none)."""
-    records = []
-    for number, row in _lines(path):
-        try:
-            records.append(AuditRecord(**row))
-        except TypeError as error:
-            raise UsageLogError(f"{path}:{number}: not an audit record ({error})") from error
-    return records
+    return _records(path, AuditRecord, "an audit record")

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from datasets import DatasetDict
 
+from slm_flywheel.config import WorkloadConfig
 from slm_flywheel.models.data import banking77_labels, load_banking77, load_restaurant8k, split_dataset
 
 Answer = str | dict[str, str]
@@ -58,7 +59,7 @@ class TaskSpec:
         }
 
 
-def build_task_spec(name: str, workload: Any, data_dir: Path | None) -> TaskSpec:
+def build_task_spec(name: str, workload: WorkloadConfig, data_dir: Path | None) -> TaskSpec:
     """A `TaskSpec` from a `WorkloadConfig`; the Banking77 label set is read from the data dir."""
     labels: tuple[str, ...] = ()
     if workload.task == "classification":
@@ -79,7 +80,7 @@ def build_task_spec(name: str, workload: Any, data_dir: Path | None) -> TaskSpec
     )
 
 
-def load_splits(spec: TaskSpec, workload: Any, data_dir: Path) -> DatasetDict:
+def load_splits(spec: TaskSpec, workload: WorkloadConfig, data_dir: Path) -> DatasetDict:
     """The workload's dataset, split deterministically into train / validation / golden."""
     if workload.dataset == "banking77":
         dataset = load_banking77(data_dir)

@@ -37,11 +37,11 @@ def registry_resolver(settings: Settings) -> Any:
 def build_state(settings: Settings, replica_id: str | None = None, *, load_champions: bool = True, bf16: bool | None = None) -> ServerState:
     """Load the base model, start capture and (optionally) load every workload's champion."""
     from slm_flywheel.models.base_model import resolve_base_model
-    from slm_flywheel.models.workload import build_task_spec
+    from slm_flywheel.models.context import resolve_workload
 
     serving = settings.serving
     base_path = resolve_base_model(settings.base_model, settings.models_dir)
-    specs = {name: build_task_spec(name, config, settings.data_dir) for name, config in settings.workloads.items()}
+    specs = {name: resolve_workload(settings, name).spec for name in settings.workloads}
     engine = AdapterEngine(base_path, specs, max_batch=serving.max_batch, batch_wait_s=serving.batch_wait_ms / 1000, bf16=bf16)
     replica = replica_id or f"{socket.gethostname()}-{serving.port}"
     writer = SampleWriter(

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from slm_flywheel.config import Settings
+from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.costs import CostLedger, CostLine, TrainingRun, build_ledger, capture_traffic, format_usd
 from slm_flywheel.models.usage import audit_path, read_audits, read_usage, usage_path
 from slm_flywheel.serving.capture import read_samples
@@ -71,9 +72,9 @@ def training_runs(client: Any, workload: str) -> list[TrainingRun]:
             return runs
 
 
-def compute_ledger(settings: Settings, client: Any, workload: str, since: date | None = None, count_tokens: Callable[[list[str]], list[int]] | None = None) -> CostLedger:
+def compute_ledger(context: WorkloadContext, client: Any, since: date | None = None, count_tokens: Callable[[list[str]], list[int]] | None = None) -> CostLedger:
     """The workload's ledger from `since` (every recorded day when None)."""
-    config = settings.workload(workload)
+    settings, workload, config = context.settings, context.name, context.config
     root = settings.samples_dir
     # The serving fleet's cost is shared by every workload's traffic, so all of it is read.
     names = {path.name.removeprefix("workload=") for path in root.glob("workload=*")} | {workload}
@@ -178,10 +179,11 @@ def log_ledger_to_mlflow(client: Any, settings: Settings, ledger: CostLedger, ru
 
 
 @task(cache_policy=NONE)  # side effect (artifact, MLflow metrics): a rerun publishes again
-def publish_cost_ledger(settings: Settings, client: Any, workload: str, run_tag: str) -> CostLedger:
+def publish_cost_ledger(context: WorkloadContext, client: Any, run_tag: str) -> CostLedger:
     """The workload's ledger over the last `costs.report_days` days: a markdown artifact and MLflow metrics."""
+    settings, workload = context.settings, context.name
     since = datetime.now(timezone.utc).date() - timedelta(days=settings.costs.report_days - 1)
-    ledger = compute_ledger(settings, client, workload, since)
+    ledger = compute_ledger(context, client, since)
     create_markdown_artifact(key=f"costs-{workload}", markdown=ledger_markdown(ledger), description=f"cost ledger of {workload}")
     run_id = log_ledger_to_mlflow(client, settings, ledger, run_tag)
     total = ledger.total

@@ -11,9 +11,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from slm_flywheel.data_contracts.contracts import ContractError, split_quarantine, validate_teacher_labels, validate_training_set
-from slm_flywheel.config import Settings
+from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.retrain import in_holdout, retrain_rows
-from slm_flywheel.models.workload import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -28,12 +27,10 @@ class RetrainSet:
 
 
 @task(cache_policy=NONE)  # reads the live sample store and review queue: a rerun must see what changed
-def build_training_set(
-    settings: Settings, spec: TaskSpec, champion_training_set: pd.DataFrame, labelled: pd.DataFrame, golden_texts: list[str], run_tag: str
-) -> RetrainSet:
+def build_training_set(context: WorkloadContext, champion_training_set: pd.DataFrame, labelled: pd.DataFrame, run_tag: str) -> RetrainSet:
     """Teacher labels under their contract (bad rows quarantined), a held-out drift slice, and the
     training set (replay + new) under its contract. A failed training-set contract stops the run."""
-    config = settings.workload(spec.name).relabel
+    settings, spec, config = context.settings, context.spec, context.config.relabel
     logger = get_run_logger()
     folder = settings.state_dir / "retrain" / spec.name / run_tag
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,7 +42,7 @@ def build_training_set(
     holdout_mask = good["id"].astype(str).map(lambda item_id: in_holdout(item_id, config.holdout_share))
     holdout, new = good[holdout_mask].reset_index(drop=True), good[~holdout_mask]
     training = retrain_rows(champion_training_set[["id", "text", "label"]].astype({"id": str}), new, config)
-    result = validate_training_set(training, spec, golden_texts=golden_texts, min_per_label=config.min_per_label, max_text_chars=settings.serving.max_text_chars)
+    result = validate_training_set(training, spec, golden_texts=list(context.splits["golden"]["text"]), min_per_label=config.min_per_label, max_text_chars=settings.serving.max_text_chars)
     create_markdown_artifact(
         key=f"contracts-{spec.name}",
         markdown=f"# Data contracts: {spec.name}\n\n{labels_result.to_markdown()}\n\n{result.to_markdown()}",

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from slm_flywheel.config import Settings
+from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.drift import (
     DriftReference,
     DriftReport,
@@ -27,7 +28,6 @@ from slm_flywheel.models.drift import (
     embed_window,
 )
 from slm_flywheel.models.registry import AdapterVersion
-from slm_flywheel.models.workload import TaskSpec
 from slm_flywheel.tasks.samples import SampleWindow
 from slm_flywheel.tasks.training import TRAINING_SET_ARTIFACT
 from slm_flywheel.tracking import experiment_id, log_files, log_metrics
@@ -53,12 +53,18 @@ def embedder(settings: Settings) -> Embedder:
     return _embedder(settings.torch_threads)
 
 
-@task(cache_policy=NONE)  # cached by the embedding cache per (model, texts), which outlives flow runs
-def build_reference(settings: Settings, client: Any, spec: TaskSpec, validation_texts: list[str], base_path: str) -> ChampionReference:
+# Embeddings are cached per (model, texts) by `Embedder.encode_cached`, not by a Prefect cache
+# policy: measured over 3 nights of drift-check plus nightly (bench/caches.py), that cache makes 2
+# passes over the champion's 1,000 training texts against 6 uncached, while Prefect's INPUTS key
+# hashes the MLflow client by its URI and returned the old champion's reference in 2 of 6 builds
+# after a promotion (a client holding a lock cannot be hashed at all: no cache).
+@task(cache_policy=NONE)  # measured: the per-(model, texts) embedding cache above does better
+def build_reference(context: WorkloadContext, client: Any, base_path: str) -> ChampionReference:
     """The champion's training-input embeddings and its answers on validation (cached per version)."""
     from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
     from slm_flywheel.models.registry import download_adapter, get_version
 
+    settings, spec = context.settings, context.spec
     version = get_version(client, spec.name)
     adapter_dir = download_adapter(client, version, settings.adapters_dir)
     training_set = pd.read_parquet(client.download_artifacts(version.run_id, TRAINING_SET_ARTIFACT, tempfile.mkdtemp()))
@@ -69,7 +75,7 @@ def build_reference(settings: Settings, client: Any, spec: TaskSpec, validation_
         stored = json.loads(answers_path.read_text())
     else:
         predictor = Predictor(load_model(base_path, adapter_dir), load_tokenizer(base_path), spec, 64)
-        predictions = predictor.predict(validation_texts)
+        predictions = predictor.predict(list(context.splits["validation"]["text"]))
         stored = {"answers": [p.answer for p in predictions], "confidences": [p.confidence for p in predictions]}
         answers_path.parent.mkdir(parents=True, exist_ok=True)
         answers_path.write_text(json.dumps(stored))
@@ -85,14 +91,14 @@ def _plot_markdown(report: DriftReport) -> tuple[str, bytes]:
     return f"\n\n![drift tests](data:image/png;base64,{encoded})\n", png
 
 
-@task(cache_policy=NONE)  # inputs hold a live MLflow client; embeddings are cached per (model, texts)
-def detect_drift_in_window(settings: Settings, client: Any, spec: TaskSpec, window: SampleWindow, champion: ChampionReference) -> tuple[DriftReport, WindowEmbeddings]:
+@task(cache_policy=NONE)  # side effect: each check logs its report (MLflow run, artifact); every window is new
+def detect_drift_in_window(context: WorkloadContext, client: Any, window: SampleWindow, champion: ChampionReference) -> tuple[DriftReport, WindowEmbeddings]:
     """Compare the window with the champion's reference; log the report to MLflow and as an artifact.
 
     Returns the report and the input embeddings of the rows it embedded (every row up to
     `drift.max_embedded`, a seeded random subsample beyond): the selection picks among them.
     """
-    config = settings.workload(spec.name).drift
+    settings, spec, config = context.settings, context.spec, context.config.drift
     samples = window.samples
     embeddings = embed_window(embedder(settings), list(samples["input"]), config.max_embedded, config.seed)
     current = DriftWindow(

@@ -10,14 +10,13 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from slm_flywheel.config import Settings
-from slm_flywheel.config import GuardConfig
+from slm_flywheel.config import GuardConfig, Settings
+from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.guard import Audit, LiveSignals, audit_answers
 from slm_flywheel.models.promotion import HistoryEntry, history
 from slm_flywheel.models.registry import CHAMPION, alias_version
 from slm_flywheel.models.teacher import TeacherItem
 from slm_flywheel.models.usage import audit_path, record_audit
-from slm_flywheel.models.workload import TaskSpec
 from slm_flywheel.serving.capture import read_samples
 from slm_flywheel.tasks.relabel import build_teacher, label_with_cache
 
@@ -43,14 +42,15 @@ def served_by(settings: Settings, workload: str, version: int, since: datetime |
     return frame[frame["adapter_version"] == f"{workload}@v{version}"].reset_index(drop=True)
 
 
-@task(cache_policy=NONE)  # audits pay the teacher through its per-text cache; live samples change
-def measure_live_signals(settings: Settings, spec: TaskSpec, version: int, samples: pd.DataFrame, audit_budget: int, seed: int = 0) -> LiveSignals:
+@task(cache_policy=NONE)  # live samples change; audits pay the teacher through the per-text label cache, which the nightly relabel shares (see relabel_with_teacher)
+def measure_live_signals(context: WorkloadContext, version: int, samples: pd.DataFrame, audit_budget: int, seed: int = 0) -> LiveSignals:
     """Confidence, invalid share, and agreement with the teacher on a budgeted audit sample."""
+    settings, spec = context.settings, context.spec
     valid = samples[samples["valid"]]
     audit_result = Audit(0, 0)
     if audit_budget and len(valid):
         audit = valid.sample(n=min(audit_budget, len(valid)), random_state=seed)
-        teacher = build_teacher(settings, spec, "audit")
+        teacher = build_teacher(context, "audit")
         items = [TeacherItem(str(r), str(t)) for r, t in zip(audit["request_id"], audit["input"])]
         run, _ = label_with_cache(teacher, items, settings.state_dir / "teacher-labels" / spec.name)
         audit_result = audit_answers(spec, list(audit["answer"]), [label.label if label.valid else None for label in run.labels])

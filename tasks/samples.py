@@ -20,7 +20,7 @@ from prefect.cache_policies import NONE
 from slm_flywheel.data_contracts.contracts import split_quarantine, validate_production_samples
 from slm_flywheel.config import Settings
 from slm_flywheel.files import atomic_write
-from slm_flywheel.models.workload import TaskSpec
+from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.serving.capture import QuarantinedFile, scan_samples
 
 
@@ -70,9 +70,10 @@ def _quarantine_rows(settings: Settings, workload: str, bad: pd.DataFrame) -> Pa
 
 
 @task(cache_policy=NONE)  # reads the live sample store past the watermark
-def load_new_samples(settings: Settings, workload: str, spec: TaskSpec) -> SampleWindow:
+def load_new_samples(context: WorkloadContext) -> SampleWindow:
     """The samples of every file not used yet; rows failing the production contract, and files or
     folders that cannot be read, go to quarantine with the reason."""
+    settings, workload, spec = context.settings, context.name, context.spec
     logger = get_run_logger()
     mark = read_watermark(settings, workload)
     scan = scan_samples(settings.samples_dir, workload, exclude=mark.read)

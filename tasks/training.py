@@ -114,7 +114,7 @@ def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, ou
     return result
 
 
-@task(cache_policy=NONE)  # evaluations are cached per (adapter, split) by models/evaluation.py across runs
+@task(cache_policy=NONE)  # evaluations are cached per (adapter, items) by models/evaluation.py: measured reason beside evaluate_candidate
 def evaluate_adapter(
     spec: TaskSpec, base_path: str, adapter_dir: Path | None, examples: Dataset, batch_size: int, cache_dir: Path | None = None
 ) -> EvalResult:
@@ -140,8 +140,8 @@ def _git_commit() -> str:
 
 @task(cache_policy=NONE)  # side effect on the registry
 def register_adapter_version(
+    context: WorkloadContext,
     client: Any,
-    settings: Settings,
     data: TrainingData,
     base_path: str,
     trained: TrainResult,
@@ -151,8 +151,7 @@ def register_adapter_version(
     from slm_flywheel.models.promotion import record_bootstrap
     from slm_flywheel.models.registry import CHAMPION, assign_initial_alias, register_adapter
 
-    workload = data.spec.name
-    config = settings.workload(workload)
+    settings, workload, config = context.settings, context.name, context.config
     run = client.create_run(experiment_id(client, settings, workload), run_name=f"train-{workload}")
     run_id = run.info.run_id
     try:

@@ -78,32 +78,22 @@ def detect_drift(
             alpha=config.alpha,
         )
     ]
-    if task == "classification":
-        labels = sorted({a for a in (*reference.answers, *window.answers) if isinstance(a, str)})
-        tests.append(
-            label_drift_test(
-                list(reference.answers),  # type: ignore[arg-type]
-                list(window.answers),  # type: ignore[arg-type]
-                labels,
-                threshold=config.label_js_threshold,
-                n_permutations=config.n_permutations,
-                seed=config.seed,
-                alpha=config.alpha,
-            )
-        )
+    answers = (*reference.answers, *window.answers)
+    if task == "classification":  # the label mix, or (extraction) how often each slot is filled
+        answer_test, names, threshold = label_drift_test, sorted({a for a in answers if isinstance(a, str)}), config.label_js_threshold
     else:
-        slots = sorted({k for a in (*reference.answers, *window.answers) if isinstance(a, dict) for k in a})
-        tests.append(
-            slot_fill_test(
-                list(reference.answers),  # type: ignore[arg-type]
-                list(window.answers),  # type: ignore[arg-type]
-                slots,
-                threshold=config.slot_fill_threshold,
-                n_permutations=config.n_permutations,
-                seed=config.seed,
-                alpha=config.alpha,
-            )
+        answer_test, names, threshold = slot_fill_test, sorted({k for a in answers if isinstance(a, dict) for k in a}), config.slot_fill_threshold
+    tests.append(
+        answer_test(
+            list(reference.answers),  # type: ignore[arg-type]
+            list(window.answers),  # type: ignore[arg-type]
+            names,
+            threshold=threshold,
+            n_permutations=config.n_permutations,
+            seed=config.seed,
+            alpha=config.alpha,
         )
+    )
     tests.append(
         confidence_ks_test(reference.confidences, window.confidences, threshold=config.ks_threshold, alpha=config.alpha)
     )

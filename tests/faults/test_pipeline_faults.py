@@ -27,7 +27,8 @@ import yaml
 from prefect.logging import disable_run_logger
 
 from slm_flywheel.deployments.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from slm_flywheel.config import Settings
+from slm_flywheel.config import Settings, WorkloadConfig
+from slm_flywheel.models.context import resolve_workload
 from slm_flywheel.models.workload import TaskSpec
 from slm_flywheel.serving.capture import QUARANTINE_DIR, QUARANTINE_LOG, Sample, SampleWriter
 from slm_flywheel.serving.server import free_port
@@ -38,6 +39,11 @@ BIN = Path(sys.executable).parent
 WORKLOAD = "banking-intent"
 SPEC = TaskSpec(WORKLOAD, "classification", "{text}", labels=("card_arrival", "exchange_rate"))
 SECRET = "whsec-faults"
+
+
+def _settings(tmp_path: Path) -> Settings:
+    config = WorkloadConfig(task="classification", dataset="banking77", prompt_template="{text}", labels=list(SPEC.labels))
+    return Settings(home=tmp_path / "home", workloads={WORKLOAD: config})
 
 
 def _sample(request_id: str, when: datetime, replica: str) -> Sample:
@@ -52,13 +58,13 @@ def _writer(root: Path, replica: str) -> SampleWriter:
 def _nightly_read(settings: Settings) -> tuple[list[str], object]:
     """One night's sample stage: load the new samples, then (the run used them) advance."""
     with disable_run_logger():
-        window = load_new_samples.fn(settings, WORKLOAD, SPEC)
+        window = load_new_samples.fn(resolve_workload(settings, WORKLOAD, SPEC))
         advance_watermark.fn(settings, window)
     return list(window.samples["request_id"]), window
 
 
 def test_corrupt_parquet_and_malformed_folders_are_quarantined_and_the_rest_is_read(tmp_path, fault_table):
-    settings = Settings(home=tmp_path / "home")
+    settings = _settings(tmp_path)
     root = settings.samples_dir
     day = datetime(2026, 11, 28, 9, tzinfo=timezone.utc)
     writer = _writer(root, "replica-a")
@@ -104,7 +110,7 @@ def test_corrupt_parquet_and_malformed_folders_are_quarantined_and_the_rest_is_r
 
 
 def test_two_writers_and_a_late_flush_every_row_is_read_exactly_once(tmp_path, fault_table):
-    settings = Settings(home=tmp_path / "home")
+    settings = _settings(tmp_path)
     root = settings.samples_dir
     start = datetime(2026, 11, 28, 22, tzinfo=timezone.utc)
     a, b = _writer(root, "replica-a"), _writer(root, "replica-b")
@@ -134,15 +140,15 @@ def test_two_writers_and_a_late_flush_every_row_is_read_exactly_once(tmp_path, f
 
 def test_a_window_not_used_is_read_again(tmp_path):
     """A run that does not advance (a window too small to test) leaves the same rows for the next."""
-    settings = Settings(home=tmp_path / "home")
+    settings = _settings(tmp_path)
     writer = _writer(settings.samples_dir, "replica-a")
     writer.append(_sample("r0", datetime(2026, 11, 28, tzinfo=timezone.utc), "replica-a"))
     writer.close()
     with disable_run_logger():
-        first = load_new_samples.fn(settings, WORKLOAD, SPEC)
-        again = load_new_samples.fn(settings, WORKLOAD, SPEC)
+        first = load_new_samples.fn(resolve_workload(settings, WORKLOAD, SPEC))
+        again = load_new_samples.fn(resolve_workload(settings, WORKLOAD, SPEC))
         advance_watermark.fn(settings, again)
-        after = load_new_samples.fn(settings, WORKLOAD, SPEC)
+        after = load_new_samples.fn(resolve_workload(settings, WORKLOAD, SPEC))
     assert list(first.samples["request_id"]) == list(again.samples["request_id"]) == ["r0"]
     assert after.samples.empty
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from slm_flywheel.app.cli import app
 from slm_flywheel.config import load_settings
+from slm_flywheel.models.context import resolve_workload
 from slm_flywheel.tracking import mlflow_client
 from slm_flywheel.models.teacher import TeacherItem
 from slm_flywheel.models.workload import TaskSpec
@@ -61,12 +62,12 @@ def test_ledger_spend_equals_the_servers_usage_log_times_the_prices(tmp_path, sp
     with BackgroundServer(provider.app) as server:
         settings = _settings(tmp_path, server.url, tiny_model_dir, data_dir, tracking_uri)
         labels_dir = settings.state_dir / "teacher-labels" / WORKLOAD
-        relabel_run, _ = label_with_cache(build_teacher(settings, spec, "relabel"), relabel_items, labels_dir)
+        relabel_run, _ = label_with_cache(build_teacher(resolve_workload(settings, WORKLOAD, spec), "relabel"), relabel_items, labels_dir)
         billed_relabel = list(provider.billed)
-        audit_run, _ = label_with_cache(build_teacher(settings, spec, "audit"), audit_items, labels_dir)
+        audit_run, _ = label_with_cache(build_teacher(resolve_workload(settings, WORKLOAD, spec), "audit"), audit_items, labels_dir)
         billed_audit = provider.billed[len(billed_relabel) :]
         # A rerun comes from the cache: nothing is paid, nothing is added to the ledger.
-        label_with_cache(build_teacher(settings, spec, "relabel"), relabel_items, labels_dir)
+        label_with_cache(build_teacher(resolve_workload(settings, WORKLOAD, spec), "relabel"), relabel_items, labels_dir)
     assert len(provider.billed) == len(billed_relabel) + len(billed_audit)
     assert provider.faults_served == ["429", "malformed"] and len(billed_relabel) >= 8  # 6 batches + the retried answers
 
@@ -78,7 +79,7 @@ def test_ledger_spend_equals_the_servers_usage_log_times_the_prices(tmp_path, sp
     writer.close()
 
     client = mlflow_client(settings)
-    ledger = compute_ledger(settings, client, WORKLOAD)
+    ledger = compute_ledger(resolve_workload(settings, WORKLOAD, spec), client)
     total = ledger.total
     assert (total.relabel_calls, total.audit_calls) == (len(billed_relabel), len(billed_audit))
     assert round(total.relabel_usd, 2) == round(_billed_usd(billed_relabel), 2) and total.relabel_usd == pytest.approx(_billed_usd(billed_relabel), rel=1e-9)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from slm_flywheel.config import ConfigError, load_settings
+from slm_flywheel.models.context import resolve_workload
 from slm_flywheel.config import CostConfig, FrontierPrice
 from slm_flywheel.models.costs import LedgerError, TrafficDay, TrainingRun, build_ledger, capture_traffic
 from slm_flywheel.models.teacher import SimulatedTeacher, TeacherItem
@@ -222,10 +223,11 @@ def test_relabel_and_audit_tasks_leave_the_records_the_ledger_reads(tmp_path, da
         "confidence": 0.9,
     })
     with disable_run_logger():
-        result = relabel_with_teacher.fn(settings, spec, relabelled, "run1")
-        signals = measure_live_signals.fn(settings, spec, 2, served, audit_budget=20)
+        context = resolve_workload(settings, "banking-intent", spec)
+        result = relabel_with_teacher.fn(context, relabelled, "run1")
+        signals = measure_live_signals.fn(context, 2, served, audit_budget=20)
 
-    ledger = compute_ledger(settings, mlflow_client(settings), "banking-intent", count_tokens=lambda texts: [1] * len(texts))
+    ledger = compute_ledger(context, mlflow_client(settings), count_tokens=lambda texts: [1] * len(texts))
     total = ledger.total
     price = settings.workload("banking-intent").teacher.simulated_price_per_item
     assert total.relabel_calls == 10 and total.relabel_usd == pytest.approx(result.cost_usd) == pytest.approx(10 * price)

@@ -2,6 +2,7 @@ import pandas as pd
 import pytest
 
 from slm_flywheel.config import load_settings
+from slm_flywheel.models.context import resolve_workload
 from slm_flywheel.models.review import SAMPLED, ReviewItem, ReviewQueue
 from slm_flywheel.models.teacher import SimulatedTeacher, TeacherItem
 from slm_flywheel.models.workload import TaskSpec
@@ -34,7 +35,7 @@ def test_low_teacher_reviewer_agreement_refuses_teacher_labels(tmp_path, data_di
             queue.correct(f"r{i}", "exchange_rate", "ana", SPEC)
     selected = pd.DataFrame({"request_id": ["x"], "input": ["where is my card"]})
     with pytest.raises(TeacherDistrustError, match="agreement is 0.40 over 10 spot checks, below the floor 0.8"):
-        relabel_with_teacher.fn(settings, SPEC, selected, "run2")
+        relabel_with_teacher.fn(resolve_workload(settings, SPEC.name, SPEC), selected, "run2")
 
 
 def test_warm_start_replay_sample_keeps_every_label():
@@ -59,6 +60,6 @@ def test_the_simulated_teacher_takes_its_error_rate_and_latency_from_the_config(
     settings.workload("banking-intent").teacher = teacher_config.model_copy(update={"simulated_error_rate": 0.2, "simulated_latency_s": 0.25})
     ground_truth_path(settings.home).parent.mkdir(parents=True)
     ground_truth_path(settings.home).write_text("")
-    teacher = build_teacher(settings, SPEC, "relabel")
+    teacher = build_teacher(resolve_workload(settings, SPEC.name, SPEC), "relabel")
     assert isinstance(teacher, SimulatedTeacher) and "SIMULATED" in teacher.name
     assert (teacher.error_rate, teacher.latency_s) == (0.2, 0.25)
