@@ -240,6 +240,16 @@ class LaunchConfig(_Strict):
     seed: int = 7
 
 
+class RouterConfig(_Strict):
+    """Who answers a request: the small model when its calibrated confidence clears the version's
+    threshold, the frontier otherwise (`models/calibration.py`)."""
+
+    mode: Literal["off", "fallback", "shadow"] = "off"  # shadow: the small model answers, routes are recorded
+    target_accuracy: float = Field(0.9, gt=0, le=1)  # of the small model's served answers, on validation
+    audit_share: float = Field(0.02, ge=0, le=1)  # of small-model answers also asked of the frontier
+    calibration: Literal["isotonic", "temperature"] = "isotonic"
+
+
 class WorkloadConfig(_Strict):
     """One narrow job served by one adapter, named after it."""
 
@@ -256,6 +266,7 @@ class WorkloadConfig(_Strict):
     relabel: RelabelConfig = RelabelConfig()
     teacher: TeacherConfig = TeacherConfig()
     guard: GuardConfig = GuardConfig()
+    router: RouterConfig = RouterConfig()
     # auto: a gate pass makes the candidate `champion` and pushes it; review: it stays
     # `challenger` until a reviewer promotes it (MLflow UI alias, the `promote` deployment,
     # or `flywheel promote`).
