@@ -248,6 +248,13 @@ class RouterConfig(_Strict):
     target_accuracy: float = Field(0.9, gt=0, le=1)  # of the small model's served answers, on validation
     audit_share: float = Field(0.02, ge=0, le=1)  # of small-model answers also asked of the frontier
     calibration: Literal["isotonic", "temperature"] = "isotonic"
+    # The frontier on the request path (fallback mode): never turns a request into an error.
+    timeout_s: float = Field(5.0, gt=0)  # per request; past it the small model's answer is served, flagged
+    max_concurrency: int = Field(8, gt=0)  # frontier calls in flight per workload
+    requests_per_second: float = Field(20.0, gt=0)  # frontier calls per second (a token bucket of one second's burst)
+    daily_spend_usd: float = Field(5.0, ge=0)  # the most the router spends per UTC day on the frontier
+    breaker_failures: int = Field(5, gt=0)  # consecutive failed calls that open the circuit breaker
+    breaker_cooldown_s: float = Field(30.0, gt=0)  # how long it stays open before one trial call
 
 
 class WorkloadConfig(_Strict):

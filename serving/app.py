@@ -34,6 +34,7 @@ from slm_flywheel.serving import openai_api
 from slm_flywheel.serving.capture import Sample, SampleWriter, answer_to_text, now_utc
 from slm_flywheel.serving.engine import AdapterEngine, EngineError, ServedPrediction, workload_of
 from slm_flywheel.serving.openai_api import ApiError
+from slm_flywheel.serving.router import Routed, Router
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MAX_JSON_DEPTH = 64  # far beyond any request this API takes; deeper is refused before it reaches a handler
@@ -59,6 +60,7 @@ class ServerState:
     admin_token: str | None = None
     limits: ServingConfig = field(default_factory=ServingConfig)  # max_body_bytes, max_inputs_per_request, max_text_chars
     resolve_reference: Callable[[str], Path] | None = None  # models:/name@alias -> local adapter dir
+    routers: dict[str, Router] = field(default_factory=dict)  # workload -> its router (serving/router.py)
     started: float = field(default_factory=time.time)
 
 
@@ -85,8 +87,22 @@ class Metrics:
         spilled.set_function(lambda: writer.spilled)
         recovered = Gauge("flywheel_capture_recovered", "Spilled samples since moved into the sample store", registry=self.registry)
         recovered.set_function(lambda: writer.recovered)
+        self.routed = Counter("flywheel_routed", "Answered inputs by who answered them", ["workload", "served_by"], registry=self.registry)
+        self.frontier_latency = Histogram(
+            "flywheel_frontier_latency_seconds", "Frontier calls on the request path", ["workload"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
         retained = Gauge("flywheel_capture_retained", "Samples held in memory because the store and the spill both failed", registry=self.registry)
         retained.set_function(lambda: writer.stats().retained)
+
+    def watch_routers(self, routers: dict[str, Router]) -> None:
+        """The routers' spend today and breaker state, read when /metrics is scraped."""
+        from prometheus_client import Gauge
+
+        spend = Gauge("flywheel_frontier_spend_today_usd", "Router spend on the frontier today (UTC)", ["workload"], registry=self.registry)
+        breaker = Gauge("flywheel_frontier_breaker_open", "1 while the frontier circuit breaker is open or half open", ["workload"], registry=self.registry)
+        for workload, router in routers.items():
+            spend.labels(workload).set_function(lambda router=router: router.spend.spent_usd)
+            breaker.labels(workload).set_function(lambda router=router: float(router.breaker.state != "closed"))
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -170,6 +186,7 @@ def create_app(state: ServerState) -> FastAPI:
     """The FastAPI app over an engine and a sample writer (both owned by the caller)."""
     app = FastAPI(title="slm-flywheel serving", version="1")
     metrics = Metrics(state.writer)
+    metrics.watch_routers(state.routers)
     app.state.flywheel = state
 
     @app.exception_handler(ApiError)
@@ -230,19 +247,42 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(400, f"x-request-id is {len(client_id)} characters; the limit is {MAX_CLIENT_ID_CHARS}")
         return client_id
 
-    def _record(workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], started: float) -> float:
+    async def _routed(workload: str, texts: list[str], served: list[ServedPrediction]) -> list[Routed] | None:
+        """The router's answers for a routed request (None: the workload has no router)."""
+        router = state.routers.get(workload)
+        if router is None:
+            return None
+        adapters, _ = state.engine.snapshot()
+        path = adapters.get(served[0].adapter)
+        try:
+            calibration = router.calibration(Path(path) if path is not None else None)
+        except ValueError:  # an unreadable calibration.json routes nothing, and says so in every row
+            calibration = None
+        routed = await router.route(texts, [(item.prediction.answer, item.prediction.valid, item.prediction.confidence) for item in served], calibration)
+        for item in routed:
+            metrics.routed.labels(workload, item.served_by).inc()
+        if (asked := next((item.frontier_latency_ms for item in routed if item.frontier_latency_ms is not None), None)) is not None:
+            metrics.frontier_latency.labels(workload).observe(asked / 1000)
+        return routed
+
+    def _record(
+        workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], started: float, routed: list[Routed] | None = None
+    ) -> float:
         """Capture every answer of one request and count it in the metrics; returns its latency (ms)."""
         latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, client_id, texts, served, latency_ms)
+        _capture(workload, request_id, client_id, texts, served, latency_ms, routed)
         adapter = served[0].adapter
         metrics.requests.labels(workload, adapter).inc()
         metrics.predictions.labels(workload, adapter).inc(len(texts))
         metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
         return latency_ms
 
-    def _capture(workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], latency_ms: float) -> None:
+    def _capture(
+        workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], latency_ms: float, routed: list[Routed] | None
+    ) -> None:
         stamp = now_utc()
         for index, (text, item) in enumerate(zip(texts, served)):
+            route = routed[index] if routed is not None else None
             state.writer.append(
                 Sample(
                     timestamp=stamp,
@@ -256,6 +296,13 @@ def create_app(state: ServerState) -> FastAPI:
                     latency_ms=latency_ms,
                     replica_id=state.replica_id,
                     client_request_id=client_id,
+                    served_by=route.served_by if route else "slm",
+                    served_answer=answer_to_text(route.answer) if route else answer_to_text(item.prediction.answer),
+                    route_reason=route.reason if route else None,
+                    calibrated_confidence=route.calibrated_confidence if route else None,
+                    frontier_latency_ms=route.frontier_latency_ms if route else None,
+                    frontier_tokens=route.frontier_tokens if route and route.served_by != "slm" else None,
+                    frontier_cost_usd=route.frontier_cost_usd if route else None,
                 )
             )
 
@@ -329,20 +376,28 @@ def create_app(state: ServerState) -> FastAPI:
         client_id = _client_request_id(request)
         request_id = str(uuid.uuid4())  # ours, so unique; a client's id may repeat
         served = await _served(workload, texts)
-        latency_ms = _record(workload, request_id, client_id, texts, served, started)
+        routed = await _routed(workload, texts, served)
+        latency_ms = _record(workload, request_id, client_id, texts, served, started, routed)
+        routes = routed or [None] * len(served)
         return {
             "request_id": request_id,
             "client_request_id": client_id,
             "workload": workload,
             "predictions": [
                 {
-                    "answer": item.prediction.answer,
+                    # What the caller gets (the frontier's answer where it answered) ...
+                    "answer": route.answer if route else item.prediction.answer,
+                    "valid": route.valid if route else item.prediction.valid,
+                    "served_by": route.served_by if route else "slm",
+                    # ... and the small model's own answer, its confidence and how sure it really is.
+                    "slm_answer": item.prediction.answer,
                     "confidence": item.prediction.confidence,
-                    "valid": item.prediction.valid,
+                    "calibrated_confidence": route.calibrated_confidence if route else None,
+                    "route_reason": route.reason if route else None,
                     "version": item.adapter,
                     "latency_ms": latency_ms,
                 }
-                for item in served
+                for item, route in zip(served, routes)
             ],
         }
 

@@ -19,17 +19,9 @@ from slm_flywheel.models.drift import WindowEmbeddings
 from slm_flywheel.models.frontier import FrontierClient
 from slm_flywheel.models.review import ReviewQueue, review_items, spot_check_sample, training_labels
 from slm_flywheel.models.selection import select_informative
-from slm_flywheel.models.teacher import (
-    OpenAICompatibleTeacher,
-    SimulatedTeacher,
-    Teacher,
-    TeacherItem,
-    TeacherLabel,
-    TeacherRun,
-    ground_truth_path,
-    read_ground_truth,
-)
-from slm_flywheel.models.usage import Purpose, UsageLog, usage_path
+from slm_flywheel.models.teacher import Teacher, TeacherItem, TeacherLabel, TeacherRun
+from slm_flywheel.models.teacher.build import frontier_client, teacher_for
+from slm_flywheel.models.usage import Purpose
 
 
 class TeacherDistrustError(RuntimeError):
@@ -62,21 +54,20 @@ class RelabelResult:
     agreement: float | None
 
 
+def _api_key(context: WorkloadContext) -> str | None:
+    """The key from the workload's Prefect Secret block, if it names one (else the env var)."""
+    block = context.config.teacher.api_key_block
+    if not block:
+        return None  # the client reads `api_key_env` and names it when it is missing
+    from prefect.blocks.system import Secret
+
+    return Secret.load(block).get()
+
+
 def build_frontier_client(context: WorkloadContext) -> FrontierClient:
     """The workload's frontier model (`teacher.kind: openai`), its key from the environment or a
     Prefect Secret block, its price from `costs.frontier_prices`."""
-    config = context.config.teacher
-    api_key = None  # None: the client reads `api_key_env` and names it when it is missing
-    if config.api_key_block:
-        from prefect.blocks.system import Secret
-
-        api_key = Secret.load(config.api_key_block).get()
-    return FrontierClient(
-        base_url=config.base_url or "", model=config.model or "", api_key=api_key, api_key_env=config.api_key_env,
-        price=context.settings.costs.frontier_prices[config.model or ""],  # present: checked when the config loads
-        max_retries=config.max_retries, timeout_s=config.timeout_s,
-        reasoning=config.reasoning, reasoning_tokens=config.reasoning_tokens,
-    )
+    return frontier_client(context, _api_key(context))
 
 
 def build_teacher(context: WorkloadContext, purpose: Purpose) -> Teacher:
@@ -84,18 +75,8 @@ def build_teacher(context: WorkloadContext, purpose: Purpose) -> Teacher:
 
     Every call it pays is appended to the workload's usage log with `purpose` (relabel or audit).
     """
-    settings, spec, config, budget = context.settings, context.spec, context.config.teacher, context.config.relabel.budget_usd
-    usage_log = UsageLog(usage_path(settings.state_dir, spec.name), spec.name, purpose)
-    if config.kind == "simulated":
-        return SimulatedTeacher(
-            spec, read_ground_truth(ground_truth_path(settings.home)), error_rate=config.simulated_error_rate,
-            price_per_item_usd=config.simulated_price_per_item, latency_s=config.simulated_latency_s,
-            budget_usd=budget, usage_log=usage_log,
-        )
-    return OpenAICompatibleTeacher(
-        spec, build_frontier_client(context), budget_usd=budget, batch_size=config.batch_size,
-        max_concurrency=config.max_concurrency, cache_dir=settings.state_dir / "teacher-cache", usage_log=usage_log,
-    )
+    api_key = _api_key(context) if context.config.teacher.kind == "openai" else None
+    return teacher_for(context, purpose, budget_usd=context.config.relabel.budget_usd, api_key=api_key)
 
 
 @task(cache_policy=NONE)  # a pure, seeded choice over in-memory frames: cheaper to redo than to hash its inputs

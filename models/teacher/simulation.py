@@ -122,6 +122,10 @@ class SimulatedTeacher:
             completion_tokens=0,
         )
 
+    def worst_case_cost_usd(self, items: list[TeacherItem]) -> float:
+        """Every item answered, at `price_per_item_usd`."""
+        return len(items) * self.price_per_item_usd
+
     def _mistake(self, gold: str, text: str, rng: random.Random) -> str:
         if self.spec.task == "classification":
             return self._confusable_label(gold, rng)
