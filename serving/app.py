@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -247,7 +247,7 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(400, f"x-request-id is {len(client_id)} characters; the limit is {MAX_CLIENT_ID_CHARS}")
         return client_id
 
-    async def _routed(workload: str, texts: list[str], served: list[ServedPrediction]) -> list[Routed] | None:
+    async def _routed(workload: str, texts: list[str], served: list[ServedPrediction], ids: list[str]) -> list[Routed] | None:
         """The router's answers for a routed request (None: the workload has no router)."""
         router = state.routers.get(workload)
         if router is None:
@@ -258,19 +258,48 @@ def create_app(state: ServerState) -> FastAPI:
             calibration = router.calibration(Path(path) if path is not None else None)
         except ValueError:  # an unreadable calibration.json routes nothing, and says so in every row
             calibration = None
-        routed = await router.route(texts, [(item.prediction.answer, item.prediction.valid, item.prediction.confidence) for item in served], calibration)
+        routed = await router.route(texts, [(item.prediction.answer, item.prediction.valid, item.prediction.confidence) for item in served], calibration, ids)
         for item in routed:
             metrics.routed.labels(workload, item.served_by).inc()
         if (asked := next((item.frontier_latency_ms for item in routed if item.frontier_latency_ms is not None), None)) is not None:
             metrics.frontier_latency.labels(workload).observe(asked / 1000)
         return routed
 
+    def _input_ids(request_id: str, client_id: str | None, count: int) -> list[str]:
+        """What the frontier knows each input by: the caller's id (with the input's index when a
+        request has several), else ours."""
+        base = client_id or request_id
+        return [base] if count == 1 else [f"{base}:{index}" for index in range(count)]
+
     def _record(
-        workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], started: float, routed: list[Routed] | None = None
+        workload: str,
+        request_id: str,
+        client_id: str | None,
+        texts: list[str],
+        served: list[ServedPrediction],
+        started: float,
+        routed: list[Routed] | None = None,
+        background: BackgroundTasks | None = None,
+        ids: list[str] | None = None,
     ) -> float:
-        """Capture every answer of one request and count it in the metrics; returns its latency (ms)."""
+        """Capture every answer of one request and count it in the metrics; returns its latency (ms).
+
+        With inputs to audit, the capture waits for the frontier's audit answers, after the
+        response has gone (a background task): the caller never waits for an audit."""
         latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, client_id, texts, served, latency_ms, routed)
+        router = state.routers.get(workload)
+        audited = router.audited(ids, routed) if router is not None and routed is not None and ids is not None and background is not None else []
+        if audited:
+            async def audit_then_capture() -> None:
+                answers = await router.audit([texts[i] for i in audited], [ids[i] for i in audited])
+                audits: list[Any] = [None] * len(texts)
+                for index, answer in zip(audited, answers):
+                    audits[index] = answer
+                _capture(workload, request_id, client_id, texts, served, latency_ms, routed, audits)
+
+            background.add_task(audit_then_capture)
+        else:
+            _capture(workload, request_id, client_id, texts, served, latency_ms, routed)
         adapter = served[0].adapter
         metrics.requests.labels(workload, adapter).inc()
         metrics.predictions.labels(workload, adapter).inc(len(texts))
@@ -278,7 +307,14 @@ def create_app(state: ServerState) -> FastAPI:
         return latency_ms
 
     def _capture(
-        workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], latency_ms: float, routed: list[Routed] | None
+        workload: str,
+        request_id: str,
+        client_id: str | None,
+        texts: list[str],
+        served: list[ServedPrediction],
+        latency_ms: float,
+        routed: list[Routed] | None,
+        audits: list[Any] | None = None,
     ) -> None:
         stamp = now_utc()
         for index, (text, item) in enumerate(zip(texts, served)):
@@ -303,6 +339,7 @@ def create_app(state: ServerState) -> FastAPI:
                     frontier_latency_ms=route.frontier_latency_ms if route else None,
                     frontier_tokens=route.frontier_tokens if route and route.served_by != "slm" else None,
                     frontier_cost_usd=route.frontier_cost_usd if route else None,
+                    audit_answer=answer_to_text(audits[index]) if audits and audits[index] is not None else None,
                 )
             )
 
@@ -369,15 +406,16 @@ def create_app(state: ServerState) -> FastAPI:
         return card
 
     @app.post("/v1/workloads/{workload}/predict", openapi_extra=_json_request({"inputs": {"type": "array", "items": {"type": "string"}, "minItems": 1}}, ["inputs"]))
-    async def predict(workload: str, request: Request) -> dict[str, Any]:
+    async def predict(workload: str, request: Request, background: BackgroundTasks) -> dict[str, Any]:
         started = time.perf_counter()
         body = await _json_body(request, state.limits)
         texts = _check_texts(_field(body, "inputs", list), state.limits)
         client_id = _client_request_id(request)
         request_id = str(uuid.uuid4())  # ours, so unique; a client's id may repeat
         served = await _served(workload, texts)
-        routed = await _routed(workload, texts, served)
-        latency_ms = _record(workload, request_id, client_id, texts, served, started, routed)
+        ids = _input_ids(request_id, client_id, len(texts))
+        routed = await _routed(workload, texts, served, ids)
+        latency_ms = _record(workload, request_id, client_id, texts, served, started, routed, background, ids)
         routes = routed or [None] * len(served)
         return {
             "request_id": request_id,

@@ -32,11 +32,11 @@ log = logging.getLogger("flywheel.capture")
 
 SCHEMA_FIELDS = (
     "timestamp", "request_id", "workload", "input", "answer", "valid", "confidence", "adapter_version", "latency_ms", "replica_id", "client_request_id",
-    "served_by", "served_answer", "route_reason", "calibrated_confidence", "frontier_latency_ms", "frontier_tokens", "frontier_cost_usd",
+    "served_by", "served_answer", "route_reason", "calibrated_confidence", "frontier_latency_ms", "frontier_tokens", "frontier_cost_usd", "audit_answer",
 )
 # Added after stores existed: older files lack them (read as empty).
 LATER_FIELDS = (
-    "client_request_id", "served_by", "served_answer", "route_reason", "calibrated_confidence", "frontier_latency_ms", "frontier_tokens", "frontier_cost_usd",
+    "client_request_id", "served_by", "served_answer", "route_reason", "calibrated_confidence", "frontier_latency_ms", "frontier_tokens", "frontier_cost_usd", "audit_answer",
 )
 
 
@@ -70,6 +70,7 @@ class Sample:
     frontier_latency_ms: float | None = None
     frontier_tokens: int | None = None
     frontier_cost_usd: float | None = None
+    audit_answer: str | None = None  # the frontier's answer to an audited small-model answer
 
 
 def _arrow_schema() -> Any:

@@ -12,6 +12,9 @@ Per workload, `router.mode` (flywheel/config.py `RouterConfig`):
   turns a request into an error.
 * `shadow`: the small model answers everything; the route it would have taken is recorded.
 
+In both, `router.audit_share` of the inputs the small model answers are also asked of the frontier
+off the request path (the caller has its answer first), for an honest wrong-path estimate.
+
 The calibration (calibrator and threshold, `calibration.json`) travels with the adapter, and the
 version that answered an input decides its route, so a hot swap or a rollback switches both at
 once. A version without a calibration routes nothing (reason `uncalibrated`).
@@ -22,6 +25,7 @@ No Prefect here: the serving tier runs without it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -181,8 +185,8 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         today: Callable[[], date] = lambda: datetime.now(timezone.utc).date(),
     ):
-        if config.mode == "fallback" and frontier is None:
-            raise ValueError(f"workload {spec.name!r}: router.mode fallback needs a frontier (the workload's teacher)")
+        if config.mode != "off" and frontier is None:
+            raise ValueError(f"workload {spec.name!r}: router.mode {config.mode} needs a frontier (the workload's teacher)")
         self.spec, self.config, self.frontier = spec, config, frontier
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s, clock)
         self.spend = DailySpend(config.daily_spend_usd, today)
@@ -199,8 +203,13 @@ class Router:
             self._calibrations[adapter_dir] = load_calibration(adapter_dir)
         return self._calibrations[adapter_dir]
 
-    async def route(self, texts: list[str], answers: list[tuple[Answer | None, bool, float]], calibration: Calibration | None) -> list[Routed]:
-        """Route one request's inputs; `answers` are the small model's (answer, valid, confidence)."""
+    async def route(
+        self, texts: list[str], answers: list[tuple[Answer | None, bool, float]], calibration: Calibration | None, ids: list[str] | None = None
+    ) -> list[Routed]:
+        """Route one request's inputs; `answers` are the small model's (answer, valid, confidence);
+        `ids` name the inputs to the frontier (the caller's request ids; the SIMULATED frontier
+        looks its gold up by them)."""
+        ids = ids or [str(i) for i in range(len(texts))]
         calibrated: list[float | None] = [None] * len(texts)
         if calibration is not None:
             calibrated = [float(c) for c in calibration.calibrator.apply([confidence for _, _, confidence in answers])]
@@ -213,7 +222,7 @@ class Router:
         if self.config.mode == "shadow":
             return self._count([_with(r, reason=f"shadow:{'frontier' if i in low else 'slm'}") for i, r in enumerate(routed)])
         if low:
-            for index, result in zip(low, await self._ask([texts[i] for i in low], [routed[i] for i in low])):
+            for index, result in zip(low, await self._ask([texts[i] for i in low], [routed[i] for i in low], [ids[i] for i in low])):
                 routed[index] = result
         return self._count(routed)
 
@@ -222,10 +231,25 @@ class Router:
             self.stats.routed[item.served_by] += 1
         return routed
 
-    async def _ask(self, texts: list[str], slm: list[Routed]) -> list[Routed]:
+    def audited(self, ids: list[str], routed: list[Routed]) -> list[int]:
+        """The inputs answered by the small model that the frontier is also asked about, off the
+        request path: `audit_share` of them, chosen by a hash of the id (the same id, the same choice)."""
+        if self.frontier is None or self.config.audit_share <= 0:
+            return []
+        share = self.config.audit_share
+        return [i for i, (item_id, item) in enumerate(zip(ids, routed)) if item.served_by == SLM and item.valid and _unit(item_id) < share]
+
+    async def audit(self, texts: list[str], ids: list[str]) -> list[Answer | None]:
+        """The frontier's answers for audited inputs (None where it could not answer: the audit is
+        best effort, under the same cap and breaker, and never touches the caller's answer)."""
+        placeholder = [Routed(SLM, None, False, None, None, "audit") for _ in texts]
+        results = await self._ask(texts, placeholder, ids)
+        return [result.answer if result.served_by == FRONTIER else None for result in results]
+
+    async def _ask(self, texts: list[str], slm: list[Routed], ids: list[str]) -> list[Routed]:
         """The frontier's answers for these inputs, or the small model's, flagged with why not."""
         assert self.frontier is not None
-        items = [TeacherItem(str(i), text) for i, text in enumerate(texts)]
+        items = [TeacherItem(item_id, text) for item_id, text in zip(ids, texts)]
         worst = _worst_case_usd(self.frontier, items)
         if not self.breaker.allow():
             return [_unavailable(r, "breaker_open") for r in slm]
@@ -288,6 +312,11 @@ def _worst_case_usd(frontier: Teacher, items: list[TeacherItem]) -> float:
     size = getattr(frontier, "batch_size", len(items)) or len(items)
     chunks = [items[start : start + size] for start in range(0, len(items), size)]
     return 2 * sum(frontier.worst_case_cost_usd(chunk) for chunk in chunks)
+
+
+def _unit(item_id: str) -> float:
+    """A stable number in [0, 1) for an id."""
+    return int(hashlib.sha256(item_id.encode()).hexdigest()[:12], 16) / 16**12
 
 
 def _cost(done: Any) -> float:

@@ -82,9 +82,9 @@ def build_routers(contexts: dict[str, WorkloadContext]) -> dict[str, Router]:
         config = context.config.router
         if config.mode == "off":
             continue
-        frontier = teacher_for(context, None, budget_usd=config.daily_spend_usd) if config.mode == "fallback" else None
+        frontier = teacher_for(context, None, budget_usd=config.daily_spend_usd, on_request_path=True)
         routers[name] = Router(context.spec, config, frontier)
-        log.info("%s: router %s (frontier %s)", name, config.mode, frontier.name if frontier else "not called")
+        log.info("%s: router %s, frontier %s, audit share %.3f", name, config.mode, frontier.name, config.audit_share)
     return routers
 
 

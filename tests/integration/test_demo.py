@@ -40,6 +40,10 @@ def test_fast_demo_detects_drift_promotes_improves_and_rolls_back(tmp_path, real
     low, high = report["live_accuracy_gain_ci95"]  # the stated margin of before -> after
     assert low <= report["live_accuracy_after"] - report["live_accuracy_before"] <= high
     assert report["live_accuracy_after_rollback"] is not None
+    # The router is on: the SIMULATED frontier answers what the small model is unsure of, and
+    # what callers got during drift is at least as accurate as the small model alone.
+    assert report["frontier_share_drift"] > 0 and report["frontier_share_after"] is not None
+    assert report["served_accuracy_drift"] >= report["live_accuracy_before"]
     assert set(report["stage_seconds"]) >= {"train launch champion", "nightly-retrain", "rollback-guard"}
     # The cost ledger of the demo's own records: every simulated label a relabel call, the trainings timed.
     costs = report["costs"]["total"]

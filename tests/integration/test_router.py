@@ -45,17 +45,18 @@ def _settings(tmp_path, url, tiny_model_dir, data_dir, tracking_uri, **router):
 
 @pytest.fixture
 def serve(tmp_path, tiny_model_dir, data_dir, tracking_uri, monkeypatch):
-    """serve(provider, **router) -> (client, state): the serving tier with one banking adapter
-    whose calibration sends every answer to the frontier (no validation share reached the target)."""
+    """serve(provider, threshold, **router) -> (client, state): the serving tier with one banking
+    adapter whose calibration has `threshold` (None: no validation share reached the target, so
+    every answer goes to the frontier; 0: the small model keeps every valid answer)."""
     monkeypatch.setenv("FLYWHEEL_TEACHER_API_KEY", KEY)
     opened = []
 
-    def start(provider, **router):
+    def start(provider, threshold=None, **router):
         frontier = BackgroundServer(provider.app)
         frontier.__enter__()
         settings = _settings(tmp_path, frontier.url, tiny_model_dir, data_dir, tracking_uri, **router)
         adapter = _adapter(settings, WORKLOAD, "b1", 1)
-        Calibration(Calibrator("temperature", 1.0), 0.9, None, 0.0, None, 0.2, 0.04, 50).save(adapter)
+        Calibration(Calibrator("temperature", 1.0), 0.9, threshold, 0.0, None, 0.2, 0.04, 50).save(adapter)
         state = build_state(settings, "replica-a", load_champions=False, bf16=False)
         server = BackgroundServer(create_app(state))
         server.__enter__()
@@ -133,3 +134,22 @@ def test_spend_never_passes_the_daily_cap(serve, data_dir):
     assert all(a["route_reason"] == "over_budget" for a in answers if a["served_by"] == UNAVAILABLE)
     assert 0 < _billed_usd(provider.billed) <= cap
     assert state.routers[WORKLOAD].spend.spent_usd == pytest.approx(_billed_usd(provider.billed), rel=1e-9)
+
+
+def test_audits_ask_the_frontier_after_the_answer_and_land_in_capture(serve, data_dir):
+    gold = _gold(data_dir, 6)
+    provider = FakeProvider(gold)
+    client, state = serve(provider, threshold=0.0, audit_share=1.0)
+    answers = [_ask(client, text) for text in gold]
+    assert {a["served_by"] for a in answers} == {"slm"} and {a["route_reason"] for a in answers} == {"confident"}
+    deadline = time.monotonic() + 30  # each row is captured once its audit has returned
+    while len(rows := _flushed(state)) < len(gold):
+        assert time.monotonic() < deadline, f"{len(rows)} of {len(gold)} audited rows captured"
+        time.sleep(0.2)
+    assert sorted(rows["audit_answer"]) == sorted(g["label"] for g in gold.values())
+    assert rows["served_by"].eq("slm").all() and len(provider.billed) == len(gold)
+
+
+def _flushed(state):
+    state.writer.flush()
+    return read_samples(state.writer.root, WORKLOAD)

@@ -83,7 +83,7 @@ def test_fallback_sends_unsure_and_invalid_answers_to_the_frontier():
     router, _ = _router()
     routed = asyncio.run(router.route(["a", "b", "c"], ANSWERS, CALIBRATION))
     assert [r.served_by for r in routed] == [SLM, FRONTIER, FRONTIER]
-    assert [r.answer for r in routed] == ["card_arrival", "card_arrival", "exchange_rate"]  # the frontier's, by item order
+    assert [r.answer for r in routed] == ["card_arrival", "exchange_rate", "pin_blocked"]  # the frontier knows each input by its id
     assert [r.slm_answer for r in routed] == ["card_arrival", "pin_blocked", None]
     assert routed[0].reason == "confident" and routed[1].reason == "low_confidence"
     assert routed[1].calibrated_confidence == pytest.approx(0.30) and routed[1].frontier_cost_usd == pytest.approx(0.01)
