@@ -21,7 +21,7 @@ import hmac
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -439,8 +439,20 @@ def create_app(state: ServerState) -> FastAPI:
             ],
         }
 
-    async def _complete(request: Request, model: str, texts: list[str], id_prefix: str, started: float) -> tuple[str, list[ServedPrediction]]:
-        """Answer OpenAI-protocol inputs with `model` (an adapter or a workload), captured."""
+    def _as_served(item: ServedPrediction, route: Routed | None) -> ServedPrediction:
+        """What the caller gets: a frontier answer replaces the small model's, its tokens counted
+        by the base tokenizer (usage) and no log-probabilities of the small model's attached."""
+        if route is None or route.served_by != "frontier":
+            return item
+        tokens = tuple(state.engine.tokenizer.encode(" " + (answer_to_text(route.answer) or ""), add_special_tokens=False))
+        return ServedPrediction(replace(item.prediction, answer=route.answer, valid=True, tokens=tokens, token_logprobs=(0.0,) * len(tokens)), item.adapter)
+
+    async def _complete(
+        request: Request, model: str, texts: list[str], id_prefix: str, started: float, background: BackgroundTasks, route: bool
+    ) -> tuple[str, list[ServedPrediction], list[Routed] | None]:
+        """Answer OpenAI-protocol inputs with `model` (an adapter or a workload), captured; a workload
+        with a router is routed when `route` (a request asking for log-probabilities is not: they
+        are the small model's)."""
         adapters, routes = state.engine.snapshot()
         if model not in adapters and model not in routes:
             raise ApiError(404, f"The model {model!r} does not exist (see GET /v1/models)", "model", "model_not_found")
@@ -451,28 +463,38 @@ def create_app(state: ServerState) -> FastAPI:
         # As in vLLM, naming an adapter answers with that adapter, routed or not (a push's smoke
         # test); naming the workload answers with whatever it is routed to.
         served = await _served(workload, texts, model if model in adapters else None)
-        _record(workload, request_id, client_id, texts, served, started)
-        return request_id, served
+        ids = _input_ids(request_id, client_id, len(texts))
+        routed = await _routed(workload, texts, served, ids) if route and model not in adapters else None
+        _record(workload, request_id, client_id, texts, served, started, routed, background, ids)
+        return request_id, [_as_served(item, r) for item, r in zip(served, routed or [None] * len(served))], routed
+
+    def _route_body(item: ServedPrediction, routed: list[Routed] | None) -> dict[str, Any]:
+        """The `flywheel` extension of an OpenAI response: who answered and how sure the small model was."""
+        route = routed[0] if routed else None
+        body = {"confidence": item.prediction.confidence, "valid": item.prediction.valid, "served_by": route.served_by if route else "slm"}
+        if route is not None:
+            body.update(slm_answer=route.slm_answer, calibrated_confidence=route.calibrated_confidence, route_reason=route.reason)
+        return body
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: Request) -> dict[str, Any] | StreamingResponse:
+    async def chat_completions(request: Request, background: BackgroundTasks) -> dict[str, Any] | StreamingResponse:
         started = time.perf_counter()
         chat = openai_api.parse_chat_request(await _json_body(request, state.limits))
-        request_id, served = await _complete(request, chat.model, [openai_api.last_user_text(chat.messages)], "chatcmpl", started)
+        request_id, served, routed = await _complete(request, chat.model, [openai_api.last_user_text(chat.messages)], "chatcmpl", started, background, not chat.logprobs)
         item = served[0]
         answer = openai_api.reply_to(item.prediction, state.engine.tokenizer.decode, chat.limit)
         if chat.stream:
             chunks = openai_api.chat_chunks(request_id, item.adapter, chat, answer)
             return StreamingResponse(openai_api.sse(chunks), media_type="text/event-stream")
         body = openai_api.chat_completion(request_id, item.adapter, chat, answer)
-        body["flywheel"] = {"confidence": item.prediction.confidence, "valid": item.prediction.valid}
+        body["flywheel"] = _route_body(item, routed)
         return body
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(request: Request) -> dict[str, Any] | StreamingResponse:
+    async def completions(request: Request, background: BackgroundTasks) -> dict[str, Any] | StreamingResponse:
         started = time.perf_counter()
         call = openai_api.parse_completion_request(await _json_body(request, state.limits))
-        request_id, served = await _complete(request, call.model, call.prompts, "cmpl", started)
+        request_id, served, _ = await _complete(request, call.model, call.prompts, "cmpl", started, background, call.logprobs is None)
         answers = [openai_api.reply_to(item.prediction, state.engine.tokenizer.decode, call.max_tokens) for item in served]
         if call.stream:
             chunks = openai_api.completion_chunks(request_id, served[0].adapter, call, answers)

@@ -153,3 +153,23 @@ def test_audits_ask_the_frontier_after_the_answer_and_land_in_capture(serve, dat
 def _flushed(state):
     state.writer.flush()
     return read_samples(state.writer.root, WORKLOAD)
+
+
+def test_chat_completions_naming_the_workload_are_routed_and_say_who_answered(serve, data_dir):
+    gold = _gold(data_dir, 3)
+    texts = list(gold)
+    provider = FakeProvider(gold)
+    client, state = serve(provider)
+    chat = {"model": WORKLOAD, "messages": [{"role": "user", "content": texts[0]}]}
+    body = client.post("/v1/chat/completions", json=chat).json()
+    assert body["choices"][0]["message"]["content"] == gold[texts[0]]["label"]
+    assert body["flywheel"]["served_by"] == FRONTIER and body["flywheel"]["route_reason"] == "low_confidence"
+    label_tokens = state.engine.tokenizer.encode(" " + gold[texts[0]]["label"], add_special_tokens=False)
+    assert body["usage"]["completion_tokens"] == len(label_tokens)
+    # Log-probabilities are the small model's: such a request is answered by it, not routed.
+    with_logprobs = client.post("/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": texts[1]}], "logprobs": True}).json()
+    assert with_logprobs["flywheel"]["served_by"] == "slm" and with_logprobs["choices"][0]["logprobs"] is not None
+    # Naming the adapter (a push's smoke test) answers with it, unrouted.
+    named = client.post("/v1/chat/completions", json={**chat, "model": f"{WORKLOAD}@v1"}).json()
+    assert named["flywheel"]["served_by"] == "slm"
+    assert provider.requests == 1
