@@ -417,10 +417,13 @@ def create_app(state: ServerState) -> FastAPI:
         routed = await _routed(workload, texts, served, ids)
         latency_ms = _record(workload, request_id, client_id, texts, served, started, routed, background, ids)
         routes = routed or [None] * len(served)
+        router = state.routers.get(workload)
         return {
             "request_id": request_id,
             "client_request_id": client_id,
             "workload": workload,
+            # The frontier model the router would ask (SIMULATED in the demo and offline).
+            "frontier": router.frontier.name if router is not None and router.frontier is not None else None,
             "predictions": [
                 {
                     # What the caller gets (the frontier's answer where it answered) ...
@@ -474,6 +477,8 @@ def create_app(state: ServerState) -> FastAPI:
         body = {"confidence": item.prediction.confidence, "valid": item.prediction.valid, "served_by": route.served_by if route else "slm"}
         if route is not None:
             body.update(slm_answer=route.slm_answer, calibrated_confidence=route.calibrated_confidence, route_reason=route.reason)
+            frontier = state.routers[workload_of(item.adapter)].frontier
+            body["frontier"] = frontier.name if frontier is not None else None
         return body
 
     @app.post("/v1/chat/completions", response_model=None)
