@@ -100,14 +100,34 @@ class Metrics:
 
         spend = Gauge("flywheel_frontier_spend_today_usd", "Router spend on the frontier today (UTC)", ["workload"], registry=self.registry)
         breaker = Gauge("flywheel_frontier_breaker_open", "1 while the frontier circuit breaker is open or half open", ["workload"], registry=self.registry)
+        share = Gauge("flywheel_frontier_share", "Share of answered inputs the frontier answered (since start)", ["workload"], registry=self.registry)
+        label_free = Gauge(
+            "flywheel_router_label_free_accuracy", "Mean calibrated confidence of the small model's served answers: its live accuracy, estimated without labels",
+            ["workload"], registry=self.registry,
+        )
+        audited = Gauge("flywheel_router_audited", "Small-model answers also asked of the frontier (audits returned)", ["workload"], registry=self.registry)
+        wrong = Gauge(
+            "flywheel_router_wrong_path_rate", "Audited small-model answers the frontier disagreed with, with the 95% Wilson interval",
+            ["workload", "bound"], registry=self.registry,
+        )
+        nan = float("nan")
         for workload, router in routers.items():
             spend.labels(workload).set_function(lambda router=router: router.spend.spent_usd)
             breaker.labels(workload).set_function(lambda router=router: float(router.breaker.state != "closed"))
+            share.labels(workload).set_function(lambda router=router: _or_nan(router.stats.frontier_share))
+            label_free.labels(workload).set_function(lambda router=router: _or_nan(router.stats.label_free_accuracy))
+            audited.labels(workload).set_function(lambda router=router: router.stats.audited)
+            for index, bound in enumerate(("estimate", "low", "high")):
+                wrong.labels(workload, bound).set_function(lambda router=router, index=index: (router.stats.wrong_path() or (nan, nan, nan))[index])
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 async def _json_body(request: Request, limits: ServingConfig) -> dict[str, Any]:
@@ -292,6 +312,7 @@ def create_app(state: ServerState) -> FastAPI:
         if audited:
             async def audit_then_capture() -> None:
                 answers = await router.audit([texts[i] for i in audited], [ids[i] for i in audited])
+                router.record_audit([routed[i].slm_answer for i in audited], answers)
                 audits: list[Any] = [None] * len(texts)
                 for index, answer in zip(audited, answers):
                     audits[index] = answer

@@ -171,6 +171,30 @@ class RouterStats:
     frontier_calls: int = 0
     frontier_failures: int = 0
     frontier_seconds: float = 0.0
+    slm_confidence_sum: float = 0.0  # calibrated confidences of the answers the small model served
+    slm_calibrated: int = 0
+    audited: int = 0  # small-model answers the frontier also answered
+    audited_wrong: int = 0  # ... where the two differ: the small model was sure and (likely) wrong
+
+    @property
+    def frontier_share(self) -> float | None:
+        total = sum(self.routed.values())
+        return self.routed[FRONTIER] / total if total else None
+
+    @property
+    def label_free_accuracy(self) -> float | None:
+        """Live accuracy of the small model's served answers, estimated without a label: the mean
+        calibrated confidence (calibration makes it the expected share right)."""
+        return self.slm_confidence_sum / self.slm_calibrated if self.slm_calibrated else None
+
+    def wrong_path(self) -> tuple[float, float, float] | None:
+        """The audited wrong-path rate and its 95% (Wilson) interval."""
+        if not self.audited:
+            return None
+        from scipy.stats import binomtest
+
+        interval = binomtest(self.audited_wrong, self.audited).proportion_ci(0.95, method="wilson")
+        return self.audited_wrong / self.audited, float(interval.low), float(interval.high)
 
 
 class Router:
@@ -229,6 +253,9 @@ class Router:
     def _count(self, routed: list[Routed]) -> list[Routed]:
         for item in routed:
             self.stats.routed[item.served_by] += 1
+            if item.served_by == SLM and item.calibrated_confidence is not None:
+                self.stats.slm_confidence_sum += item.calibrated_confidence
+                self.stats.slm_calibrated += 1
         return routed
 
     def audited(self, ids: list[str], routed: list[Routed]) -> list[int]:
@@ -245,6 +272,13 @@ class Router:
         placeholder = [Routed(SLM, None, False, None, None, "audit") for _ in texts]
         results = await self._ask(texts, placeholder, ids)
         return [result.answer if result.served_by == FRONTIER else None for result in results]
+
+    def record_audit(self, slm_answers: list[Answer | None], audit_answers: list[Answer | None]) -> None:
+        """Count the audits that came back: where the frontier disagrees, the small model took the wrong path."""
+        for slm, audit in zip(slm_answers, audit_answers):
+            if audit is not None:
+                self.stats.audited += 1
+                self.stats.audited_wrong += slm != audit
 
     async def _ask(self, texts: list[str], slm: list[Routed], ids: list[str]) -> list[Routed]:
         """The frontier's answers for these inputs, or the small model's, flagged with why not."""

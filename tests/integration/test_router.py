@@ -148,6 +148,14 @@ def test_audits_ask_the_frontier_after_the_answer_and_land_in_capture(serve, dat
         time.sleep(0.2)
     assert sorted(rows["audit_answer"]) == sorted(g["label"] for g in gold.values())
     assert rows["served_by"].eq("slm").all() and len(provider.billed) == len(gold)
+    # The honesty figures in /metrics: audits counted, the wrong-path rate with its interval
+    # (the tiny model's answers against the gold), and the label-free estimate.
+    metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in client.get("/metrics").text.splitlines() if line.startswith("flywheel_router")}
+    assert metrics[f'flywheel_router_audited{{workload="{WORKLOAD}"}}'] == len(gold)
+    wrong = sum(row.answer != row.audit_answer for row in rows.itertuples()) / len(gold)
+    estimate, low, high = (metrics[f'flywheel_router_wrong_path_rate{{bound="{bound}",workload="{WORKLOAD}"}}'] for bound in ("estimate", "low", "high"))
+    assert estimate == pytest.approx(wrong) and low <= estimate <= high
+    assert metrics[f'flywheel_router_label_free_accuracy{{workload="{WORKLOAD}"}}'] == pytest.approx(rows["calibrated_confidence"].mean())
 
 
 def _flushed(state):
