@@ -6,21 +6,27 @@ at a target accuracy on prior-shift traffic, against random routing and the orac
 Built from `models/` directly (no Prefect, MLflow or serving). A launch champion is trained on
 launch data as the demo's launch stage trains it (the late intents capped at `rare_cap` examples;
 `--quick`: a 16-intent Banking77 slice, 208 examples, as `bench/loop.py` uses), then calibrated on
-the validation split (`models/calibration.py`, what `train-adapter` stores with a version). The
-traffic is `prior-shift` (70% on the late intents) drawn from the golden rows, never trained or
-calibrated on; the frontier is the SIMULATED teacher at 5% error.
+the validation split with its answers (`models/calibration.py`: the answer probability's map and
+the per-answer offsets, what `train-adapter` stores with a version). The traffic is `prior-shift`
+(70% on the late intents) drawn from the golden rows, never trained or calibrated on, so the
+champion answers each golden row once and the traffic reuses those answers; the frontier is the
+SIMULATED teacher at 5% error.
 
 For each target accuracy of the served answers (small model and frontier together), the frontier
-share each policy needs, sending requests to the frontier in its order until the target is met:
+share each policy needs, sending requests to the frontier in its order until the target is met,
+and the served accuracy there:
 
 * calibrated: least calibrated confidence first (the router's order);
+* answer probability: least answer probability first (the calibrated order without the
+  per-answer offsets: any monotone map of the probability alone ranks alike);
 * random: any order (the expected share, `(target - slm) / (frontier - slm)`);
 * oracle: the floor, the frontier exactly where the small model is wrong (and the frontier right).
 
 It also reports what the version's own threshold (fitted on validation for a small-model target
-equal to the row's) does on this traffic: its frontier share and served accuracy. The champion,
-its answers and the frontier's are cached under `<home>/bench/router/<config hash>/` (`--fresh`
-redoes them). Last line: `frontier_share_vs_oracle=<calibrated share / oracle share at 0.90>`.
+equal to the row's) does on this traffic: its frontier share and served accuracy, and the
+expected calibration error before and after calibration on validation (cross-fitted), golden and
+the traffic. The champion and its answers are cached under `<home>/bench/router/<config hash>/`
+(`--fresh` redoes them). Last line: `frontier_share_vs_oracle=<calibrated share / oracle share at 0.90>`.
 """
 
 from __future__ import annotations
@@ -102,6 +108,11 @@ def _fmt(share: float | None) -> str:
     return "unreachable" if share is None else f"{share:.3f}"
 
 
+def _with_accuracy(row: dict[str, float | None], policy: str) -> str:
+    share, accuracy = row[policy], row[f"{policy}_served_accuracy"]
+    return _fmt(share) if share is None or accuracy is None else f"{share:.3f} ({accuracy:.3f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the 16-intent slice, 600 requests (under 5 minutes on 2 cores)")
@@ -150,20 +161,26 @@ def main() -> None:
     else:
         console.print(f"launch champion: cached at {champion_dir} (--fresh retrains it)")
 
-    # The champion's answers on validation (the calibration set) and on the traffic, cached.
-    requests = scenario_requests(splits["golden"], plan, "prior-shift", sizes["traffic"], seed=101)
-    sets = {"validation": (list(splits["validation"]["text"]), list(splits["validation"]["label"])), "traffic": ([r.text for r in requests], [r.gold for r in requests])}
-    answered: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    # The champion's answers on validation (the calibration set) and on golden, cached; the
+    # traffic's are golden's (its requests are golden rows, unchanged under prior shift).
+    answered: dict[str, list[Prediction]] = {}
     predictor = None
-    for name, (texts, golds) in sets.items():
-        path = cache / f"{name}-{len(texts)}.json"
+    for name in ("validation", "golden"):
+        path = cache / f"{name}-{len(splits[name])}.json"
         if args.fresh or not path.exists():
             predictor = predictor or Predictor(load_model(base, champion_dir), load_tokenizer(base), spec, config.eval_batch_size)
-            path.write_text(json.dumps([asdict(p) for p in predictor.predict(texts)]))
-        predictions = [Prediction(**p) for p in json.loads(path.read_text())]
-        answered[name] = (np.array([p.confidence for p in predictions]), np.array([p.valid and p.answer == g for p, g in zip(predictions, golds)]))
-    val_confidence, val_correct = answered["validation"]
-    confidence, slm_correct = answered["traffic"]
+            path.write_text(json.dumps([asdict(p) for p in predictor.predict(list(splits[name]["text"]))]))
+        answered[name] = [Prediction(**p) for p in json.loads(path.read_text())]
+    row_of = {int(row_id): row for row, row_id in enumerate(splits["golden"]["id"])}
+    requests = scenario_requests(splits["golden"], plan, "prior-shift", sizes["traffic"], seed=101)
+    answered["traffic"] = [answered["golden"][row_of[r.source_id]] for r in requests]
+    golds = {name: list(splits[name]["label"]) for name in ("validation", "golden")} | {"traffic": [r.gold for r in requests]}
+    confidences, answers, corrects = {}, {}, {}
+    for name, predictions in answered.items():
+        confidences[name] = np.array([p.confidence for p in predictions])
+        answers[name] = [p.answer if p.valid else None for p in predictions]
+        corrects[name] = np.array([p.valid and p.answer == g for p, g in zip(predictions, golds[name])])
+    confidence, slm_correct = confidences["traffic"], corrects["traffic"]
 
     # The SIMULATED frontier answers every request (5% wrong, plausibly).
     ids = [f"r{i}" for i in range(len(requests))]
@@ -174,52 +191,64 @@ def main() -> None:
 
     slm_accuracy, frontier_accuracy = float(slm_correct.mean()), float(frontier_correct.mean())
     rows = []
+    orders = {"probability": np.argsort(confidence, kind="stable"), "oracle": oracle_order(slm_correct, frontier_correct)}
     for target in TARGETS:
-        calibration = calibrate(val_confidence, val_correct, target, config.router.calibration)
-        calibrated = calibration.calibrator.apply(confidence)
-        order = np.lexsort((confidence, calibrated))  # least calibrated first; ties by the raw probability
+        calibration = calibrate(confidences["validation"], corrects["validation"], target, config.router.calibration, answers["validation"])
+        calibrated = calibration.calibrator.apply(confidence, answers["traffic"])
+        orders["calibrated"] = np.lexsort((confidence, calibrated))  # least calibrated first; ties by the raw probability
         to_frontier = np.array([not calibration.serves(c) for c in calibrated])
-        served = np.where(to_frontier, frontier_correct, slm_correct)
-        rows.append({
-            "target": target,
-            "calibrated": share_needed(order, slm_correct, frontier_correct, target),
-            "random": random_share(slm_accuracy, frontier_accuracy, target),
-            "oracle": share_needed(oracle_order(slm_correct, frontier_correct), slm_correct, frontier_correct, target),
+        row: dict[str, float | None] = {"target": target, "random": random_share(slm_accuracy, frontier_accuracy, target)}
+        for policy, order in orders.items():
+            share = share_needed(order, slm_correct, frontier_correct, target)
+            row[policy] = share
+            served = accuracy_by_share(order, slm_correct, frontier_correct)
+            row[f"{policy}_served_accuracy"] = None if share is None else float(served[round(share * len(order))])
+        row.update({
             "threshold": calibration.threshold,
             "threshold_share": float(to_frontier.mean()),
-            "threshold_served_accuracy": float(served.mean()),
+            "threshold_served_accuracy": float(np.where(to_frontier, frontier_correct, slm_correct).mean()),
             "validation_coverage": calibration.coverage,
         })
+        rows.append(row)
     headline = next(row for row in rows if row["target"] == HEADLINE_TARGET)
     ratio = headline["calibrated"] / headline["oracle"] if headline["calibrated"] is not None and headline["oracle"] else float("inf")
-    calibration = calibrate(val_confidence, val_correct, HEADLINE_TARGET, config.router.calibration)
-    traffic_ece = (expected_calibration_error(confidence, slm_correct), expected_calibration_error(calibration.calibrator.apply(confidence), slm_correct))
+    calibration = calibrate(
+        confidences["validation"], corrects["validation"], HEADLINE_TARGET, config.router.calibration, answers["validation"]
+    )
+    ece = {"validation": (calibration.ece_before, calibration.ece_after)}  # "after" cross-fitted
+    for name in ("golden", "traffic"):
+        after = calibration.calibrator.apply(confidences[name], answers[name])
+        ece[name] = (expected_calibration_error(confidences[name], corrects[name]), expected_calibration_error(after, corrects[name]))
 
     title = (
         f"frontier share to hold served accuracy: banking-intent {'slice ' if args.quick else ''}({len(spec.labels)} intents, "
         f"{len(plan.late_labels)} late), {len(requests)} prior-shift requests; small model {slm_accuracy:.3f}, SIMULATED frontier {frontier_accuracy:.3f}"
     )
     table = Table(title=title)
-    for column in ("target", "calibrated", "random", "oracle", "calibrated / oracle", "version threshold", "its share", "its served acc"):
+    for column in (
+        "target", "calibrated (served acc)", "answer prob. (served acc)", "random", "oracle", "calibrated / oracle",
+        "version threshold", "its share", "its served acc",
+    ):
         table.add_column(column, justify="right")
     for row in rows:
         over = f"{row['calibrated'] / row['oracle']:.2f}" if row["calibrated"] is not None and row["oracle"] else "-"
         threshold = "none" if row["threshold"] is None else f"{row['threshold']:.3f}"
         table.add_row(
-            f"{row['target']:.2f}", _fmt(row["calibrated"]), _fmt(row["random"]), _fmt(row["oracle"]), over,
+            f"{row['target']:.2f}", _with_accuracy(row, "calibrated"), _with_accuracy(row, "probability"),
+            _fmt(row["random"]), _fmt(row["oracle"]), over,
             threshold, f"{row['threshold_share']:.3f}", f"{row['threshold_served_accuracy']:.3f}",
         )
-    Console(width=max(Console().width, 120)).print(table)
-    print(
-        f"calibration ({config.router.calibration}) on {calibration.examples} validation items: ECE {calibration.ece_before:.3f} -> {calibration.ece_after:.3f}; "
-        f"on the prior-shift traffic: {traffic_ece[0]:.3f} -> {traffic_ece[1]:.3f}"
-    )
+    Console(width=max(Console().width, 140)).print(table)
+    offsets = len(calibration.calibrator.answer_offsets)
+    strength = "" if calibration.prior_strength is None else f", prior strength {calibration.prior_strength:g}"
+    print(f"calibration ({config.router.calibration}, {offsets} per-answer offsets{strength}) on {calibration.examples} validation items; ECE before -> after:")
+    print("; ".join(f"{name} {before:.3f} -> {after:.3f}" for name, (before, after) in ece.items()) + " (validation cross-fitted)")
     load = os.getloadavg()
     print(f"total {time.perf_counter() - started:.0f} s (setup {setup_s:.0f} s, champion training {champion_s:.0f} s); load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     args.json.write_text(json.dumps({
         "quick": args.quick, "slice": SLICE if args.quick else None, "traffic": len(requests), "late_intents": sorted(plan.late_labels),
         "slm_accuracy": slm_accuracy, "frontier_accuracy": frontier_accuracy, "frontier_error_rate": FRONTIER_ERROR, "rows": rows,
-        "validation_ece": [calibration.ece_before, calibration.ece_after], "traffic_ece": list(traffic_ece),
+        "prior_strength": calibration.prior_strength, **{f"{name}_ece": list(pair) for name, pair in ece.items()},
         "frontier_share_vs_oracle": ratio, "seconds": time.perf_counter() - started, "champion_train_s": champion_s,
         "load_average": list(load), "cpus": os.cpu_count(),
     }, indent=1))

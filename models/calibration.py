@@ -7,6 +7,14 @@ the chance the answer is correct, isotonic regression (sklearn) or temperature s
 logit, and measures the expected calibration error (ECE) before and after; the "after" figure is
 cross-fitted (each fold scored by a map fitted on the others) so it is not flattered by the fit.
 
+For a classifier the answer itself says something the probability does not: the model mistakes
+unfamiliar inputs (rare intents, and under prior shift many of them) for a few familiar labels,
+whose answers are then right less often than their probability suggests. Given each item's
+answer, `calibrate` also fits a log-odds offset per answer: the answer's accuracy on validation
+against the calibrated confidence of its items, shrunk towards no offset by `prior_strength`
+pseudo-items (empirical Bayes with a Beta prior at the calibrated confidence), the strength chosen
+among `PRIOR_STRENGTHS` by cross-fitted log loss on validation (none at all, when that fits best).
+
 The routing threshold comes from the risk-coverage curve of the calibrated confidence: the
 lowest threshold at which the answers the small model would keep (calibrated confidence at or
 above it) are still right at least `target_accuracy` of the time on validation, i.e. the largest
@@ -20,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -29,6 +37,8 @@ import numpy as np
 CALIBRATION_FILE = "calibration.json"
 Method = Literal["isotonic", "temperature"]
 _EPS = 1e-6  # keeps logits finite for probabilities of exactly 0 or 1
+# Pseudo-items an answer's validation record is shrunk with: from barely (1) to not at all (inf).
+PRIOR_STRENGTHS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, math.inf)
 
 
 @dataclass(frozen=True)
@@ -36,27 +46,37 @@ class Calibrator:
     """A monotone map from answer probability to the probability the answer is correct.
 
     isotonic: piecewise-linear through (`knots_x`, `knots_y`), flat beyond the ends;
-    temperature: sigmoid(logit(p) / `temperature`).
+    temperature: sigmoid(logit(p) / `temperature`). With `answer_offsets`, an item whose answer
+    has one gets it added to the log-odds of that (answers it lacks: none).
     """
 
     method: Method
     temperature: float = 1.0
     knots_x: tuple[float, ...] = ()
     knots_y: tuple[float, ...] = ()
+    answer_offsets: dict[str, float] = field(default_factory=dict)
 
-    def apply(self, confidence: Sequence[float] | np.ndarray) -> np.ndarray:
-        """Calibrated confidences, in [0, 1], in the input's order."""
+    def apply(self, confidence: Sequence[float] | np.ndarray, answers: Sequence[Any] | None = None) -> np.ndarray:
+        """Calibrated confidences, in [0, 1], in the input's order; `answers` (one per item) for the offsets."""
         p = np.clip(np.asarray(confidence, dtype=float), 0.0, 1.0)
-        if self.method == "isotonic":
-            return np.interp(p, self.knots_x, self.knots_y)
-        return _sigmoid(_logit(p) / self.temperature)
+        calibrated = np.interp(p, self.knots_x, self.knots_y) if self.method == "isotonic" else _sigmoid(_logit(p) / self.temperature)
+        if answers is None or not self.answer_offsets:
+            return calibrated
+        if len(answers) != len(p):
+            raise ValueError(f"{len(answers)} answers for {len(p)} confidences")
+        offsets = np.array([self.answer_offsets.get(a, 0.0) if isinstance(a, str) else 0.0 for a in answers])
+        return np.where(offsets == 0.0, calibrated, _sigmoid(_logit(calibrated) + offsets))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "temperature": self.temperature, "knots_x": list(self.knots_x), "knots_y": list(self.knots_y)}
+        return {
+            "method": self.method, "temperature": self.temperature, "knots_x": list(self.knots_x), "knots_y": list(self.knots_y),
+            "answer_offsets": self.answer_offsets,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibrator:
-        return cls(data["method"], float(data["temperature"]), tuple(data["knots_x"]), tuple(data["knots_y"]))
+        offsets = {str(a): float(o) for a, o in data.get("answer_offsets", {}).items()}  # none in files from before them
+        return cls(data["method"], float(data["temperature"]), tuple(data["knots_x"]), tuple(data["knots_y"]), offsets)
 
 
 @dataclass(frozen=True)
@@ -85,8 +105,10 @@ class Calibration:
     ece_before: float
     ece_after: float  # cross-fitted
     examples: int
+    prior_strength: float | None = None  # of the answer offsets; None: no offsets
     confidence: list[float] = field(default_factory=list, repr=False)
     correct: list[bool] = field(default_factory=list, repr=False)
+    answers: list[Any] | None = field(default=None, repr=False)
 
     def serves(self, calibrated_confidence: float) -> bool:
         """Whether the small model keeps an answer of this calibrated confidence."""
@@ -102,6 +124,7 @@ class Calibration:
             "ece_before": self.ece_before,
             "ece_after": self.ece_after,
             "examples": self.examples,
+            "prior_strength": self.prior_strength,
         }
 
     @classmethod
@@ -109,6 +132,7 @@ class Calibration:
         return cls(
             Calibrator.from_dict(data["calibrator"]), float(data["target_accuracy"]), data["threshold"], float(data["coverage"]),
             data["served_accuracy"], float(data["ece_before"]), float(data["ece_after"]), int(data["examples"]),
+            data.get("prior_strength"),
         )
 
     def save(self, adapter_dir: Path) -> Path:
@@ -142,9 +166,36 @@ def expected_calibration_error(confidence: Sequence[float] | np.ndarray, correct
     return float(total / len(p))
 
 
-def fit_calibrator(confidence: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray, method: Method = "isotonic") -> Calibrator:
-    """Fit the map from answer probability to correctness on (confidence, correct) pairs."""
+def fit_calibrator(
+    confidence: Sequence[float] | np.ndarray,
+    correct: Sequence[bool] | np.ndarray,
+    method: Method = "isotonic",
+    answers: Sequence[Any] | None = None,
+    prior_strength: float = math.inf,
+) -> Calibrator:
+    """Fit the map from answer probability to correctness on (confidence, correct) pairs.
+
+    With `answers` and a finite `prior_strength`, also a log-odds offset per (string) answer:
+    logit((right + s * c) / (n + s)) - logit(c) over its n items, c their mean calibrated
+    confidence, s the prior strength.
+    """
     p, y = _arrays(confidence, correct)
+    calibrator = _fit_map(p, y, method)
+    if answers is None or math.isinf(prior_strength):
+        return calibrator
+    if len(answers) != len(p):
+        raise ValueError(f"{len(answers)} answers for {len(p)} confidences")
+    calibrated = calibrator.apply(p)
+    offsets = {}
+    for answer in sorted({a for a in answers if isinstance(a, str)}):
+        members = np.array([a == answer for a in answers])
+        mean = float(calibrated[members].mean())
+        shrunk = (y[members].sum() + prior_strength * mean) / (members.sum() + prior_strength)
+        offsets[answer] = float(_logit(np.array(shrunk)) - _logit(np.array(mean)))
+    return replace(calibrator, answer_offsets=offsets)
+
+
+def _fit_map(p: np.ndarray, y: np.ndarray, method: Method) -> Calibrator:
     if method == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 
@@ -154,11 +205,7 @@ def fit_calibrator(confidence: Sequence[float] | np.ndarray, correct: Sequence[b
         from scipy.optimize import minimize_scalar
 
         logits = _logit(p)
-
-        def nll(log_t: float) -> float:
-            q = np.clip(_sigmoid(logits / math.exp(log_t)), _EPS, 1 - _EPS)
-            return float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).mean())
-
+        nll = lambda log_t: _log_loss(_sigmoid(logits / math.exp(log_t)), y)  # noqa: E731
         best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(100.0)), method="bounded")
         return Calibrator("temperature", temperature=float(math.exp(best.x)))
     raise ValueError(f"unknown calibration method {method!r} (isotonic or temperature)")
@@ -193,26 +240,43 @@ def calibrate(
     correct: Sequence[bool] | np.ndarray,
     target_accuracy: float,
     method: Method = "isotonic",
+    answers: Sequence[Any] | None = None,
     *,
     folds: int = 5,
     seed: int = 0,
 ) -> Calibration:
-    """Fit a calibrator on validation, measure its ECE (cross-fitted) and pick the routing threshold."""
+    """Fit a calibrator on validation, measure its ECE (cross-fitted) and pick the routing threshold.
+
+    `answers` (each item's answer label; classification) adds the per-answer offsets, their prior
+    strength the one of `PRIOR_STRENGTHS` with the lowest cross-fitted log loss.
+    """
     p, y = _arrays(confidence, correct)
     if not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be within (0, 1], got {target_accuracy}")
-    calibrator = fit_calibrator(p, y, method)
-    # Cross-fitted ECE: every item is scored by a calibrator that never saw it.
-    held_out = np.empty_like(p)
+    if answers is not None and len(answers) != len(p):
+        raise ValueError(f"{len(answers)} answers for {len(p)} confidences")
     fold_of = np.random.default_rng(seed).permutation(len(p)) % max(2, min(folds, len(p)))
-    for fold in np.unique(fold_of):
-        test = fold_of == fold
-        held_out[test] = fit_calibrator(p[~test], y[~test], method).apply(p[test]) if (~test).any() else calibrator.apply(p[test])
-    threshold, coverage, served = routing_threshold(risk_coverage(calibrator.apply(p), y), target_accuracy)
+
+    def cross_fitted(strength: float) -> np.ndarray:
+        """Every item scored by a calibrator fitted on the other folds (on all, with only one item)."""
+        held_out = np.empty_like(p)
+        for fold in np.unique(fold_of):
+            test = fold_of == fold
+            train = ~test if (~test).any() else test
+            fitted = fit_calibrator(p[train], y[train], method, _pick(answers, train), strength)
+            held_out[test] = fitted.apply(p[test], _pick(answers, test))
+        return held_out
+
+    strengths = PRIOR_STRENGTHS if answers is not None else (math.inf,)
+    scored = {strength: cross_fitted(strength) for strength in strengths}
+    strength = min(strengths, key=lambda s: _log_loss(scored[s], y))
+    calibrator = fit_calibrator(p, y, method, answers, strength)
+    threshold, coverage, served = routing_threshold(risk_coverage(calibrator.apply(p, answers), y), target_accuracy)
     return Calibration(
         calibrator, target_accuracy, threshold, coverage, served,
-        ece_before=expected_calibration_error(p, y), ece_after=expected_calibration_error(held_out, y), examples=len(p),
-        confidence=list(map(float, p)), correct=list(map(bool, y)),
+        ece_before=expected_calibration_error(p, y), ece_after=expected_calibration_error(scored[strength], y), examples=len(p),
+        prior_strength=None if math.isinf(strength) else strength,
+        confidence=list(map(float, p)), correct=list(map(bool, y)), answers=None if answers is None else list(answers),
     )
 
 
@@ -228,7 +292,7 @@ def plot_reliability(calibration: Calibration, path: Path, bins: int = 10) -> Pa
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for name, values, ece in (
         ("answer probability", p, calibration.ece_before),
-        (f"calibrated ({calibration.calibrator.method})", calibration.calibrator.apply(p), calibration.ece_after),
+        (f"calibrated ({calibration.calibrator.method})", calibration.calibrator.apply(p, calibration.answers), calibration.ece_after),
     ):
         index = np.clip(np.ceil(values * bins).astype(int) - 1, 0, bins - 1)
         used = [b for b in range(bins) if (index == b).any()]
@@ -249,7 +313,7 @@ def plot_risk_coverage(calibration: Calibration, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curve = risk_coverage(calibration.calibrator.apply(calibration.confidence), calibration.correct)
+    curve = risk_coverage(calibration.calibrator.apply(calibration.confidence, calibration.answers), calibration.correct)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(curve.coverage, curve.accuracy, label="served by the small model")
     ax.axhline(calibration.target_accuracy, color="grey", linestyle=":", label=f"target {calibration.target_accuracy:.2f}")
@@ -283,6 +347,15 @@ def _arrays(confidence: Sequence[float] | np.ndarray, correct: Sequence[bool] | 
     if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
         raise ValueError("confidences must be finite and within [0, 1]")
     return p, y
+
+
+def _pick(answers: Sequence[Any] | None, members: np.ndarray) -> list[Any] | None:
+    return None if answers is None else [a for a, keep in zip(answers, members) if keep]
+
+
+def _log_loss(probability: np.ndarray, y: np.ndarray) -> float:
+    q = np.clip(probability, _EPS, 1 - _EPS)
+    return float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).mean())
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

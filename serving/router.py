@@ -236,7 +236,8 @@ class Router:
         ids = ids or [str(i) for i in range(len(texts))]
         calibrated: list[float | None] = [None] * len(texts)
         if calibration is not None:
-            calibrated = [float(c) for c in calibration.calibrator.apply([confidence for _, _, confidence in answers])]
+            confidences, kept = [confidence for _, _, confidence in answers], [answer if valid else None for answer, valid, _ in answers]
+            calibrated = [float(c) for c in calibration.calibrator.apply(confidences, kept)]
         reason = "off" if self.config.mode == "off" else "uncalibrated" if calibration is None else "confident"
         routed = [Routed(SLM, answer, valid, confidence, answer, reason) for (answer, valid, _), confidence in zip(answers, calibrated)]
         if self.config.mode == "off" or calibration is None:

@@ -142,7 +142,8 @@ def evaluate_adapter(
 def calibrate_confidence(context: WorkloadContext, validation: EvalResult) -> Calibration:
     """Fit the adapter's confidence calibrator and routing threshold on its validation answers."""
     router = context.config.router
-    calibration = calibrate(validation.confidences, validation.correct, router.target_accuracy, router.calibration)
+    answers = validation.predictions if context.config.task == "classification" else None  # per-intent offsets (models/calibration.py)
+    calibration = calibrate(validation.confidences, validation.correct, router.target_accuracy, router.calibration, answers)
     get_run_logger().info(
         "%s calibration on %d validation items: ECE %.3f -> %.3f (%s); the small model keeps %.0f%% at threshold %s "
         "for target accuracy %.2f",
@@ -165,7 +166,7 @@ def _calibration_metrics(calibration: Calibration, golden: EvalResult) -> dict[s
         metrics["router_served_accuracy"] = calibration.served_accuracy or 0.0
     if golden.confidences:
         metrics["golden_ece_before"] = expected_calibration_error(golden.confidences, golden.correct)
-        metrics["golden_ece_after"] = expected_calibration_error(calibration.calibrator.apply(golden.confidences), golden.correct)
+        metrics["golden_ece_after"] = expected_calibration_error(calibration.calibrator.apply(golden.confidences, golden.predictions), golden.correct)
     return metrics
 
 

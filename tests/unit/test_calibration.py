@@ -81,6 +81,36 @@ def test_ties_are_kept_or_routed_together():
     assert curve.accuracy == pytest.approx([2 / 3, 0.75])
 
 
+def _confusable(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Two answers at the same confidences: "clear" right 95% of the time, "absorbing" 40%."""
+    rng = np.random.default_rng(seed)
+    answers = ["clear" if i % 2 else "absorbing" for i in range(count)]
+    confidence = rng.uniform(0.6, 1.0, count)
+    correct = rng.random(count) < np.where(np.array(answers) == "clear", 0.95, 0.4)
+    return confidence, correct, answers
+
+
+def test_per_answer_offsets_separate_an_answer_that_absorbs_mistakes():
+    confidence, correct, answers = _confusable(400, seed=4)
+    plain = calibrate(confidence, correct, target_accuracy=0.9)
+    by_answer = calibrate(confidence, correct, target_accuracy=0.9, answers=answers)
+    assert plain.prior_strength is None and plain.calibrator.answer_offsets == {}
+    # Cross-fitted log loss picks a finite prior: the answer says more than the probability here.
+    assert by_answer.prior_strength is not None and by_answer.ece_after < 0.1
+    offsets = by_answer.calibrator.answer_offsets
+    assert offsets["absorbing"] < -1.0 < 0.5 < offsets["clear"]
+    # The probability alone cannot reach 0.9 on more than a sliver; with the answer, "clear" is kept.
+    assert by_answer.coverage > 0.4 > plain.coverage and by_answer.served_accuracy >= 0.9
+    fresh, fresh_correct, fresh_answers = _confusable(400, seed=5)
+    calibrated = by_answer.calibrator.apply(fresh, fresh_answers)
+    assert expected_calibration_error(calibrated, fresh_correct) < 0.1
+    # An answer never seen on validation, or none at all, gets the probability's map only.
+    unseen = by_answer.calibrator.apply([0.8, 0.8], ["other", None])
+    assert np.allclose(unseen, by_answer.calibrator.apply([0.8, 0.8]))
+    with pytest.raises(ValueError, match="1 answers for 2 confidences"):
+        by_answer.calibrator.apply([0.8, 0.8], ["clear"])
+
+
 def test_calibration_travels_as_json_beside_the_adapter(tmp_path):
     confidence, correct = _over_confident(500, seed=3)
     calibration = calibrate(confidence, correct, target_accuracy=0.8, method="isotonic")
@@ -91,6 +121,13 @@ def test_calibration_travels_as_json_beside_the_adapter(tmp_path):
     assert np.allclose(loaded.calibrator.apply(confidence), calibration.calibrator.apply(confidence))
     assert plot_reliability(calibration, tmp_path / "reliability.png").stat().st_size > 0
     assert plot_risk_coverage(calibration, tmp_path / "risk_coverage.png").stat().st_size > 0
+    confidence, correct, answers = _confusable(200, seed=6)
+    by_answer = calibrate(confidence, correct, target_accuracy=0.9, answers=answers)
+    by_answer.save(tmp_path)
+    loaded = load_calibration(tmp_path)
+    assert loaded is not None and loaded.to_dict() == by_answer.to_dict() and loaded.calibrator.answer_offsets
+    assert np.allclose(loaded.calibrator.apply(confidence, answers), by_answer.calibrator.apply(confidence, answers))
+    assert plot_risk_coverage(by_answer, tmp_path / "risk_coverage_by_answer.png").stat().st_size > 0
     (tmp_path / "calibration.json").write_text('{"threshold": 0.5}')
     with pytest.raises(ValueError, match="calibration.json: not a calibration"):
         load_calibration(tmp_path)
