@@ -1,4 +1,5 @@
-"""Select the samples worth labelling and have the teacher label them, under budget and review."""
+"""Labels for the nightly retrain: the router's frontier answers first (free), then the teacher's
+for the informative samples still unlabelled, under budget and review."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import task_run
 
+from slm_flywheel.data_contracts.contracts import split_quarantine, validate_teacher_labels
 from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.drift import WindowEmbeddings
 from slm_flywheel.models.frontier import FrontierClient
 from slm_flywheel.models.review import ReviewQueue, review_items, spot_check_sample, training_labels
+from slm_flywheel.models.router_stats import AUDIT, FALLBACK, router_label_rows, unlabelled_mask
 from slm_flywheel.models.selection import select_informative
 from slm_flywheel.models.teacher import Teacher, TeacherItem, TeacherLabel, TeacherRun
 from slm_flywheel.models.teacher.build import frontier_client, teacher_for
@@ -79,16 +82,57 @@ def build_teacher(context: WorkloadContext, purpose: Purpose) -> Teacher:
     return teacher_for(context, purpose, budget_usd=context.config.relabel.budget_usd, api_key=api_key)
 
 
+@dataclass(frozen=True)
+class RouterLabels:
+    """The window's labels from the router's frontier that passed the teacher-label contract."""
+
+    labelled: pd.DataFrame  # id, text, label, source ("router"), kind (fallback or audit)
+    fallback: int  # of them, answers the frontier served
+    audit: int  # of them, the frontier's answers to audited small-model answers
+    quarantined: int  # failed the contract: set aside with the expectation, not trained on
+
+
+@task(cache_policy=NONE)  # writes the quarantined rows of this run: a rerun must write its own
+def collect_router_labels(context: WorkloadContext, samples: pd.DataFrame, run_tag: str) -> RouterLabels:
+    """The frontier's answers in the window (served to callers, or audits of the small model) as
+    labels under the teacher-label contract; failing rows go to the run's quarantine with the
+    expectation they failed. Collected before the teacher is asked, so it never pays for them."""
+    settings, spec = context.settings, context.spec
+    logger = get_run_logger()
+    rows = router_label_rows(samples)
+    if not len(rows):
+        logger.info("%s: no frontier answers in the window", spec.name)
+        return RouterLabels(rows, 0, 0, 0)
+    result = validate_teacher_labels(rows, spec)
+    good, bad = split_quarantine(rows, result)
+    if len(bad):
+        folder = settings.state_dir / "retrain" / spec.name / run_tag
+        folder.mkdir(parents=True, exist_ok=True)
+        bad.to_parquet(folder / "quarantined_router_labels.parquet")
+        logger.warning("%s: %d router labels quarantined: %s", spec.name, len(bad), ", ".join(result.failed_expectations))
+    good = good.reset_index(drop=True)
+    fallback, audit = int((good["kind"] == FALLBACK).sum()), int((good["kind"] == AUDIT).sum())
+    logger.info("%s: %d labels from the router's frontier (%d served, %d audits), free", spec.name, len(good), fallback, audit)
+    return RouterLabels(good, fallback, audit, len(bad))
+
+
 @task(cache_policy=NONE)  # a pure, seeded choice over in-memory frames: cheaper to redo than to hash its inputs
-def select_samples(samples: pd.DataFrame, embeddings: WindowEmbeddings, reference: np.ndarray, budget: int, seed: int = 0) -> pd.DataFrame:
+def select_samples(
+    samples: pd.DataFrame, embeddings: WindowEmbeddings, reference: np.ndarray, budget: int, seed: int = 0, labelled: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Up to `budget` informative samples (uncertain, novel, deduplicated, spread out) among the
-    window rows the drift check embedded (all of them up to its `max_embedded`)."""
+    window rows the drift check embedded (all of them up to its `max_embedded`), leaving out the
+    requests and texts `labelled` already has a label for (the router's frontier answers)."""
     if not len(samples):
         return samples
     candidates = samples.iloc[embeddings.positions]
-    selection = select_informative(list(candidates["input"]), embeddings.vectors, candidates["confidence"].to_numpy(), reference, budget, seed=seed)
+    vectors = embeddings.vectors
+    if labelled is not None and len(labelled):
+        keep = unlabelled_mask(candidates, labelled)
+        candidates, vectors = candidates[keep], vectors[keep]
+    selection = select_informative(list(candidates["input"]), vectors, candidates["confidence"].to_numpy(), reference, budget, seed=seed)
     get_run_logger().info(
-        "selected %d of %d distinct samples for the teacher (%d of the window's %d rows embedded)",
+        "selected %d of %d distinct samples for the teacher (%d of the window's %d rows embedded and without a label)",
         len(selection.indices), selection.candidates, len(candidates), len(samples),
     )
     return candidates.iloc[selection.indices].reset_index(drop=True)
