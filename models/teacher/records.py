@@ -33,8 +33,9 @@ class TeacherLabel:
     """The teacher's answer for one item.
 
     `label` is the intent (classification) or the canonical slot JSON (extraction) and is set
-    exactly when `valid`. `reason` is "ok", "out_of_schema", "budget_exhausted" or
-    "failed: <why>". `cost_usd` is the item's share of the calls it took part in (0 when cached).
+    exactly when `valid`. `reason` is "ok", "out_of_schema", "budget_exhausted", "failed: <why>"
+    (a call that got no usable response) or, from the SIMULATED teacher only, "no_ground_truth".
+    `cost_usd` is the item's share of the calls it took part in (0 when cached).
     """
 
     item_id: str

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from slm_flywheel.models.workload import TaskSpec
 
 
-_NO_GROUND_TRUTH = "failed: no ground truth"  # the simulated teacher's item outside the simulator's gold
+# An item outside the simulator's gold (a push's smoke test, traffic not from the simulator): not an
+# answer, and not a failed call either (nothing to retry: asking again cannot find a gold answer).
+_NO_GROUND_TRUTH = "no_ground_truth"
 
 
 def ground_truth_path(home: Path) -> Path:

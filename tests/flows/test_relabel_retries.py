@@ -11,6 +11,7 @@ from prefect.logging import disable_run_logger
 from prefect.states import Failed
 
 from slm_flywheel.models.context import resolve_workload
+from slm_flywheel.models.workload import TaskSpec
 from slm_flywheel.serving.server import BackgroundServer
 from slm_flywheel.tasks.relabel import RELABEL_RETRIES, FrontierOutage, TeacherDistrustError, _frontier_outage, relabel_with_teacher
 from tests.integration.test_costs import WORKLOAD, _settings, spec  # noqa: F401  (spec is a fixture)
@@ -79,3 +80,26 @@ def test_only_an_outage_is_retried():
         assert _frontier_outage(None, None, Failed(data=FrontierOutage("down")))
         assert not _frontier_outage(None, None, Failed(data=TeacherDistrustError("agreement 0.4")))
         assert not _frontier_outage(None, None, Failed(data=ValueError("a bug")))
+
+
+def test_an_item_the_simulated_teacher_has_no_gold_for_is_not_an_outage(tmp_path, data_dir):
+    """Captured rows the simulator did not send (a push's smoke test) have no gold: the SIMULATED
+    teacher leaves them unlabelled and the task is not retried for them."""
+    import json
+
+    from prefect.client.orchestration import get_client
+
+    from slm_flywheel.config import load_settings
+    from slm_flywheel.models.teacher import ground_truth_path
+    from tests.conftest import REPO
+
+    settings = load_settings(REPO / "flywheel.yaml", home=tmp_path, data_dir=data_dir)
+    spec = TaskSpec(WORKLOAD, "classification", "{text}", labels=("card_arrival", "exchange_rate"))
+    ground_truth_path(settings.home).parent.mkdir(parents=True)
+    ground_truth_path(settings.home).write_text("".join(json.dumps({"request_id": f"r{i}", "gold": spec.labels[i % 2]}) + "\n" for i in range(3)))
+    rows = pd.DataFrame({"request_id": ["r0", "r1", "r2", "smoke-1"], "input": ["a", "b", "c", "smoke text"]})
+    state = _relabel(resolve_workload(settings, WORKLOAD, spec), rows)
+    assert state.is_completed(), state.message
+    assert (state.result().selected, state.result().valid) == (4, 3)
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(state.state_details.task_run_id).run_count == 1
