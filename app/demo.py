@@ -150,6 +150,7 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         report.drift_detected, report.drift_reason, report.drift_tests["drifted"] = summary.drift_detected, summary.drift_reason, [DriftTest(**test) for test in summary.drift_tests]
         report.teacher, report.relabeled, report.teacher_cost = summary.teacher, summary.relabeled, summary.teacher_cost
         report.teacher_cached, report.to_review = summary.teacher_cached, summary.to_review
+        report.router_labels = summary.router_labels
         report.candidate_version, report.gate_reasons, report.gate_metrics = summary.candidate_version, summary.gate_reasons, summary.gate_metrics
         report.champion_drift_accuracy, report.candidate_drift_accuracy = summary.champion_drift_accuracy, summary.candidate_drift_accuracy
         report.promoted_version = summary.promoted_version

@@ -98,6 +98,7 @@ class DemoReport:
     gate_reasons: list[str] = field(default_factory=list)
     relabeled: int = 0
     teacher_cost: float = 0.0
+    router_labels: int = 0  # labels the router's frontier gave during drift (free: the teacher was not asked)
     live_accuracy_launch: float | None = None
     live_accuracy_before: float | None = None
     live_accuracy_after: float | None = None
@@ -299,7 +300,8 @@ def _rollback_summary(report: DemoReport) -> str:
 def _teacher_summary(report: DemoReport) -> str:
     return (
         f"{report.relabeled} labels, simulated cost {_money(report.teacher_cost)} "
-        f"({report.teacher_cached} from cache, {report.to_review} to human review)"
+        f"({report.teacher_cached} from cache, {report.to_review} to human review); "
+        f"{report.router_labels} more free from the router's frontier answers"
     )
 
 
