@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bench import quiet_settings
+
 if TYPE_CHECKING:
     from slm_flywheel.config import Settings
     from slm_flywheel.models.context import WorkloadContext
@@ -123,12 +125,9 @@ def main() -> None:
     started = time.perf_counter()
 
     from datasets import Value
-    from datasets.utils.logging import disable_progress_bar
     from rich.console import Console
     from rich.table import Table
-    from transformers.utils import logging as hf_logging
 
-    from slm_flywheel.config import load_settings
     from slm_flywheel.models.base_model import resolve_base_model
     from slm_flywheel.models.calibration import calibrate, expected_calibration_error
     from slm_flywheel.models.inference import Prediction, Predictor, load_model, load_tokenizer
@@ -136,15 +135,8 @@ def main() -> None:
     from slm_flywheel.models.teacher import SimulatedTeacher, TeacherItem
     from slm_flywheel.models.training import train_lora
 
-    disable_progress_bar()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
     console = Console(stderr=True)
-    settings = load_settings()
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
+    settings = quiet_settings()
     context = _workload(settings, args.quick)
     config, spec, splits = context.config, context.spec, context.splits
     plan = launch_plan(spec.task, spec.labels, config.launch)
