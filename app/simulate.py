@@ -77,6 +77,7 @@ def simulate(
     run = uuid.uuid4().hex[:8]
     client_ids = [f"sim-{scenario}-{run}-{index}" for index in range(len(requests))]
     gold_path = request_gold_path(settings.home)
+    gold_path.parent.mkdir(parents=True, exist_ok=True)
     with gold_path.open("a") as handle:  # before any request goes: the SIMULATED frontier reads it
         handle.write("".join(json.dumps({"client_request_id": cid, "gold": r.gold}) + "\n" for cid, r in zip(client_ids, requests)))
     lock = threading.Lock()
