@@ -66,6 +66,8 @@ def prepare_home(settings: Settings, workload: str, fast: bool, port: int) -> Pa
     config["drift"]["min_window"] = sizes["min_window"]
     config["relabel"]["retrain_mode"] = sizes["retrain_mode"]
     config["promotion"] = "auto"  # a gate pass is promoted and pushed by nightly-retrain itself
+    # The router is on: answers under the version's calibrated threshold go to the (SIMULATED) frontier.
+    config["router"]["mode"] = "fallback"
     # The rollback guard judges the bad version on the demo's small traffic volumes; the audit
     # takes up to 60 answers a side (the fast run: all of them), as 30 left a 0.6 -> 0.3 agreement
     # drop short of the guard's alpha of 0.01 on some runs.
@@ -132,8 +134,8 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
             if result.failed:
                 raise RuntimeError(f"{result.failed} simulated requests failed")
             state.writer.flush()  # every captured sample on disk before a flow reads them
-            report.timeline.append(TrafficPhase(phase, kind, count, result.live_accuracy, served))
-            return result.live_accuracy
+            report.timeline.append(TrafficPhase(phase, kind, count, result.slm_accuracy, served, result.live_accuracy, result.frontier_share))
+            return result.slm_accuracy
 
         with _stage(report, "traffic: launch (steady)"):
             report.live_accuracy_launch = traffic("launch", "steady", sizes["steady"], 1)
@@ -148,6 +150,7 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         report.drift_detected, report.drift_reason, report.drift_tests["drifted"] = summary.drift_detected, summary.drift_reason, [DriftTest(**test) for test in summary.drift_tests]
         report.teacher, report.relabeled, report.teacher_cost = summary.teacher, summary.relabeled, summary.teacher_cost
         report.teacher_cached, report.to_review = summary.teacher_cached, summary.to_review
+        report.router_labels = summary.router_labels
         report.candidate_version, report.gate_reasons, report.gate_metrics = summary.candidate_version, summary.gate_reasons, summary.gate_metrics
         report.champion_drift_accuracy, report.candidate_drift_accuracy = summary.champion_drift_accuracy, summary.candidate_drift_accuracy
         report.promoted_version = summary.promoted_version
@@ -178,6 +181,11 @@ def run_demo(settings: Settings, workload: str = "banking-intent", scenario: str
         ledger = compute_ledger(resolve_workload(demo, workload), mlflow_client(demo))
     report.costs = ledger
     report.cost_usd, report.frontier_only_cost_usd, report.savings_pct = ledger.total.cost_usd, ledger.total.frontier_only_usd, ledger.total.savings_pct
+    phases = {phase.phase: phase for phase in report.timeline}
+    if "drift" in phases:
+        report.frontier_share_drift, report.served_accuracy_drift = phases["drift"].frontier_share, phases["drift"].served_accuracy
+    if "after retrain" in phases:
+        report.frontier_share_after = phases["after retrain"].frontier_share
     interval = live_gain_ci95(report)
     report.live_accuracy_gain_ci95 = [round(bound, 4) for bound in interval] if interval else None
     (demo.home / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))

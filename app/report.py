@@ -59,13 +59,16 @@ STAGES = (
 
 @dataclass(frozen=True)
 class TrafficPhase:
-    """One burst of simulated traffic and its live accuracy against the simulator's hidden gold."""
+    """One burst of simulated traffic and its live accuracy against the simulator's hidden gold:
+    the small model's own answers, and what callers got with the router on."""
 
     phase: str  # "launch", "drift", "after retrain", "bad promotion", "after rollback"
     scenario: str
     requests: int
-    live_accuracy: float | None  # None when no request had a gold answer
+    live_accuracy: float | None  # the small model's own answers; None when no request had a gold answer
     served_by: str  # the route that served it, e.g. banking-intent@v2
+    served_accuracy: float | None = None  # what callers got (the frontier's answer where the router used it)
+    frontier_share: float | None = None  # share of answers the router had the frontier give
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class DemoReport:
     gate_reasons: list[str] = field(default_factory=list)
     relabeled: int = 0
     teacher_cost: float = 0.0
+    router_labels: int = 0  # labels the router's frontier gave during drift (free: the teacher was not asked)
     live_accuracy_launch: float | None = None
     live_accuracy_before: float | None = None
     live_accuracy_after: float | None = None
@@ -106,6 +110,11 @@ class DemoReport:
     live_accuracy_after_rollback: float | None = None
     # 95% interval of live_accuracy_after - live_accuracy_before (independent traffic samples)
     live_accuracy_gain_ci95: list[float] | None = None
+    # The router (serving/router.py): share of answers the frontier gave, and the accuracy of what
+    # callers got, during drift (before the retrain) and after the promotion.
+    frontier_share_drift: float | None = None
+    frontier_share_after: float | None = None
+    served_accuracy_drift: float | None = None
     rollback_completed: bool = False
     rollback: RollbackAct | None = None  # None until the rollback act has run
     drift_tests: dict[str, list[DriftTest]] = field(default_factory=dict)  # "launch" and "drifted" nightly runs
@@ -291,7 +300,8 @@ def _rollback_summary(report: DemoReport) -> str:
 def _teacher_summary(report: DemoReport) -> str:
     return (
         f"{report.relabeled} labels, simulated cost {_money(report.teacher_cost)} "
-        f"({report.teacher_cached} from cache, {report.to_review} to human review)"
+        f"({report.teacher_cached} from cache, {report.to_review} to human review); "
+        f"{report.router_labels} more free from the router's frontier answers"
     )
 
 
@@ -300,11 +310,25 @@ def _headline(report: DemoReport) -> list[tuple[str, str]]:
         ("drift detected", f"{_yes(report.drift_detected)} (on launch traffic: {_yes(report.launch_drift_detected)})"),
         ("promoted version", _version(report.promoted_version)),
         ("live accuracy before → after", _live_change(report)),
+        ("router: served accuracy during drift", _router_summary(report)),
         ("rollback completed", _rollback_summary(report)),
         ("teacher (SIMULATED)", _teacher_summary(report)),
         ("cost vs frontier-only", _cost_summary(report)),
         ("total seconds", _num(_total_seconds(report), ".0f")),
     ]
+
+
+def _router_summary(report: DemoReport) -> str:
+    if report.served_accuracy_drift is None:
+        return NA
+    return (
+        f"{_num(report.served_accuracy_drift)} with the frontier answering {_share(report.frontier_share_drift)} "
+        f"(the small model alone {_num(report.live_accuracy_before)}); after the retrain the frontier answers {_share(report.frontier_share_after)}"
+    )
+
+
+def _share(value: float | None) -> str:
+    return NA if value is None else f"{100 * value:.0f}%"
 
 
 def _usd(value: Any) -> str:
@@ -624,14 +648,19 @@ def _drift_plot(report: DemoReport) -> Plot | None:
 
 
 def _live_accuracy_plot(report: DemoReport) -> Plot | None:
-    points = [(p.phase, p.live_accuracy, p.served_by) for p in report.timeline if p.live_accuracy is not None]
+    phases = [p for p in report.timeline if p.live_accuracy is not None]
+    points = [(p.phase, p.live_accuracy, p.served_by) for p in phases]
     if not points:
         return None
     fig, (ax,) = _figure(width=7.0)
     xs = range(len(points))
-    ax.plot(xs, [acc for _, acc, _ in points], marker="o", color="tab:blue")
+    ax.plot(xs, [acc for _, acc, _ in points], marker="o", color="tab:blue", label="small model's own answers")
     for x, (_, acc, _) in zip(xs, points):
         ax.annotate(f"{acc:.3f}", (x, acc), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    if any(p.served_accuracy is not None for p in phases):
+        ax.plot(xs, [p.served_accuracy for p in phases], marker="s", color="tab:green", label="served answers (router on)")
+        ax.plot(xs, [p.frontier_share for p in phases], marker="^", linestyle="--", color="tab:orange", label="frontier share")
+        ax.legend(fontsize=7, loc="lower left")
     ax.set_xticks(list(xs), [f"{textwrap.fill(phase, 14)}\n{served_by}".strip() for phase, _, served_by in points], fontsize=7)
     ax.set_xmargin(0.08)
     ax.set_ylim(0, 1.05)
@@ -641,8 +670,10 @@ def _live_accuracy_plot(report: DemoReport) -> Plot | None:
     return Plot(
         "live_accuracy",
         "Live accuracy over time",
-        "Accuracy of the served model's answers against the simulator's hidden gold, per traffic phase, with the "
-        "version that served it.",
+        "Accuracy of the small model's own answers against the simulator's hidden gold, per traffic phase, with the "
+        "version that served it; with the router on, also the accuracy of what callers got and the share the "
+        "frontier (SIMULATED) answered: during drift the frontier takes more and served accuracy holds; after "
+        "the retrain its share falls.",
         _png(fig),
     )
 

@@ -35,6 +35,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import quiet_settings
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -130,12 +132,9 @@ def main() -> None:
     import numpy as np
     import pandas as pd
     from datasets import Dataset, Value, concatenate_datasets
-    from datasets.utils.logging import disable_progress_bar
     from rich.console import Console
     from rich.table import Table
-    from transformers.utils import logging as hf_logging
 
-    from slm_flywheel.config import load_settings
     from slm_flywheel.models.base_model import resolve_base_model
     from slm_flywheel.models.drift import Embedder
     from slm_flywheel.models.inference import Prediction, Predictor, load_model, load_tokenizer
@@ -145,15 +144,8 @@ def main() -> None:
     from slm_flywheel.models.training import train_lora
     from slm_flywheel.models.context import WorkloadContext
 
-    disable_progress_bar()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
     console = Console(stderr=True)
-    settings = load_settings()
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
+    settings = quiet_settings()
     config = _slice_config(settings)
     context = WorkloadContext(settings, "banking-intent", config)  # the slice, resolved by the one data-dir rule
     spec, splits = context.spec, context.splits

@@ -12,12 +12,14 @@ from slm_flywheel.flows.train_adapter import train_adapter_flow
 from slm_flywheel.tracking import mlflow_client
 from slm_flywheel.models.context import WorkloadContext, load_workload
 from slm_flywheel.models.registry import get_version
+from slm_flywheel.models.router_stats import RouterFigures
 from slm_flywheel.tasks.costs import publish_cost_ledger
 from slm_flywheel.tasks.dataset import build_training_set
 from slm_flywheel.tasks.drift import build_reference, detect_drift_in_window
 from slm_flywheel.tasks.gate import evaluate_candidate
+from slm_flywheel.tasks.guard import measure_router
 from slm_flywheel.tasks.locks import workload_lock
-from slm_flywheel.tasks.relabel import relabel_with_teacher, select_samples
+from slm_flywheel.tasks.relabel import collect_router_labels, relabel_with_teacher, select_samples
 from slm_flywheel.tasks.samples import advance_watermark, load_new_samples
 from slm_flywheel.tasks.training import pull_base_model
 
@@ -33,6 +35,9 @@ class NightlySummary:
     carried_over: bool = False  # too few samples to test: the same files come back next night
     drift_detected: bool = False
     drift_reason: str = ""
+    router: list[RouterFigures] = field(default_factory=list)  # the window's routing, per UTC day and version
+    router_labels: int = 0  # new labels the router's frontier gave (free: the teacher was not asked)
+    router_labels_quarantined: int = 0
     relabeled: int = 0
     teacher: str = ""
     teacher_cost: float = 0.0
@@ -61,11 +66,13 @@ def nightly_retrain(workload: str, force: bool = False, budget: int | None = Non
     """Drift → relabel → contracts → retrain → gate → promote, for one workload.
 
     1. load the samples captured since the last run; rows failing the contract, and files that
-       cannot be read, are quarantined with the reason
+       cannot be read, are quarantined with the reason; the router's figures on the rest (frontier
+       share, latency, spend, wrong-path rate, label-free accuracy) go into the summary
     2. detect drift against the champion's reference; no drift → stop here (unless `force`); a
        window too small to test is carried over to the next run
-    3. select up to `budget` informative samples and have the teacher label them (cached,
-       budgeted; a share goes to human review)
+    3. the router's frontier answers (served, or audits) become labels under the teacher-label
+       contract, free; then select up to `budget` informative samples among the rest and have the
+       teacher label them (cached, budgeted; a share goes to human review)
     4. build the training set (champion's data + new labels) under data contracts, keeping a
        held-out part of the new labels for the gate
     5. retrain with the `train-adapter` subflow: the candidate becomes `challenger`
@@ -95,6 +102,7 @@ def _nightly(context: WorkloadContext, force: bool, budget: int | None, config_p
     window = load_new_samples(context)
     summary.window_size, summary.quarantined = len(window.samples), window.quarantined
     summary.quarantined_files = [f"{moved.path}: {moved.reason}" for moved in window.quarantined_files]
+    summary.router = measure_router(context, window.samples)
     # Drift
     base_path = pull_base_model(settings)
     champion = build_reference(context, client, base_path)
@@ -108,14 +116,16 @@ def _nightly(context: WorkloadContext, force: bool, budget: int | None, config_p
         if not report.insufficient:
             advance_watermark(settings, window)
         return summary
-    # Relabel
-    selected = select_samples(window.samples, embeddings, champion.reference.embeddings, budget if budget is not None else config.relabel.budget)
+    # Relabel: the router's frontier answers first (free), the teacher only for samples without one
+    router_labels = collect_router_labels(context, window.samples, run_tag)
+    summary.router_labels_quarantined = router_labels.quarantined
+    selected = select_samples(window.samples, embeddings, champion.reference.embeddings, budget if budget is not None else config.relabel.budget, labelled=router_labels.labelled)
     labels = relabel_with_teacher(context, selected, run_tag)
     summary.relabeled, summary.teacher, summary.teacher_cost = labels.valid, labels.teacher, labels.cost_usd
     summary.teacher_cached, summary.to_review = labels.cached, labels.to_review
     # Contracts
-    retrain_set = build_training_set(context, champion.training_set, labels.labelled, run_tag)
-    summary.training_rows, summary.holdout_size = retrain_set.rows, len(retrain_set.holdout)
+    retrain_set = build_training_set(context, champion.training_set, labels.labelled, router_labels.labelled, run_tag)
+    summary.training_rows, summary.holdout_size, summary.router_labels = retrain_set.rows, len(retrain_set.holdout), retrain_set.router_labels
     # Train
     warm_start = str(champion.adapter_dir) if config.relabel.retrain_mode == "warm_start" else None
     candidate = train_adapter_flow(workload=workload, config_path=config_path, training_set_path=str(retrain_set.path), warm_start_adapter=warm_start)

@@ -240,6 +240,23 @@ class LaunchConfig(_Strict):
     seed: int = 7
 
 
+class RouterConfig(_Strict):
+    """Who answers a request: the small model when its calibrated confidence clears the version's
+    threshold, the frontier otherwise (`models/calibration.py`)."""
+
+    mode: Literal["off", "fallback", "shadow"] = "off"  # shadow: the small model answers, routes are recorded
+    target_accuracy: float = Field(0.9, gt=0, le=1)  # of the small model's served answers, on validation
+    audit_share: float = Field(0.02, ge=0, le=1)  # of small-model answers also asked of the frontier
+    calibration: Literal["isotonic", "temperature"] = "isotonic"
+    # The frontier on the request path (fallback mode): never turns a request into an error.
+    timeout_s: float = Field(5.0, gt=0)  # per request; past it the small model's answer is served, flagged
+    max_concurrency: int = Field(8, gt=0)  # frontier calls in flight per workload
+    requests_per_second: float = Field(20.0, gt=0)  # frontier calls per second (a token bucket of one second's burst)
+    daily_spend_usd: float = Field(5.0, ge=0)  # the most the router spends per UTC day on the frontier
+    breaker_failures: int = Field(5, gt=0)  # consecutive failed calls that open the circuit breaker
+    breaker_cooldown_s: float = Field(30.0, gt=0)  # how long it stays open before one trial call
+
+
 class WorkloadConfig(_Strict):
     """One narrow job served by one adapter, named after it."""
 
@@ -256,6 +273,7 @@ class WorkloadConfig(_Strict):
     relabel: RelabelConfig = RelabelConfig()
     teacher: TeacherConfig = TeacherConfig()
     guard: GuardConfig = GuardConfig()
+    router: RouterConfig = RouterConfig()
     # auto: a gate pass makes the candidate `champion` and pushes it; review: it stays
     # `challenger` until a reviewer promotes it (MLflow UI alias, the `promote` deployment,
     # or `flywheel promote`).

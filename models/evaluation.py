@@ -33,6 +33,7 @@ class EvalResult:
     breakdown: dict[str, dict[str, float]]
     predictions: list[str] = field(repr=False)
     references: list[str] = field(repr=False)
+    confidences: list[float] = field(default_factory=list, repr=False)  # each answer's probability
 
     @property
     def correct(self) -> list[bool]:
@@ -66,7 +67,8 @@ def evaluate_predictions(spec: TaskSpec, predictions: list[Prediction], referenc
     if latencies:
         metrics["latency_p95_ms"] = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]
         metrics["mean_confidence"] = sum(p.confidence for p in predictions) / len(predictions)
-    return EvalResult(metrics=metrics, breakdown=breakdown, predictions=pred_strings, references=list(references))
+    confidences = [float(prediction.confidence) for prediction in predictions]
+    return EvalResult(metrics=metrics, breakdown=breakdown, predictions=pred_strings, references=list(references), confidences=confidences)
 
 
 def evaluate_model(
@@ -141,7 +143,7 @@ def evaluate_sets(
     return results
 
 
-EVAL_CACHE_VERSION = 1  # raise when decoding or scoring changes what a stored result would be
+EVAL_CACHE_VERSION = 2  # raise when decoding or scoring changes what a stored result would be (2: answer confidences stored)
 
 # The files that decide a model's answers; anything else in a folder (a README, a trainer's
 # state) is left out of the key.

@@ -6,6 +6,8 @@ sides, and only on a clear, significant degradation of one of the signals:
 * confidence: the distribution moved down (one-sided KS, D over a threshold);
 * invalid answers: the share of answers outside the schema grew;
 * teacher agreement: on a small budgeted audit, the new champion agrees with the teacher less.
+The router's figures for each side (wrong-path rate on its audits, label-free accuracy estimate,
+frontier share; `models/router_stats.py`) go into the evidence; they do not decide a trip.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from slm_flywheel.config import GuardConfig
+from slm_flywheel.models.router_stats import RouterFigures
 from slm_flywheel.models.workload import TaskSpec
 
 
@@ -29,6 +32,7 @@ class LiveSignals:
     total: int
     agreement: float | None = None  # share of audited answers equal to the teacher's
     audited: int = 0
+    router: RouterFigures | None = None  # over the same samples; None when none was routed
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,22 @@ def audit_answers(spec: TaskSpec, answers: list[str], teacher_labels: list[str |
     return Audit(len(pairs), sum(answer == label for answer, label in pairs))
 
 
+ROUTER_EVIDENCE = ("frontier_share", "wrong_path_rate", "wrong_path_low", "wrong_path_high", "audited_agreement", "label_free_accuracy")
+
+
+def _router_evidence(figures: RouterFigures | None, side: str) -> dict[str, Any]:
+    """`router_<figure>_<side>` for each of ROUTER_EVIDENCE, and how many answers were audited."""
+    if figures is None:
+        return {}
+    return {f"router_{name}_{side}": getattr(figures, name) for name in ROUTER_EVIDENCE} | {f"router_audited_{side}": figures.audited}
+
+
 def decide_rollback(baseline: LiveSignals, live: LiveSignals, config: GuardConfig) -> GuardDecision:
     """Compare the new champion's live signals with the previous champion's baseline."""
     from scipy.stats import fisher_exact, ks_2samp
 
     evidence: dict[str, Any] = {"baseline_version": baseline.version, "live_version": live.version, "baseline_total": baseline.total, "live_total": live.total}
+    evidence.update(_router_evidence(baseline.router, "baseline") | _router_evidence(live.router, "live"))
     if min(baseline.total, live.total) < config.min_samples:
         return GuardDecision(False, False, [f"waiting for samples: {live.total} live, {baseline.total} baseline (need {config.min_samples})"], evidence)
     reasons: list[str] = []

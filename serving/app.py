@@ -21,11 +21,11 @@ import hmac
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -34,6 +34,7 @@ from slm_flywheel.serving import openai_api
 from slm_flywheel.serving.capture import Sample, SampleWriter, answer_to_text, now_utc
 from slm_flywheel.serving.engine import AdapterEngine, EngineError, ServedPrediction, workload_of
 from slm_flywheel.serving.openai_api import ApiError
+from slm_flywheel.serving.router import Routed, Router
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MAX_JSON_DEPTH = 64  # far beyond any request this API takes; deeper is refused before it reaches a handler
@@ -59,6 +60,7 @@ class ServerState:
     admin_token: str | None = None
     limits: ServingConfig = field(default_factory=ServingConfig)  # max_body_bytes, max_inputs_per_request, max_text_chars
     resolve_reference: Callable[[str], Path] | None = None  # models:/name@alias -> local adapter dir
+    routers: dict[str, Router] = field(default_factory=dict)  # workload -> its router (serving/router.py)
     started: float = field(default_factory=time.time)
 
 
@@ -85,13 +87,47 @@ class Metrics:
         spilled.set_function(lambda: writer.spilled)
         recovered = Gauge("flywheel_capture_recovered", "Spilled samples since moved into the sample store", registry=self.registry)
         recovered.set_function(lambda: writer.recovered)
+        self.routed = Counter("flywheel_routed", "Answered inputs by who answered them", ["workload", "served_by"], registry=self.registry)
+        self.frontier_latency = Histogram(
+            "flywheel_frontier_latency_seconds", "Frontier calls on the request path", ["workload"], buckets=LATENCY_BUCKETS, registry=self.registry
+        )
         retained = Gauge("flywheel_capture_retained", "Samples held in memory because the store and the spill both failed", registry=self.registry)
         retained.set_function(lambda: writer.stats().retained)
+
+    def watch_routers(self, routers: dict[str, Router]) -> None:
+        """The routers' spend today and breaker state, read when /metrics is scraped."""
+        from prometheus_client import Gauge
+
+        spend = Gauge("flywheel_frontier_spend_today_usd", "Router spend on the frontier today (UTC)", ["workload"], registry=self.registry)
+        breaker = Gauge("flywheel_frontier_breaker_open", "1 while the frontier circuit breaker is open or half open", ["workload"], registry=self.registry)
+        share = Gauge("flywheel_frontier_share", "Share of answered inputs the frontier answered (since start)", ["workload"], registry=self.registry)
+        label_free = Gauge(
+            "flywheel_router_label_free_accuracy", "Mean calibrated confidence of the small model's served answers: its live accuracy, estimated without labels",
+            ["workload"], registry=self.registry,
+        )
+        audited = Gauge("flywheel_router_audited", "Small-model answers also asked of the frontier (audits returned)", ["workload"], registry=self.registry)
+        wrong = Gauge(
+            "flywheel_router_wrong_path_rate", "Audited small-model answers the frontier disagreed with, with the 95% Wilson interval",
+            ["workload", "bound"], registry=self.registry,
+        )
+        nan = float("nan")
+        for workload, router in routers.items():
+            spend.labels(workload).set_function(lambda router=router: router.spend.spent_usd)
+            breaker.labels(workload).set_function(lambda router=router: float(router.breaker.state != "closed"))
+            share.labels(workload).set_function(lambda router=router: _or_nan(router.stats.frontier_share))
+            label_free.labels(workload).set_function(lambda router=router: _or_nan(router.stats.label_free_accuracy))
+            audited.labels(workload).set_function(lambda router=router: router.stats.audited)
+            for index, bound in enumerate(("estimate", "low", "high")):
+                wrong.labels(workload, bound).set_function(lambda router=router, index=index: (router.stats.wrong_path() or (nan, nan, nan))[index])
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 async def _json_body(request: Request, limits: ServingConfig) -> dict[str, Any]:
@@ -170,6 +206,7 @@ def create_app(state: ServerState) -> FastAPI:
     """The FastAPI app over an engine and a sample writer (both owned by the caller)."""
     app = FastAPI(title="slm-flywheel serving", version="1")
     metrics = Metrics(state.writer)
+    metrics.watch_routers(state.routers)
     app.state.flywheel = state
 
     @app.exception_handler(ApiError)
@@ -230,19 +267,79 @@ def create_app(state: ServerState) -> FastAPI:
             raise ApiError(400, f"x-request-id is {len(client_id)} characters; the limit is {MAX_CLIENT_ID_CHARS}")
         return client_id
 
-    def _record(workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], started: float) -> float:
-        """Capture every answer of one request and count it in the metrics; returns its latency (ms)."""
+    async def _routed(workload: str, texts: list[str], served: list[ServedPrediction], ids: list[str]) -> list[Routed] | None:
+        """The router's answers for a routed request (None: the workload has no router)."""
+        router = state.routers.get(workload)
+        if router is None:
+            return None
+        adapters, _ = state.engine.snapshot()
+        path = adapters.get(served[0].adapter)
+        try:
+            calibration = router.calibration(Path(path) if path is not None else None)
+        except ValueError:  # an unreadable calibration.json routes nothing, and says so in every row
+            calibration = None
+        routed = await router.route(texts, [(item.prediction.answer, item.prediction.valid, item.prediction.confidence) for item in served], calibration, ids)
+        for item in routed:
+            metrics.routed.labels(workload, item.served_by).inc()
+        if (asked := next((item.frontier_latency_ms for item in routed if item.frontier_latency_ms is not None), None)) is not None:
+            metrics.frontier_latency.labels(workload).observe(asked / 1000)
+        return routed
+
+    def _input_ids(request_id: str, client_id: str | None, count: int) -> list[str]:
+        """What the frontier knows each input by: the caller's id (with the input's index when a
+        request has several), else ours."""
+        base = client_id or request_id
+        return [base] if count == 1 else [f"{base}:{index}" for index in range(count)]
+
+    def _record(
+        workload: str,
+        request_id: str,
+        client_id: str | None,
+        texts: list[str],
+        served: list[ServedPrediction],
+        started: float,
+        routed: list[Routed] | None = None,
+        background: BackgroundTasks | None = None,
+        ids: list[str] | None = None,
+    ) -> float:
+        """Capture every answer of one request and count it in the metrics; returns its latency (ms).
+
+        With inputs to audit, the capture waits for the frontier's audit answers, after the
+        response has gone (a background task): the caller never waits for an audit."""
         latency_ms = (time.perf_counter() - started) * 1000
-        _capture(workload, request_id, client_id, texts, served, latency_ms)
+        router = state.routers.get(workload)
+        audited = router.audited(ids, routed) if router is not None and routed is not None and ids is not None and background is not None else []
+        if audited:
+            async def audit_then_capture() -> None:
+                answers = await router.audit([texts[i] for i in audited], [ids[i] for i in audited])
+                router.record_audit([routed[i].slm_answer for i in audited], answers)
+                audits: list[Any] = [None] * len(texts)
+                for index, answer in zip(audited, answers):
+                    audits[index] = answer
+                _capture(workload, request_id, client_id, texts, served, latency_ms, routed, audits)
+
+            background.add_task(audit_then_capture)
+        else:
+            _capture(workload, request_id, client_id, texts, served, latency_ms, routed)
         adapter = served[0].adapter
         metrics.requests.labels(workload, adapter).inc()
         metrics.predictions.labels(workload, adapter).inc(len(texts))
         metrics.latency.labels(workload, adapter).observe(latency_ms / 1000)
         return latency_ms
 
-    def _capture(workload: str, request_id: str, client_id: str | None, texts: list[str], served: list[ServedPrediction], latency_ms: float) -> None:
+    def _capture(
+        workload: str,
+        request_id: str,
+        client_id: str | None,
+        texts: list[str],
+        served: list[ServedPrediction],
+        latency_ms: float,
+        routed: list[Routed] | None,
+        audits: list[Any] | None = None,
+    ) -> None:
         stamp = now_utc()
         for index, (text, item) in enumerate(zip(texts, served)):
+            route = routed[index] if routed is not None else None
             state.writer.append(
                 Sample(
                     timestamp=stamp,
@@ -256,6 +353,14 @@ def create_app(state: ServerState) -> FastAPI:
                     latency_ms=latency_ms,
                     replica_id=state.replica_id,
                     client_request_id=client_id,
+                    served_by=route.served_by if route else "slm",
+                    served_answer=answer_to_text(route.answer) if route else answer_to_text(item.prediction.answer),
+                    route_reason=route.reason if route else None,
+                    calibrated_confidence=route.calibrated_confidence if route else None,
+                    frontier_latency_ms=route.frontier_latency_ms if route else None,
+                    frontier_tokens=route.frontier_tokens if route and route.served_by != "slm" else None,
+                    frontier_cost_usd=route.frontier_cost_usd if route else None,
+                    audit_answer=answer_to_text(audits[index]) if audits and audits[index] is not None else None,
                 )
             )
 
@@ -322,32 +427,56 @@ def create_app(state: ServerState) -> FastAPI:
         return card
 
     @app.post("/v1/workloads/{workload}/predict", openapi_extra=_json_request({"inputs": {"type": "array", "items": {"type": "string"}, "minItems": 1}}, ["inputs"]))
-    async def predict(workload: str, request: Request) -> dict[str, Any]:
+    async def predict(workload: str, request: Request, background: BackgroundTasks) -> dict[str, Any]:
         started = time.perf_counter()
         body = await _json_body(request, state.limits)
         texts = _check_texts(_field(body, "inputs", list), state.limits)
         client_id = _client_request_id(request)
         request_id = str(uuid.uuid4())  # ours, so unique; a client's id may repeat
         served = await _served(workload, texts)
-        latency_ms = _record(workload, request_id, client_id, texts, served, started)
+        ids = _input_ids(request_id, client_id, len(texts))
+        routed = await _routed(workload, texts, served, ids)
+        latency_ms = _record(workload, request_id, client_id, texts, served, started, routed, background, ids)
+        routes = routed or [None] * len(served)
+        router = state.routers.get(workload)
         return {
             "request_id": request_id,
             "client_request_id": client_id,
             "workload": workload,
+            # The frontier model the router would ask (SIMULATED in the demo and offline).
+            "frontier": router.frontier.name if router is not None and router.frontier is not None else None,
             "predictions": [
                 {
-                    "answer": item.prediction.answer,
+                    # What the caller gets (the frontier's answer where it answered) ...
+                    "answer": route.answer if route else item.prediction.answer,
+                    "valid": route.valid if route else item.prediction.valid,
+                    "served_by": route.served_by if route else "slm",
+                    # ... and the small model's own answer, its confidence and how sure it really is.
+                    "slm_answer": item.prediction.answer,
                     "confidence": item.prediction.confidence,
-                    "valid": item.prediction.valid,
+                    "calibrated_confidence": route.calibrated_confidence if route else None,
+                    "route_reason": route.reason if route else None,
                     "version": item.adapter,
                     "latency_ms": latency_ms,
                 }
-                for item in served
+                for item, route in zip(served, routes)
             ],
         }
 
-    async def _complete(request: Request, model: str, texts: list[str], id_prefix: str, started: float) -> tuple[str, list[ServedPrediction]]:
-        """Answer OpenAI-protocol inputs with `model` (an adapter or a workload), captured."""
+    def _as_served(item: ServedPrediction, route: Routed | None) -> ServedPrediction:
+        """What the caller gets: a frontier answer replaces the small model's, its tokens counted
+        by the base tokenizer (usage) and no log-probabilities of the small model's attached."""
+        if route is None or route.served_by != "frontier":
+            return item
+        tokens = tuple(state.engine.tokenizer.encode(" " + (answer_to_text(route.answer) or ""), add_special_tokens=False))
+        return ServedPrediction(replace(item.prediction, answer=route.answer, valid=True, tokens=tokens, token_logprobs=(0.0,) * len(tokens)), item.adapter)
+
+    async def _complete(
+        request: Request, model: str, texts: list[str], id_prefix: str, started: float, background: BackgroundTasks, route: bool
+    ) -> tuple[str, list[ServedPrediction], list[Routed] | None]:
+        """Answer OpenAI-protocol inputs with `model` (an adapter or a workload), captured; a workload
+        with a router is routed when `route` (a request asking for log-probabilities is not: they
+        are the small model's)."""
         adapters, routes = state.engine.snapshot()
         if model not in adapters and model not in routes:
             raise ApiError(404, f"The model {model!r} does not exist (see GET /v1/models)", "model", "model_not_found")
@@ -358,28 +487,40 @@ def create_app(state: ServerState) -> FastAPI:
         # As in vLLM, naming an adapter answers with that adapter, routed or not (a push's smoke
         # test); naming the workload answers with whatever it is routed to.
         served = await _served(workload, texts, model if model in adapters else None)
-        _record(workload, request_id, client_id, texts, served, started)
-        return request_id, served
+        ids = _input_ids(request_id, client_id, len(texts))
+        routed = await _routed(workload, texts, served, ids) if route and model not in adapters else None
+        _record(workload, request_id, client_id, texts, served, started, routed, background, ids)
+        return request_id, [_as_served(item, r) for item, r in zip(served, routed or [None] * len(served))], routed
+
+    def _route_body(item: ServedPrediction, routed: list[Routed] | None) -> dict[str, Any]:
+        """The `flywheel` extension of an OpenAI response: who answered and how sure the small model was."""
+        route = routed[0] if routed else None
+        body = {"confidence": item.prediction.confidence, "valid": item.prediction.valid, "served_by": route.served_by if route else "slm"}
+        if route is not None:
+            body.update(slm_answer=route.slm_answer, calibrated_confidence=route.calibrated_confidence, route_reason=route.reason)
+            frontier = state.routers[workload_of(item.adapter)].frontier
+            body["frontier"] = frontier.name if frontier is not None else None
+        return body
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: Request) -> dict[str, Any] | StreamingResponse:
+    async def chat_completions(request: Request, background: BackgroundTasks) -> dict[str, Any] | StreamingResponse:
         started = time.perf_counter()
         chat = openai_api.parse_chat_request(await _json_body(request, state.limits))
-        request_id, served = await _complete(request, chat.model, [openai_api.last_user_text(chat.messages)], "chatcmpl", started)
+        request_id, served, routed = await _complete(request, chat.model, [openai_api.last_user_text(chat.messages)], "chatcmpl", started, background, not chat.logprobs)
         item = served[0]
         answer = openai_api.reply_to(item.prediction, state.engine.tokenizer.decode, chat.limit)
         if chat.stream:
             chunks = openai_api.chat_chunks(request_id, item.adapter, chat, answer)
             return StreamingResponse(openai_api.sse(chunks), media_type="text/event-stream")
         body = openai_api.chat_completion(request_id, item.adapter, chat, answer)
-        body["flywheel"] = {"confidence": item.prediction.confidence, "valid": item.prediction.valid}
+        body["flywheel"] = _route_body(item, routed)
         return body
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(request: Request) -> dict[str, Any] | StreamingResponse:
+    async def completions(request: Request, background: BackgroundTasks) -> dict[str, Any] | StreamingResponse:
         started = time.perf_counter()
         call = openai_api.parse_completion_request(await _json_body(request, state.limits))
-        request_id, served = await _complete(request, call.model, call.prompts, "cmpl", started)
+        request_id, served, _ = await _complete(request, call.model, call.prompts, "cmpl", started, background, call.logprobs is None)
         answers = [openai_api.reply_to(item.prediction, state.engine.tokenizer.decode, call.max_tokens) for item in served]
         if call.stream:
             chunks = openai_api.completion_chunks(request_id, served[0].adapter, call, answers)

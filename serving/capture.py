@@ -32,8 +32,12 @@ log = logging.getLogger("flywheel.capture")
 
 SCHEMA_FIELDS = (
     "timestamp", "request_id", "workload", "input", "answer", "valid", "confidence", "adapter_version", "latency_ms", "replica_id", "client_request_id",
+    "served_by", "served_answer", "route_reason", "calibrated_confidence", "frontier_latency_ms", "frontier_tokens", "frontier_cost_usd", "audit_answer",
 )
-LATER_FIELDS = ("client_request_id",)  # added after stores existed: older files lack them
+# Added after stores existed: older files lack them (read as empty).
+LATER_FIELDS = (
+    "client_request_id", "served_by", "served_answer", "route_reason", "calibrated_confidence", "frontier_latency_ms", "frontier_tokens", "frontier_cost_usd", "audit_answer",
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,12 @@ class Sample:
     """One captured prediction. `answer` is the label, the slot JSON, or None when invalid.
 
     `request_id` is made by the server (unique); `client_request_id` is the caller's
-    `x-request-id`, kept as given (files written before it existed lack the column)."""
+    `x-request-id`, kept as given (files written before it existed lack the column).
+
+    `answer`, `valid` and `confidence` are always the small model's own (what drift and the
+    rollback guard read); what the caller got is `served_answer`, answered by `served_by`
+    (slm, frontier, slm-frontier-unavailable; serving/router.py) for `route_reason`. A frontier
+    answer is a free label for the nightly retrain."""
 
     timestamp: datetime
     request_id: str
@@ -54,13 +63,24 @@ class Sample:
     latency_ms: float
     replica_id: str
     client_request_id: str | None = None
+    served_by: str | None = None
+    served_answer: str | None = None
+    route_reason: str | None = None
+    calibrated_confidence: float | None = None
+    frontier_latency_ms: float | None = None
+    frontier_tokens: int | None = None
+    frontier_cost_usd: float | None = None
+    audit_answer: str | None = None  # the frontier's answer to an audited small-model answer
 
 
 def _arrow_schema() -> Any:
     """Fixed column types, so a batch where every `client_request_id` is None still writes strings."""
     import pyarrow as pa
 
-    types = {"timestamp": pa.timestamp("us", tz="UTC"), "valid": pa.bool_(), "confidence": pa.float64(), "latency_ms": pa.float64()}
+    types = {
+        "timestamp": pa.timestamp("us", tz="UTC"), "valid": pa.bool_(), "confidence": pa.float64(), "latency_ms": pa.float64(),
+        "calibrated_confidence": pa.float64(), "frontier_latency_ms": pa.float64(), "frontier_tokens": pa.int64(), "frontier_cost_usd": pa.float64(),
+    }
     return pa.schema([(name, types.get(name, pa.string())) for name in SCHEMA_FIELDS])
 
 

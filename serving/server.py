@@ -11,12 +11,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slm_flywheel.config import ConfigError, Settings
 from slm_flywheel.serving.app import ServerState, create_app
 from slm_flywheel.serving.capture import SampleWriter
 from slm_flywheel.serving.engine import AdapterEngine
+from slm_flywheel.serving.router import Router
+
+if TYPE_CHECKING:
+    from slm_flywheel.models.context import WorkloadContext
 
 log = logging.getLogger("flywheel.serving")
 
@@ -41,7 +45,8 @@ def build_state(settings: Settings, replica_id: str | None = None, *, load_champ
 
     serving = settings.serving
     base_path = resolve_base_model(settings.base_model, settings.models_dir)
-    specs = {name: resolve_workload(settings, name).spec for name in settings.workloads}
+    contexts = {name: resolve_workload(settings, name) for name in settings.workloads}
+    specs = {name: context.spec for name, context in contexts.items()}
     engine = AdapterEngine(base_path, specs, max_batch=serving.max_batch, batch_wait_s=serving.batch_wait_ms / 1000, bf16=bf16)
     replica = replica_id or f"{socket.gethostname()}-{serving.port}"
     writer = SampleWriter(
@@ -59,10 +64,28 @@ def build_state(settings: Settings, replica_id: str | None = None, *, load_champ
         admin_token=serving.admin_token,
         limits=serving,
         resolve_reference=registry_resolver(settings),
+        routers=build_routers(contexts),
     )
     if load_champions:
         load_registry_champions(settings, state)
     return state
+
+
+def build_routers(contexts: dict[str, WorkloadContext]) -> dict[str, Router]:
+    """A router per workload whose `router.mode` is not off; its frontier is the workload's
+    teacher (key from `teacher.api_key_env`: the serving tier reads no Prefect Secret), with the
+    daily cap as its budget, so one call can never spend past it."""
+    from slm_flywheel.models.teacher.build import teacher_for
+
+    routers = {}
+    for name, context in contexts.items():
+        config = context.config.router
+        if config.mode == "off":
+            continue
+        frontier = teacher_for(context, None, budget_usd=config.daily_spend_usd, on_request_path=True)
+        routers[name] = Router(context.spec, config, frontier)
+        log.info("%s: router %s, frontier %s, audit share %.3f", name, config.mode, frontier.name, config.audit_share)
+    return routers
 
 
 def load_registry_champions(settings: Settings, state: ServerState) -> dict[str, str]:

@@ -13,6 +13,7 @@ from prefect.cache_policies import NONE
 from slm_flywheel.data_contracts.contracts import ContractError, split_quarantine, validate_teacher_labels, validate_training_set
 from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.retrain import in_holdout, retrain_rows
+from slm_flywheel.models.router_stats import ROUTER_SOURCE, merge_labels
 
 
 @dataclass(frozen=True)
@@ -22,14 +23,16 @@ class RetrainSet:
     path: Path
     rows: int
     new_rows: int
-    holdout: pd.DataFrame  # id, text, label: the fresh drift slice, never trained on
+    holdout: pd.DataFrame  # id, text, label, source: the fresh drift slice, never trained on
     quarantined: int
+    router_labels: int  # of the new labels (trained on or held out), those the router's frontier gave
 
 
 @task(cache_policy=NONE)  # reads the live sample store and review queue: a rerun must see what changed
-def build_training_set(context: WorkloadContext, champion_training_set: pd.DataFrame, labelled: pd.DataFrame, run_tag: str) -> RetrainSet:
-    """Teacher labels under their contract (bad rows quarantined), a held-out drift slice, and the
-    training set (replay + new) under its contract. A failed training-set contract stops the run."""
+def build_training_set(context: WorkloadContext, champion_training_set: pd.DataFrame, labelled: pd.DataFrame, router_labels: pd.DataFrame, run_tag: str) -> RetrainSet:
+    """Teacher labels under their contract (bad rows quarantined), joined by the router's labels
+    (already under it: `collect_router_labels`), a held-out drift slice, and the training set
+    (replay + new) under its contract. A failed training-set contract stops the run."""
     settings, spec, config = context.settings, context.spec, context.config.relabel
     logger = get_run_logger()
     folder = settings.state_dir / "retrain" / spec.name / run_tag
@@ -39,6 +42,7 @@ def build_training_set(context: WorkloadContext, champion_training_set: pd.DataF
     if len(bad):
         bad.to_parquet(folder / "quarantined_teacher_labels.parquet")
         logger.warning("%d teacher labels quarantined: %s", len(bad), ", ".join(labels_result.failed_expectations))
+    good = merge_labels(router_labels, good)
     holdout_mask = good["id"].astype(str).map(lambda item_id: in_holdout(item_id, config.holdout_share))
     holdout, new = good[holdout_mask].reset_index(drop=True), good[~holdout_mask]
     training = retrain_rows(champion_training_set[["id", "text", "label"]].astype({"id": str}), new, config)
@@ -52,5 +56,9 @@ def build_training_set(context: WorkloadContext, champion_training_set: pd.DataF
         raise ContractError(result)
     path = folder / "training_set.parquet"
     training.to_parquet(path)
-    logger.info("%s training set: %d replayed + %d new rows (%d teacher labels held out for the gate)", spec.name, len(training) - len(new), len(new), len(holdout))
-    return RetrainSet(path, len(training), len(new), holdout, len(bad))
+    from_router = int((good["source"] == ROUTER_SOURCE).sum())
+    logger.info(
+        "%s training set: %d replayed + %d new rows (%d of the new labels from the router; %d held out for the gate)",
+        spec.name, len(training) - len(new), len(new), from_router, len(holdout),
+    )
+    return RetrainSet(path, len(training), len(new), holdout, len(bad), from_router)

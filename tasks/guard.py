@@ -1,4 +1,5 @@
-"""Rollback-guard tasks: find recent promotions, measure live signals, audit with the teacher."""
+"""Live-signal tasks: find recent promotions, measure live signals, audit with the teacher, and
+the router's honesty figures (the rollback guard and the nightly summary both report them)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from slm_flywheel.config import GuardConfig, Settings
@@ -15,6 +17,7 @@ from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.guard import Audit, LiveSignals, audit_answers
 from slm_flywheel.models.promotion import HistoryEntry, history
 from slm_flywheel.models.registry import CHAMPION, alias_version
+from slm_flywheel.models.router_stats import RouterFigures, router_figures, router_table
 from slm_flywheel.models.teacher import TeacherItem
 from slm_flywheel.models.usage import audit_path, record_audit
 from slm_flywheel.serving.capture import read_samples
@@ -44,7 +47,8 @@ def served_by(settings: Settings, workload: str, version: int, since: datetime |
 
 @task(cache_policy=NONE)  # live samples change; audits pay the teacher through the per-text label cache, which the nightly relabel shares (see relabel_with_teacher)
 def measure_live_signals(context: WorkloadContext, version: int, samples: pd.DataFrame, audit_budget: int, seed: int = 0) -> LiveSignals:
-    """Confidence, invalid share, and agreement with the teacher on a budgeted audit sample."""
+    """Confidence, invalid share, agreement with the teacher on a budgeted audit sample, and the
+    router's figures over these samples (wrong-path rate on its audits, label-free accuracy)."""
     settings, spec = context.settings, context.spec
     valid = samples[samples["valid"]]
     audit_result = Audit(0, 0)
@@ -64,4 +68,20 @@ def measure_live_signals(context: WorkloadContext, version: int, samples: pd.Dat
         total=len(samples),
         agreement=audit_result.agreement,
         audited=audit_result.audited,
+        router=next(iter(router_figures(samples, spec, by_day=False)), None),
     )
+
+
+@task(cache_policy=NONE)  # publishes an artifact of this run's samples: a stored result would skip it
+def measure_router(context: WorkloadContext, samples: pd.DataFrame) -> list[RouterFigures]:
+    """The router's figures for these samples, per UTC day and version, as a markdown artifact."""
+    figures = router_figures(samples, context.spec)
+    if figures:
+        create_markdown_artifact(
+            key=f"router-{context.name}",
+            markdown=f"# Router: {context.name}\n\n{router_table(figures)}\n\nWrong-path rate: audited small-model answers that differ from "
+            "the frontier's (Wilson 95% interval). Label-free accuracy: mean calibrated confidence of the answers the small model served.",
+            description="frontier share, latency and spend; wrong-path rate and label-free accuracy",
+        )
+        get_run_logger().info("%s router:\n%s", context.name, router_table(figures))
+    return figures

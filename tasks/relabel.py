@@ -1,4 +1,5 @@
-"""Select the samples worth labelling and have the teacher label them, under budget and review."""
+"""Labels for the nightly retrain: the router's frontier answers first (free), then the teacher's
+for the informative samples still unlabelled, under budget and review."""
 
 from __future__ import annotations
 
@@ -14,22 +15,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import task_run
 
+from slm_flywheel.data_contracts.contracts import split_quarantine, validate_teacher_labels
 from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.drift import WindowEmbeddings
 from slm_flywheel.models.frontier import FrontierClient
 from slm_flywheel.models.review import ReviewQueue, review_items, spot_check_sample, training_labels
+from slm_flywheel.models.router_stats import AUDIT, FALLBACK, router_label_rows, unlabelled_mask
 from slm_flywheel.models.selection import select_informative
-from slm_flywheel.models.teacher import (
-    OpenAICompatibleTeacher,
-    SimulatedTeacher,
-    Teacher,
-    TeacherItem,
-    TeacherLabel,
-    TeacherRun,
-    ground_truth_path,
-    read_ground_truth,
-)
-from slm_flywheel.models.usage import Purpose, UsageLog, usage_path
+from slm_flywheel.models.teacher import Teacher, TeacherItem, TeacherLabel, TeacherRun
+from slm_flywheel.models.teacher.build import frontier_client, teacher_for
+from slm_flywheel.models.usage import Purpose
 
 
 class TeacherDistrustError(RuntimeError):
@@ -62,21 +57,20 @@ class RelabelResult:
     agreement: float | None
 
 
+def _api_key(context: WorkloadContext) -> str | None:
+    """The key from the workload's Prefect Secret block, if it names one (else the env var)."""
+    block = context.config.teacher.api_key_block
+    if not block:
+        return None  # the client reads `api_key_env` and names it when it is missing
+    from prefect.blocks.system import Secret
+
+    return Secret.load(block).get()
+
+
 def build_frontier_client(context: WorkloadContext) -> FrontierClient:
     """The workload's frontier model (`teacher.kind: openai`), its key from the environment or a
     Prefect Secret block, its price from `costs.frontier_prices`."""
-    config = context.config.teacher
-    api_key = None  # None: the client reads `api_key_env` and names it when it is missing
-    if config.api_key_block:
-        from prefect.blocks.system import Secret
-
-        api_key = Secret.load(config.api_key_block).get()
-    return FrontierClient(
-        base_url=config.base_url or "", model=config.model or "", api_key=api_key, api_key_env=config.api_key_env,
-        price=context.settings.costs.frontier_prices[config.model or ""],  # present: checked when the config loads
-        max_retries=config.max_retries, timeout_s=config.timeout_s,
-        reasoning=config.reasoning, reasoning_tokens=config.reasoning_tokens,
-    )
+    return frontier_client(context, _api_key(context))
 
 
 def build_teacher(context: WorkloadContext, purpose: Purpose) -> Teacher:
@@ -84,30 +78,61 @@ def build_teacher(context: WorkloadContext, purpose: Purpose) -> Teacher:
 
     Every call it pays is appended to the workload's usage log with `purpose` (relabel or audit).
     """
-    settings, spec, config, budget = context.settings, context.spec, context.config.teacher, context.config.relabel.budget_usd
-    usage_log = UsageLog(usage_path(settings.state_dir, spec.name), spec.name, purpose)
-    if config.kind == "simulated":
-        return SimulatedTeacher(
-            spec, read_ground_truth(ground_truth_path(settings.home)), error_rate=config.simulated_error_rate,
-            price_per_item_usd=config.simulated_price_per_item, latency_s=config.simulated_latency_s,
-            budget_usd=budget, usage_log=usage_log,
-        )
-    return OpenAICompatibleTeacher(
-        spec, build_frontier_client(context), budget_usd=budget, batch_size=config.batch_size,
-        max_concurrency=config.max_concurrency, cache_dir=settings.state_dir / "teacher-cache", usage_log=usage_log,
-    )
+    api_key = _api_key(context) if context.config.teacher.kind == "openai" else None
+    return teacher_for(context, purpose, budget_usd=context.config.relabel.budget_usd, api_key=api_key)
+
+
+@dataclass(frozen=True)
+class RouterLabels:
+    """The window's labels from the router's frontier that passed the teacher-label contract."""
+
+    labelled: pd.DataFrame  # id, text, label, source ("router"), kind (fallback or audit)
+    fallback: int  # of them, answers the frontier served
+    audit: int  # of them, the frontier's answers to audited small-model answers
+    quarantined: int  # failed the contract: set aside with the expectation, not trained on
+
+
+@task(cache_policy=NONE)  # writes the quarantined rows of this run: a rerun must write its own
+def collect_router_labels(context: WorkloadContext, samples: pd.DataFrame, run_tag: str) -> RouterLabels:
+    """The frontier's answers in the window (served to callers, or audits of the small model) as
+    labels under the teacher-label contract; failing rows go to the run's quarantine with the
+    expectation they failed. Collected before the teacher is asked, so it never pays for them."""
+    settings, spec = context.settings, context.spec
+    logger = get_run_logger()
+    rows = router_label_rows(samples)
+    if not len(rows):
+        logger.info("%s: no frontier answers in the window", spec.name)
+        return RouterLabels(rows, 0, 0, 0)
+    result = validate_teacher_labels(rows, spec)
+    good, bad = split_quarantine(rows, result)
+    if len(bad):
+        folder = settings.state_dir / "retrain" / spec.name / run_tag
+        folder.mkdir(parents=True, exist_ok=True)
+        bad.to_parquet(folder / "quarantined_router_labels.parquet")
+        logger.warning("%s: %d router labels quarantined: %s", spec.name, len(bad), ", ".join(result.failed_expectations))
+    good = good.reset_index(drop=True)
+    fallback, audit = int((good["kind"] == FALLBACK).sum()), int((good["kind"] == AUDIT).sum())
+    logger.info("%s: %d labels from the router's frontier (%d served, %d audits), free", spec.name, len(good), fallback, audit)
+    return RouterLabels(good, fallback, audit, len(bad))
 
 
 @task(cache_policy=NONE)  # a pure, seeded choice over in-memory frames: cheaper to redo than to hash its inputs
-def select_samples(samples: pd.DataFrame, embeddings: WindowEmbeddings, reference: np.ndarray, budget: int, seed: int = 0) -> pd.DataFrame:
+def select_samples(
+    samples: pd.DataFrame, embeddings: WindowEmbeddings, reference: np.ndarray, budget: int, seed: int = 0, labelled: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Up to `budget` informative samples (uncertain, novel, deduplicated, spread out) among the
-    window rows the drift check embedded (all of them up to its `max_embedded`)."""
+    window rows the drift check embedded (all of them up to its `max_embedded`), leaving out the
+    requests and texts `labelled` already has a label for (the router's frontier answers)."""
     if not len(samples):
         return samples
     candidates = samples.iloc[embeddings.positions]
-    selection = select_informative(list(candidates["input"]), embeddings.vectors, candidates["confidence"].to_numpy(), reference, budget, seed=seed)
+    vectors = embeddings.vectors
+    if labelled is not None and len(labelled):
+        keep = unlabelled_mask(candidates, labelled)
+        candidates, vectors = candidates[keep], vectors[keep]
+    selection = select_informative(list(candidates["input"]), vectors, candidates["confidence"].to_numpy(), reference, budget, seed=seed)
     get_run_logger().info(
-        "selected %d of %d distinct samples for the teacher (%d of the window's %d rows embedded)",
+        "selected %d of %d distinct samples for the teacher (%d of the window's %d rows embedded and without a label)",
         len(selection.indices), selection.candidates, len(candidates), len(samples),
     )
     return candidates.iloc[selection.indices].reset_index(drop=True)

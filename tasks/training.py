@@ -1,4 +1,4 @@
-"""Prefect tasks around `models/`: prepare data, train, evaluate, register."""
+"""Prefect tasks around `models/`: prepare data, train, evaluate, calibrate, register."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from prefect.cache_policies import NONE
 from slm_flywheel import progress
 from slm_flywheel.config import Settings, WorkloadConfig
 from slm_flywheel.tracking import experiment_id, log_metrics
+from slm_flywheel.models.calibration import Calibration, calibrate, expected_calibration_error, plot_reliability, plot_risk_coverage
 from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.data import SplitSummary, content_hash, sample_training_set, summarize_splits
 from slm_flywheel.models.scenarios import launch_plan, launch_training_set
@@ -116,18 +117,57 @@ def train_adapter(data: TrainingData, base_path: str, config: WorkloadConfig, ou
 
 @task(cache_policy=NONE)  # evaluations are cached per (adapter, items) by models/evaluation.py: measured reason beside evaluate_candidate
 def evaluate_adapter(
-    spec: TaskSpec, base_path: str, adapter_dir: Path | None, examples: Dataset, batch_size: int, cache_dir: Path | None = None
+    spec: TaskSpec,
+    base_path: str,
+    adapter_dir: Path | None,
+    examples: Dataset,
+    batch_size: int,
+    cache_dir: Path | None = None,
+    split: str = "golden",
 ) -> EvalResult:
-    """Predict `examples` with base + adapter (None: the base model alone) and score them.
+    """Predict `examples` (the `split` they come from) with base + adapter (None: the base model alone) and score them.
 
-    With `cache_dir` the result is stored for the gate to reuse (`models.evaluation.evaluate_sets`)."""
+    With `cache_dir` the result is stored for reuse (`models.evaluation.evaluate_sets`): the gate
+    re-reads a version's golden result, a rerun of `train-adapter` its validation result too."""
     result = evaluate_model(
         spec, base_path, adapter_dir, list(examples["text"]), list(examples["label"]), batch_size,
-        progress=lambda done, total: progress.report(f"evaluate {spec.name}", done, total),
+        progress=lambda done, total: progress.report(f"evaluate {spec.name} ({split})", done, total),
         cache_dir=cache_dir,
     )
-    get_run_logger().info("%s golden: %s", spec.name, {k: round(v, 4) for k, v in result.metrics.items()})
+    get_run_logger().info("%s %s: %s", spec.name, split, {k: round(v, 4) for k, v in result.metrics.items()})
     return result
+
+
+@task(cache_policy=NONE)  # a pure fit on the validation result, milliseconds; the evaluation it reads is cached
+def calibrate_confidence(context: WorkloadContext, validation: EvalResult) -> Calibration:
+    """Fit the adapter's confidence calibrator and routing threshold on its validation answers."""
+    router = context.config.router
+    answers = validation.predictions if context.config.task == "classification" else None  # per-intent offsets (models/calibration.py)
+    calibration = calibrate(validation.confidences, validation.correct, router.target_accuracy, router.calibration, answers)
+    get_run_logger().info(
+        "%s calibration on %d validation items: ECE %.3f -> %.3f (%s); the small model keeps %.0f%% at threshold %s "
+        "for target accuracy %.2f",
+        context.name, calibration.examples, calibration.ece_before, calibration.ece_after, router.calibration,
+        100 * calibration.coverage, "none" if calibration.threshold is None else f"{calibration.threshold:.3f}", router.target_accuracy,
+    )
+    return calibration
+
+
+def _calibration_metrics(calibration: Calibration, golden: EvalResult) -> dict[str, float]:
+    """ECE before/after on validation (cross-fitted) and on golden, and the routing point."""
+    metrics = {
+        "validation_ece_before": calibration.ece_before,
+        "validation_ece_after": calibration.ece_after,
+        "router_coverage": calibration.coverage,
+        "router_target_accuracy": calibration.target_accuracy,
+    }
+    if calibration.threshold is not None:
+        metrics["router_threshold"] = calibration.threshold
+        metrics["router_served_accuracy"] = calibration.served_accuracy or 0.0
+    if golden.confidences:
+        metrics["golden_ece_before"] = expected_calibration_error(golden.confidences, golden.correct)
+        metrics["golden_ece_after"] = expected_calibration_error(calibration.calibrator.apply(golden.confidences, golden.predictions), golden.correct)
+    return metrics
 
 
 def _git_commit() -> str:
@@ -146,8 +186,12 @@ def register_adapter_version(
     base_path: str,
     trained: TrainResult,
     golden: EvalResult,
+    calibration: Calibration | None = None,
 ) -> RegisteredAdapter:
-    """Log params, metrics and artifacts to an MLflow run, register the adapter, set its alias."""
+    """Log params, metrics and artifacts to an MLflow run, register the adapter, set its alias.
+
+    With `calibration`, its calibrator and threshold are stored in the adapter's folder
+    (`calibration.json`), so they are registered with it, and its plots go to `evaluation/`."""
     from slm_flywheel.models.promotion import record_bootstrap
     from slm_flywheel.models.registry import CHAMPION, assign_initial_alias, register_adapter
 
@@ -173,12 +217,18 @@ def register_adapter_version(
             "train_tokens_per_second": trained.tokens_per_second,
             "train_loss": trained.final_loss,
             **{f"golden_{k}": v for k, v in golden.metrics.items()},
+            **(_calibration_metrics(calibration, golden) if calibration is not None else {}),
         }
         log_metrics(client, run_id, metrics)
+        if calibration is not None:
+            calibration.save(trained.adapter_dir)
         client.log_artifacts(run_id, str(trained.adapter_dir), "adapter")
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             plot_breakdown(data.spec, golden, folder / "golden_breakdown.png")
+            if calibration is not None:
+                plot_reliability(calibration, folder / "reliability.png")
+                plot_risk_coverage(calibration, folder / "risk_coverage.png")
             (folder / "golden_eval_table.json").write_text(json.dumps(golden.table(), indent=1))
             data.train_set.to_pandas()[["id", "text", "label"]].to_parquet(folder / TRAINING_SET_ARTIFACT.split("/")[-1])
             (folder / "config.json").write_text(

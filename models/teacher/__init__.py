@@ -27,7 +27,7 @@ from slm_flywheel.models.teacher.records import (
     TeacherLabel,
     TeacherRun,
 )
-from slm_flywheel.models.teacher.simulation import SimulatedTeacher, ground_truth_path, read_ground_truth
+from slm_flywheel.models.teacher.simulation import LiveGold, SimulatedTeacher, ground_truth_path, read_ground_truth, request_gold_path
 
 __all__ = [
     "BUDGET_EXHAUSTED",
@@ -39,6 +39,8 @@ __all__ = [
     "TeacherItem",
     "TeacherLabel",
     "TeacherRun",
+    "LiveGold",
     "ground_truth_path",
+    "request_gold_path",
     "read_ground_truth",
 ]

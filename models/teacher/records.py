@@ -72,6 +72,10 @@ class Teacher(Protocol):
 
     def label(self, items: list[TeacherItem]) -> TeacherRun: ...
 
+    def worst_case_cost_usd(self, items: list[TeacherItem]) -> float:
+        """The most labelling `items` in one call can cost (what a spend cap reserves)."""
+        ...
+
 
 
 def check_spec(spec: TaskSpec) -> None:

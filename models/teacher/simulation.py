@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,45 @@ def read_ground_truth(path: Path) -> dict[str, str]:
     return {row["request_id"]: row["gold"] for row in rows}
 
 
+def request_gold_path(home: Path) -> Path:
+    """Where the simulator writes each request's gold *before* sending it, keyed by the request's
+    `x-request-id`: the SIMULATED frontier on the request path (the router) answers from it."""
+    return Path(home).resolve() / "simulator" / "request_gold.jsonl"
+
+
+class LiveGold(Mapping[str, str]):
+    """`x-request-id` -> gold, from `request_gold_path`, read again when a key is missing and the
+    file has grown (the simulator appends to it while the server answers)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._gold: dict[str, str] = {}
+        self._size = -1
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size != self._size:
+            rows = (json.loads(line) for line in self.path.read_text().splitlines() if line.strip()) if size else ()
+            self._gold, self._size = {row["client_request_id"]: row["gold"] for row in rows}, size
+
+    def __getitem__(self, key: str) -> str:
+        with self._lock:
+            if key not in self._gold:
+                self._refresh()
+            return self._gold[key]
+
+    def __iter__(self) -> Iterator[str]:
+        with self._lock:
+            self._refresh()
+            return iter(list(self._gold))
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._refresh()
+            return len(self._gold)
+
+
 class SimulatedTeacher:
     """A stand-in teacher answering from the simulator's hidden gold, with plausible mistakes.
 
@@ -45,7 +86,7 @@ class SimulatedTeacher:
     def __init__(
         self,
         spec: TaskSpec,
-        ground_truth: dict[str, str],
+        ground_truth: Mapping[str, str],
         *,
         error_rate: float = 0.05,
         price_per_item_usd: float = 0.0005,
@@ -123,6 +164,10 @@ class SimulatedTeacher:
             prompt_tokens=0,
             completion_tokens=0,
         )
+
+    def worst_case_cost_usd(self, items: list[TeacherItem]) -> float:
+        """Every item answered, at `price_per_item_usd`."""
+        return len(items) * self.price_per_item_usd
 
     def _mistake(self, gold: str, text: str, rng: random.Random) -> str:
         if self.spec.task == "classification":

@@ -14,14 +14,16 @@ from slm_flywheel.flows.train_adapter import train_adapter_flow
 from slm_flywheel.config import load_settings
 from slm_flywheel.app.simulate import simulate
 from slm_flywheel.serving.app import create_app
+from slm_flywheel.serving.capture import read_samples
 from slm_flywheel.models.promotion import history
 from slm_flywheel.serving.server import BackgroundServer, build_state, free_port
 
 
-def _configure(path, promotion="review", replica=None, **relabel):
+def _configure(path, promotion="review", replica=None, router=None, **relabel):
     data = yaml.safe_load(path.read_text())
     workload = data["workloads"]["banking-intent"]
     workload["promotion"] = promotion
+    workload["router"] = router or {"mode": "off"}
     if replica:
         data["serving"] = {"port": int(replica.rsplit(":", 1)[1]), "replicas": [replica], "capture_flush_seconds": 0.3}
     workload["drift"] = {"min_window": 80, "n_permutations": 100}
@@ -152,3 +154,36 @@ def test_auto_policy_promotes_a_gate_pass_and_pushes_it_to_the_replica(launched,
     last = history(client, "banking-intent")[-1]
     assert (last.action, last.actor, last.from_version, last.to_version) == ("promote", "nightly-retrain (auto)", 1, 2)
     assert "drift_gain" in last.evidence
+
+
+def test_frontier_answers_are_labels_the_teacher_is_never_paid_for(launched, tiny_config):
+    import json
+
+    from slm_flywheel.models.usage import usage_path
+    from slm_flywheel.tasks.relabel import _cache_key
+
+    settings = launched
+    _traffic(settings, "prior-shift", 80, seed=6)  # router off: the small model answers
+    # The tiny model reaches no accuracy target on validation: its calibration routes (nearly)
+    # everything to the SIMULATED frontier, which answers from the simulator's gold.
+    routed = _configure(tiny_config, router={"mode": "fallback", "requests_per_second": 1000})
+    _traffic(routed, "prior-shift", 60, seed=7)
+    rows = read_samples(settings.samples_dir, "banking-intent")
+    frontier = rows[rows["served_by"] == "frontier"]
+    assert len(frontier) > 0 and (rows["served_by"] == "slm").sum() >= 80
+
+    summary = nightly_retrain(workload="banking-intent", config_path=str(tiny_config), force=True)
+    assert summary.window_size == 140
+    assert summary.router_labels > 0 and summary.router_labels_quarantined == 0
+    assert summary.relabeled > 0 and summary.teacher_cost > 0  # the teacher labelled the small model's answers only
+    assert summary.training_rows > 0 and summary.candidate_version == 2
+    # No teacher label was bought for a text the frontier answered: not one in the per-text label
+    # cache, and the usage log's paid relabel items are exactly the labels the teacher gave.
+    cache = settings.state_dir / "teacher-labels" / "banking-intent"
+    assert not [text for text in frontier["input"] if (cache / f"{_cache_key(summary.teacher, text)}.json").exists()]
+    usage = [json.loads(line) for line in usage_path(settings.state_dir, "banking-intent").read_text().splitlines()]
+    assert sum(record["items"] for record in usage if record["purpose"] == "relabel") == summary.relabeled
+    # Router figures for the window: the router-off traffic is all small model, the rest mostly frontier.
+    (today,) = summary.router
+    assert today.version == "banking-intent@v1" and today.routed == 140 and today.frontier == len(frontier)
+    assert today.frontier_share == len(frontier) / 140 and today.frontier_spend_usd > 0 and today.frontier_latency_ms is not None

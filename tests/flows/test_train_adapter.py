@@ -6,9 +6,12 @@ from typer.testing import CliRunner
 from slm_flywheel.flows.train_adapter import train_adapter_flow
 from slm_flywheel.app.cli import app
 from slm_flywheel.config import load_settings
+from slm_flywheel.models.calibration import load_calibration
+from slm_flywheel.models.context import resolve_workload
+from slm_flywheel.models.registry import download_adapter, get_version
 
 
-def test_train_adapter_registers_champion_then_challenger(tiny_config):
+def test_train_adapter_registers_champion_then_challenger(tiny_config, tmp_path):
     settings = load_settings(tiny_config)
     first = train_adapter_flow(workload="banking-intent", config_path=str(tiny_config))
     second = train_adapter_flow(workload="banking-intent", config_path=str(tiny_config), max_examples=16)
@@ -31,6 +34,17 @@ def test_train_adapter_registers_champion_then_challenger(tiny_config):
     assert {"adapter", "evaluation/golden_breakdown.png", "evaluation/golden_eval_table.json"} <= artifacts
     table = json.loads(open(client.download_artifacts(first.run_id, "evaluation/golden_eval_table.json")).read())
     assert len(table) == 77  # every intent has a golden row
+
+    # The calibrator and routing threshold travel inside the registered version's adapter folder.
+    assert {"evaluation/reliability.png", "evaluation/risk_coverage.png"} <= artifacts
+    calibration = load_calibration(download_adapter(client, get_version(client, "banking-intent", 1), tmp_path / "adapters"))
+    assert calibration is not None and calibration.target_accuracy == settings.workload("banking-intent").router.target_accuracy
+    assert calibration.examples == len(resolve_workload(settings, "banking-intent").splits["validation"]) and 0.0 <= calibration.coverage <= 1.0
+    for metric in ("validation_ece_before", "validation_ece_after", "golden_ece_before", "golden_ece_after", "router_coverage"):
+        assert 0.0 <= run.data.metrics[metric] <= 1.0, metric
+    assert run.data.metrics["validation_ece_after"] == calibration.ece_after
+    # Both evaluations of each version are cached (models/evaluation.py): the gate and a rerun reuse them.
+    assert len(list(settings.eval_cache_dir.glob("*.json"))) == 4
 
 
 def test_train_and_predict_from_the_cli(tiny_config, tmp_path):

@@ -32,7 +32,8 @@ def test_fast_demo_detects_drift_promotes_improves_and_rolls_back(tmp_path, real
     home = tmp_path / "home" / "demo"
     report = json.loads((home / "report.json").read_text())
     assert report["drift_detected"] and not report["launch_drift_detected"], report["drift_reason"]
-    assert report["relabeled"] > 0 and "SIMULATED" in report["teacher"]
+    # Labels: bought from the SIMULATED teacher, and free from the router's frontier answers.
+    assert report["relabeled"] + report["router_labels"] > 0 and "SIMULATED" in report["teacher"]
     assert report["rollback_completed"] is True, report["rollback"]
     assert report["rollback"]["restored_version"] == (report["promoted_version"] or report["champion_version"])
     assert [entry["action"] for entry in report["history"]][-2:] == ["promote", "rollback"]
@@ -40,6 +41,10 @@ def test_fast_demo_detects_drift_promotes_improves_and_rolls_back(tmp_path, real
     low, high = report["live_accuracy_gain_ci95"]  # the stated margin of before -> after
     assert low <= report["live_accuracy_after"] - report["live_accuracy_before"] <= high
     assert report["live_accuracy_after_rollback"] is not None
+    # The router is on: the SIMULATED frontier answers what the small model is unsure of, and
+    # what callers got during drift is at least as accurate as the small model alone.
+    assert report["frontier_share_drift"] > 0 and report["frontier_share_after"] is not None
+    assert report["served_accuracy_drift"] >= report["live_accuracy_before"]
     assert set(report["stage_seconds"]) >= {"train launch champion", "nightly-retrain", "rollback-guard"}
     # The cost ledger of the demo's own records: every simulated label a relabel call, the trainings timed.
     costs = report["costs"]["total"]

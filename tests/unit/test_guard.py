@@ -50,3 +50,25 @@ def test_audit_counts_only_judged_answers_and_ignores_slot_order():
     intents = TaskSpec("banking-intent", "classification", "{text}", labels=("a", "b"))
     assert audit_answers(intents, ["a"], [None]).agreement is None
     assert audit_answers(intents, ["a", "b"], ["a", "a"]).agreed == 1
+
+
+def test_the_routers_figures_are_evidence_for_both_versions_and_do_not_decide():
+    from dataclasses import replace
+
+    from slm_flywheel.models.router_stats import RouterFigures
+
+    def figures(version, wrong, label_free):
+        rate = wrong / 50
+        return RouterFigures(None, f"banking-intent@v{version}", 400, 40, 0, 0.1, 120.0, 0.2, 50, wrong, rate, rate / 2, rate * 2, 360, label_free, 1 - rate)
+
+    baseline = replace(_signals(1, RNG.beta(8, 2, 400), agreement=0.9, audited=40), router=figures(1, 5, 0.9))
+    live = replace(_signals(2, RNG.beta(8, 2, 400), agreement=0.9, audited=40), router=figures(2, 25, 0.88))
+    decision = decide_rollback(baseline, live, CONFIG)
+    assert not decision.trip  # a worse wrong-path rate is reported, not acted on
+    evidence = decision.evidence
+    assert (evidence["router_wrong_path_rate_baseline"], evidence["router_wrong_path_rate_live"]) == (0.1, 0.5)
+    assert (evidence["router_label_free_accuracy_baseline"], evidence["router_label_free_accuracy_live"]) == (0.9, 0.88)
+    assert evidence["router_audited_agreement_live"] == 0.5 and evidence["router_audited_live"] == 50
+    assert evidence["router_wrong_path_low_live"] == 0.25 and evidence["router_wrong_path_high_live"] == 1.0
+    unrouted = decide_rollback(_signals(1, RNG.beta(8, 2, 400)), _signals(2, RNG.beta(8, 2, 400)), CONFIG)
+    assert not any(key.startswith("router_") for key in unrouted.evidence)

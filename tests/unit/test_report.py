@@ -75,8 +75,8 @@ FULL = DemoReport(
     },
     timeline=[
         TrafficPhase("launch", "steady", 300, 0.713, "banking-intent@v1"),
-        TrafficPhase("drift", "prior-shift", 400, 0.27, "banking-intent@v1"),
-        TrafficPhase("after retrain", "prior-shift", 400, 0.5, "banking-intent@v2"),
+        TrafficPhase("drift", "prior-shift", 400, 0.27, "banking-intent@v1", served_accuracy=0.86, frontier_share=0.7),
+        TrafficPhase("after retrain", "prior-shift", 400, 0.5, "banking-intent@v2", served_accuracy=0.88, frontier_share=0.45),
         TrafficPhase("bad promotion", "prior-shift", 200, 0.1, "banking-intent@v3"),
         TrafficPhase("after rollback", "prior-shift", 200, 0.48, "banking-intent@v2"),
     ],
@@ -87,6 +87,9 @@ FULL = DemoReport(
     ],
     rollback=RollbackAct(bad_version=3, restored_version=2, reasons=["teacher agreement fell from 0.95 to 0.40"], completed=True),
     rollback_completed=True,
+    frontier_share_drift=0.7,
+    frontier_share_after=0.45,
+    served_accuracy_drift=0.86,
     costs=COSTS,
     cost_usd=COSTS.total.cost_usd,
     frontier_only_cost_usd=COSTS.total.frontier_only_usd,
@@ -205,3 +208,12 @@ def test_report_json_is_the_typed_report_with_the_ledgers_totals():
     assert [phase["requests"] for phase in data["timeline"]] == [300, 400, 400, 200, 200]
     assert data["history"][1]["from_version"] == 1 and data["drift_tests"]["drifted"][1]["p_value"] == 0.0199
     assert MINIMAL.to_dict()["costs"] is None
+
+
+def test_the_router_row_says_served_accuracy_and_the_frontier_share_before_and_after(tmp_path):
+    md = write_reports(FULL, tmp_path)["markdown"].read_text(encoding="utf-8")
+    assert "| router: served accuracy during drift | 0.860 with the frontier answering 70% (the small model alone 0.270); after the retrain the frontier answers 45% |" in md
+    assert "| router: served accuracy during drift | n/a |" in write_reports(MINIMAL, tmp_path / "minimal")["markdown"].read_text(encoding="utf-8")
+    data = json.loads(json.dumps(FULL.to_dict(), default=str))
+    assert (data["frontier_share_drift"], data["frontier_share_after"], data["served_accuracy_drift"]) == (0.7, 0.45, 0.86)
+    assert data["timeline"][1]["served_accuracy"] == 0.86 and data["timeline"][0]["frontier_share"] is None

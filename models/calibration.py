@@ -1,0 +1,367 @@
+"""Calibrated confidence and the routing threshold a version travels with.
+
+A small model's answer probability (the product of its constrained tokens' probabilities) ranks
+answers well but is not a probability of being right: a fine-tuned model is over-confident. On
+the validation split (never trained on) `calibrate` fits a monotone map from that probability to
+the chance the answer is correct, isotonic regression (sklearn) or temperature scaling of its
+logit, and measures the expected calibration error (ECE) before and after; the "after" figure is
+cross-fitted (each fold scored by a map fitted on the others) so it is not flattered by the fit.
+
+For a classifier the answer itself says something the probability does not: the model mistakes
+unfamiliar inputs (rare intents, and under prior shift many of them) for a few familiar labels,
+whose answers are then right less often than their probability suggests. Given each item's
+answer, `calibrate` also fits a log-odds offset per answer: the answer's accuracy on validation
+against the calibrated confidence of its items, shrunk towards no offset by `prior_strength`
+pseudo-items (empirical Bayes with a Beta prior at the calibrated confidence), the strength chosen
+among `PRIOR_STRENGTHS` by cross-fitted log loss on validation (none at all, when that fits best).
+
+The routing threshold comes from the risk-coverage curve of the calibrated confidence: the
+lowest threshold at which the answers the small model would keep (calibrated confidence at or
+above it) are still right at least `target_accuracy` of the time on validation, i.e. the largest
+share the small model can serve at the target. Below it, a request goes to the frontier.
+
+The calibrator and the threshold are written as `calibration.json` into the adapter's folder, so
+they are registered, downloaded, promoted and rolled back with the adapter itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+CALIBRATION_FILE = "calibration.json"
+Method = Literal["isotonic", "temperature"]
+_EPS = 1e-6  # keeps logits finite for probabilities of exactly 0 or 1
+# Pseudo-items an answer's validation record is shrunk with: from barely (1) to not at all (inf).
+PRIOR_STRENGTHS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, math.inf)
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """A monotone map from answer probability to the probability the answer is correct.
+
+    isotonic: piecewise-linear through (`knots_x`, `knots_y`), flat beyond the ends;
+    temperature: sigmoid(logit(p) / `temperature`). With `answer_offsets`, an item whose answer
+    has one gets it added to the log-odds of that (answers it lacks: none).
+    """
+
+    method: Method
+    temperature: float = 1.0
+    knots_x: tuple[float, ...] = ()
+    knots_y: tuple[float, ...] = ()
+    answer_offsets: dict[str, float] = field(default_factory=dict)
+
+    def apply(self, confidence: Sequence[float] | np.ndarray, answers: Sequence[Any] | None = None) -> np.ndarray:
+        """Calibrated confidences, in [0, 1], in the input's order; `answers` (one per item) for the offsets."""
+        p = np.clip(np.asarray(confidence, dtype=float), 0.0, 1.0)
+        calibrated = np.interp(p, self.knots_x, self.knots_y) if self.method == "isotonic" else _sigmoid(_logit(p) / self.temperature)
+        if answers is None or not self.answer_offsets:
+            return calibrated
+        if len(answers) != len(p):
+            raise ValueError(f"{len(answers)} answers for {len(p)} confidences")
+        offsets = np.array([self.answer_offsets.get(a, 0.0) if isinstance(a, str) else 0.0 for a in answers])
+        return np.where(offsets == 0.0, calibrated, _sigmoid(_logit(calibrated) + offsets))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method, "temperature": self.temperature, "knots_x": list(self.knots_x), "knots_y": list(self.knots_y),
+            "answer_offsets": self.answer_offsets,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibrator:
+        offsets = {str(a): float(o) for a, o in data.get("answer_offsets", {}).items()}  # none in files from before them
+        return cls(data["method"], float(data["temperature"]), tuple(data["knots_x"]), tuple(data["knots_y"]), offsets)
+
+
+@dataclass(frozen=True)
+class RiskCoverage:
+    """For each threshold (descending), the share of items at or above it and their accuracy."""
+
+    thresholds: list[float]
+    coverage: list[float]
+    accuracy: list[float]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A version's calibrator, its routing threshold and how well both did on validation.
+
+    `threshold` is None when no share of validation reaches `target_accuracy`: the frontier
+    then takes every request. `confidence` and `correct` are the validation items the fit saw
+    (for the plots); they are not part of the stored artifact.
+    """
+
+    calibrator: Calibrator
+    target_accuracy: float
+    threshold: float | None
+    coverage: float  # validation share the small model serves at the threshold
+    served_accuracy: float | None  # accuracy of those served answers
+    ece_before: float
+    ece_after: float  # cross-fitted
+    examples: int
+    prior_strength: float | None = None  # of the answer offsets; None: no offsets
+    confidence: list[float] = field(default_factory=list, repr=False)
+    correct: list[bool] = field(default_factory=list, repr=False)
+    answers: list[Any] | None = field(default=None, repr=False)
+
+    def serves(self, calibrated_confidence: float) -> bool:
+        """Whether the small model keeps an answer of this calibrated confidence."""
+        return self.threshold is not None and calibrated_confidence >= self.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calibrator": self.calibrator.to_dict(),
+            "target_accuracy": self.target_accuracy,
+            "threshold": self.threshold,
+            "coverage": self.coverage,
+            "served_accuracy": self.served_accuracy,
+            "ece_before": self.ece_before,
+            "ece_after": self.ece_after,
+            "examples": self.examples,
+            "prior_strength": self.prior_strength,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(
+            Calibrator.from_dict(data["calibrator"]), float(data["target_accuracy"]), data["threshold"], float(data["coverage"]),
+            data["served_accuracy"], float(data["ece_before"]), float(data["ece_after"]), int(data["examples"]),
+            data.get("prior_strength"),
+        )
+
+    def save(self, adapter_dir: Path) -> Path:
+        """Write `calibration.json` into the adapter's folder; returns its path."""
+        path = Path(adapter_dir) / CALIBRATION_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+
+def load_calibration(adapter_dir: Path) -> Calibration | None:
+    """The calibration stored beside an adapter; None for a version trained before there was one."""
+    path = Path(adapter_dir) / CALIBRATION_FILE
+    if not path.exists():
+        return None
+    try:
+        return Calibration.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a calibration ({error})") from error
+
+
+def expected_calibration_error(confidence: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray, bins: int = 10) -> float:
+    """ECE: over `bins` equal-width confidence bins, |accuracy - mean confidence| weighted by size."""
+    p, y = _arrays(confidence, correct)
+    # Bin i holds (i/bins, (i+1)/bins]; confidence 0 falls in the first bin.
+    index = np.clip(np.ceil(p * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            total += members.sum() * abs(y[members].mean() - p[members].mean())
+    return float(total / len(p))
+
+
+def fit_calibrator(
+    confidence: Sequence[float] | np.ndarray,
+    correct: Sequence[bool] | np.ndarray,
+    method: Method = "isotonic",
+    answers: Sequence[Any] | None = None,
+    prior_strength: float = math.inf,
+) -> Calibrator:
+    """Fit the map from answer probability to correctness on (confidence, correct) pairs.
+
+    With `answers` and a finite `prior_strength`, also a log-odds offset per (string) answer:
+    logit((right + s * c) / (n + s)) - logit(c) over its n items, c their mean calibrated
+    confidence, s the prior strength.
+    """
+    p, y = _arrays(confidence, correct)
+    calibrator = _fit_map(p, y, method)
+    if answers is None or math.isinf(prior_strength):
+        return calibrator
+    if len(answers) != len(p):
+        raise ValueError(f"{len(answers)} answers for {len(p)} confidences")
+    calibrated = calibrator.apply(p)
+    offsets = {}
+    for answer in sorted({a for a in answers if isinstance(a, str)}):
+        members = np.array([a == answer for a in answers])
+        mean = float(calibrated[members].mean())
+        shrunk = (y[members].sum() + prior_strength * mean) / (members.sum() + prior_strength)
+        offsets[answer] = float(_logit(np.array(shrunk)) - _logit(np.array(mean)))
+    return replace(calibrator, answer_offsets=offsets)
+
+
+def _fit_map(p: np.ndarray, y: np.ndarray, method: Method) -> Calibrator:
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        model = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(p, y)
+        return Calibrator("isotonic", knots_x=tuple(map(float, model.X_thresholds_)), knots_y=tuple(map(float, model.y_thresholds_)))
+    if method == "temperature":
+        from scipy.optimize import minimize_scalar
+
+        logits = _logit(p)
+        nll = lambda log_t: _log_loss(_sigmoid(logits / math.exp(log_t)), y)  # noqa: E731
+        best = minimize_scalar(nll, bounds=(math.log(0.05), math.log(100.0)), method="bounded")
+        return Calibrator("temperature", temperature=float(math.exp(best.x)))
+    raise ValueError(f"unknown calibration method {method!r} (isotonic or temperature)")
+
+
+def risk_coverage(calibrated: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray) -> RiskCoverage:
+    """Coverage and accuracy of the items kept at each distinct calibrated confidence, highest first."""
+    p, y = _arrays(calibrated, correct)
+    order = np.argsort(-p, kind="stable")
+    p, y = p[order], y[order]
+    # Items tied at a threshold are kept or routed together: evaluate only at the last of each tie.
+    last = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]
+    kept = last + 1
+    right = np.cumsum(y)[last]
+    return RiskCoverage(list(map(float, p[last])), list(map(float, kept / len(p))), list(map(float, right / kept)))
+
+
+def routing_threshold(curve: RiskCoverage, target_accuracy: float) -> tuple[float | None, float, float | None]:
+    """The lowest threshold whose kept answers reach `target_accuracy`: (threshold, coverage, accuracy).
+
+    (None, 0.0, None) when even the most confident answers miss the target.
+    """
+    best: tuple[float | None, float, float | None] = (None, 0.0, None)
+    for threshold, coverage, accuracy in zip(curve.thresholds, curve.coverage, curve.accuracy):
+        if accuracy >= target_accuracy:
+            best = (threshold, coverage, accuracy)  # thresholds descend: a later one covers more
+    return best
+
+
+def calibrate(
+    confidence: Sequence[float] | np.ndarray,
+    correct: Sequence[bool] | np.ndarray,
+    target_accuracy: float,
+    method: Method = "isotonic",
+    answers: Sequence[Any] | None = None,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+) -> Calibration:
+    """Fit a calibrator on validation, measure its ECE (cross-fitted) and pick the routing threshold.
+
+    `answers` (each item's answer label; classification) adds the per-answer offsets, their prior
+    strength the one of `PRIOR_STRENGTHS` with the lowest cross-fitted log loss.
+    """
+    p, y = _arrays(confidence, correct)
+    if not 0 < target_accuracy <= 1:
+        raise ValueError(f"target_accuracy must be within (0, 1], got {target_accuracy}")
+    if answers is not None and len(answers) != len(p):
+        raise ValueError(f"{len(answers)} answers for {len(p)} confidences")
+    fold_of = np.random.default_rng(seed).permutation(len(p)) % max(2, min(folds, len(p)))
+
+    def cross_fitted(strength: float) -> np.ndarray:
+        """Every item scored by a calibrator fitted on the other folds (on all, with only one item)."""
+        held_out = np.empty_like(p)
+        for fold in np.unique(fold_of):
+            test = fold_of == fold
+            train = ~test if (~test).any() else test
+            fitted = fit_calibrator(p[train], y[train], method, _pick(answers, train), strength)
+            held_out[test] = fitted.apply(p[test], _pick(answers, test))
+        return held_out
+
+    strengths = PRIOR_STRENGTHS if answers is not None else (math.inf,)
+    scored = {strength: cross_fitted(strength) for strength in strengths}
+    strength = min(strengths, key=lambda s: _log_loss(scored[s], y))
+    calibrator = fit_calibrator(p, y, method, answers, strength)
+    threshold, coverage, served = routing_threshold(risk_coverage(calibrator.apply(p, answers), y), target_accuracy)
+    return Calibration(
+        calibrator, target_accuracy, threshold, coverage, served,
+        ece_before=expected_calibration_error(p, y), ece_after=expected_calibration_error(scored[strength], y), examples=len(p),
+        prior_strength=None if math.isinf(strength) else strength,
+        confidence=list(map(float, p)), correct=list(map(bool, y)), answers=None if answers is None else list(answers),
+    )
+
+
+def plot_reliability(calibration: Calibration, path: Path, bins: int = 10) -> Path:
+    """Reliability diagram of the validation items: accuracy per confidence bin, raw and calibrated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, y = _arrays(calibration.confidence, calibration.correct)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for name, values, ece in (
+        ("answer probability", p, calibration.ece_before),
+        (f"calibrated ({calibration.calibrator.method})", calibration.calibrator.apply(p, calibration.answers), calibration.ece_after),
+    ):
+        index = np.clip(np.ceil(values * bins).astype(int) - 1, 0, bins - 1)
+        used = [b for b in range(bins) if (index == b).any()]
+        ax.plot([values[index == b].mean() for b in used], [y[index == b].mean() for b in used], marker="o", label=f"{name}, ECE {ece:.3f}")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(f"reliability on validation ({calibration.examples} items)")
+    return _save(fig, path)
+
+
+def plot_risk_coverage(calibration: Calibration, path: Path) -> Path:
+    """Accuracy of the kept answers against the share kept, with the target and the chosen point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = risk_coverage(calibration.calibrator.apply(calibration.confidence, calibration.answers), calibration.correct)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(curve.coverage, curve.accuracy, label="served by the small model")
+    ax.axhline(calibration.target_accuracy, color="grey", linestyle=":", label=f"target {calibration.target_accuracy:.2f}")
+    if calibration.threshold is not None:
+        ax.scatter([calibration.coverage], [calibration.served_accuracy], color="red", zorder=3, label=f"threshold {calibration.threshold:.3f}")
+    ax.set_xlabel("coverage (share the small model answers)")
+    ax.set_ylabel("accuracy of its answers")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("risk-coverage on validation")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _arrays(confidence: Sequence[float] | np.ndarray, correct: Sequence[bool] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(confidence, dtype=float)
+    y = np.asarray(correct, dtype=float)
+    if p.shape != y.shape or p.ndim != 1:
+        raise ValueError(f"confidence and correct must be two lists of one length, got shapes {p.shape} and {y.shape}")
+    if not len(p):
+        raise ValueError("calibration needs at least one item")
+    if not np.isfinite(p).all() or (p < 0).any() or (p > 1).any():
+        raise ValueError("confidences must be finite and within [0, 1]")
+    return p, y
+
+
+def _pick(answers: Sequence[Any] | None, members: np.ndarray) -> list[Any] | None:
+    return None if answers is None else [a for a, keep in zip(answers, members) if keep]
+
+
+def _log_loss(probability: np.ndarray, y: np.ndarray) -> float:
+    q = np.clip(probability, _EPS, 1 - _EPS)
+    return float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).mean())
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, _EPS, 1 - _EPS)
+    return np.log(q) - np.log1p(-q)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))

@@ -1,0 +1,146 @@
+"""Calibrated confidence: the ECE, the calibrators and the routing threshold on known data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slm_flywheel.models.calibration import (
+    calibrate,
+    expected_calibration_error,
+    fit_calibrator,
+    load_calibration,
+    plot_reliability,
+    plot_risk_coverage,
+    risk_coverage,
+    routing_threshold,
+)
+
+
+def _over_confident(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A model right with probability q that reports q ** 0.3: 0.5 becomes 0.81."""
+    rng = np.random.default_rng(seed)
+    q = rng.uniform(0.3, 1.0, count)
+    return q**0.3, rng.random(count) < q
+
+
+def test_ece_of_a_hand_computed_example():
+    # Bin (0.8, 0.9]: accuracy 0.5 at confidence 0.9; bin (0, 0.1]: accuracy 0 at 0.1.
+    assert expected_calibration_error([0.9, 0.9, 0.1, 0.1], [True, False, False, False]) == pytest.approx((2 * 0.4 + 2 * 0.1) / 4)
+    assert expected_calibration_error([1.0, 0.0], [True, False]) == 0.0
+
+
+def test_isotonic_calibration_removes_over_confidence():
+    confidence, correct = _over_confident(4000, seed=1)
+    calibration = calibrate(confidence, correct, target_accuracy=0.9, method="isotonic")
+    assert calibration.ece_before > 0.2
+    assert calibration.ece_after < 0.03
+    # On fresh items from the same model the calibrated confidence is honest too.
+    fresh, fresh_correct = _over_confident(4000, seed=2)
+    calibrated = calibration.calibrator.apply(fresh)
+    assert expected_calibration_error(calibrated, fresh_correct) < 0.03
+    assert abs(calibrated.mean() - fresh_correct.mean()) < 0.02
+
+
+def test_temperature_scaling_softens_an_over_confident_model():
+    confidence, correct = _over_confident(4000, seed=1)
+    calibration = calibrate(confidence, correct, target_accuracy=0.9, method="temperature")
+    # One parameter cannot undo q ** 0.3 exactly, but it must cool it and halve the error.
+    assert calibration.calibrator.temperature > 1.5
+    assert calibration.ece_after < calibration.ece_before / 2
+    assert (calibration.calibrator.apply(confidence) <= confidence + 1e-12).all()
+
+
+def test_threshold_is_the_largest_share_at_the_target():
+    # 100 items by rising confidence: the 60 most confident are right, the rest wrong.
+    confidence = np.linspace(0.01, 1.0, 100)
+    correct = np.arange(100) >= 40
+    curve = risk_coverage(confidence, correct)
+    assert curve.coverage[0] == 0.01 and curve.coverage[-1] == 1.0
+    # Keeping the top k has accuracy 60 / k: k = 66 is the most that stays at 0.9 or above.
+    threshold, coverage, accuracy = routing_threshold(curve, 0.9)
+    assert coverage == pytest.approx(0.66) and threshold == pytest.approx(confidence[34])
+    assert accuracy == pytest.approx(60 / 66)
+    # Isotonic calibration makes the two groups two steps: exactly the 60 right ones are kept.
+    calibration = calibrate(confidence, correct, target_accuracy=0.9)
+    assert (calibration.coverage, calibration.served_accuracy, calibration.threshold) == (0.6, 1.0, 1.0)
+    assert calibration.serves(1.0) and not calibration.serves(0.99)
+
+
+def test_an_unreachable_target_routes_everything_to_the_frontier():
+    confidence = np.linspace(0.5, 0.9, 50)
+    correct = np.arange(50) % 2 == 0  # right half the time at every confidence
+    calibration = calibrate(confidence, correct, target_accuracy=0.95)
+    assert (calibration.threshold, calibration.coverage, calibration.served_accuracy) == (None, 0.0, None)
+    assert not calibration.serves(1.0)
+
+
+def test_ties_are_kept_or_routed_together():
+    curve = risk_coverage([0.9, 0.9, 0.9, 0.5], [True, True, False, True])
+    assert (curve.thresholds, curve.coverage) == ([0.9, 0.5], [0.75, 1.0])
+    assert curve.accuracy == pytest.approx([2 / 3, 0.75])
+
+
+def _confusable(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Two answers at the same confidences: "clear" right 95% of the time, "absorbing" 40%."""
+    rng = np.random.default_rng(seed)
+    answers = ["clear" if i % 2 else "absorbing" for i in range(count)]
+    confidence = rng.uniform(0.6, 1.0, count)
+    correct = rng.random(count) < np.where(np.array(answers) == "clear", 0.95, 0.4)
+    return confidence, correct, answers
+
+
+def test_per_answer_offsets_separate_an_answer_that_absorbs_mistakes():
+    confidence, correct, answers = _confusable(400, seed=4)
+    plain = calibrate(confidence, correct, target_accuracy=0.9)
+    by_answer = calibrate(confidence, correct, target_accuracy=0.9, answers=answers)
+    assert plain.prior_strength is None and plain.calibrator.answer_offsets == {}
+    # Cross-fitted log loss picks a finite prior: the answer says more than the probability here.
+    assert by_answer.prior_strength is not None and by_answer.ece_after < 0.1
+    offsets = by_answer.calibrator.answer_offsets
+    assert offsets["absorbing"] < -1.0 < 0.5 < offsets["clear"]
+    # The probability alone cannot reach 0.9 on more than a sliver; with the answer, "clear" is kept.
+    assert by_answer.coverage > 0.4 > plain.coverage and by_answer.served_accuracy >= 0.9
+    fresh, fresh_correct, fresh_answers = _confusable(400, seed=5)
+    calibrated = by_answer.calibrator.apply(fresh, fresh_answers)
+    assert expected_calibration_error(calibrated, fresh_correct) < 0.1
+    # An answer never seen on validation, or none at all, gets the probability's map only.
+    unseen = by_answer.calibrator.apply([0.8, 0.8], ["other", None])
+    assert np.allclose(unseen, by_answer.calibrator.apply([0.8, 0.8]))
+    with pytest.raises(ValueError, match="1 answers for 2 confidences"):
+        by_answer.calibrator.apply([0.8, 0.8], ["clear"])
+
+
+def test_calibration_travels_as_json_beside_the_adapter(tmp_path):
+    confidence, correct = _over_confident(500, seed=3)
+    calibration = calibrate(confidence, correct, target_accuracy=0.8, method="isotonic")
+    assert load_calibration(tmp_path) is None  # a version from before calibration
+    calibration.save(tmp_path)
+    loaded = load_calibration(tmp_path)
+    assert loaded is not None and loaded.to_dict() == calibration.to_dict()
+    assert np.allclose(loaded.calibrator.apply(confidence), calibration.calibrator.apply(confidence))
+    assert plot_reliability(calibration, tmp_path / "reliability.png").stat().st_size > 0
+    assert plot_risk_coverage(calibration, tmp_path / "risk_coverage.png").stat().st_size > 0
+    confidence, correct, answers = _confusable(200, seed=6)
+    by_answer = calibrate(confidence, correct, target_accuracy=0.9, answers=answers)
+    by_answer.save(tmp_path)
+    loaded = load_calibration(tmp_path)
+    assert loaded is not None and loaded.to_dict() == by_answer.to_dict() and loaded.calibrator.answer_offsets
+    assert np.allclose(loaded.calibrator.apply(confidence, answers), by_answer.calibrator.apply(confidence, answers))
+    assert plot_risk_coverage(by_answer, tmp_path / "risk_coverage_by_answer.png").stat().st_size > 0
+    (tmp_path / "calibration.json").write_text('{"threshold": 0.5}')
+    with pytest.raises(ValueError, match="calibration.json: not a calibration"):
+        load_calibration(tmp_path)
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="one length"):
+        fit_calibrator([0.5, 0.6], [True])
+    with pytest.raises(ValueError, match="within \\[0, 1\\]"):
+        fit_calibrator([0.5, 1.5], [True, False])
+    with pytest.raises(ValueError, match="at least one item"):
+        expected_calibration_error([], [])
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        fit_calibrator([0.5], [True], "platt")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="target_accuracy"):
+        calibrate([0.5], [True], target_accuracy=0)
