@@ -229,7 +229,7 @@ def _prefect_relabel(teacher: CountingTeacher, raise_on_failures: bool) -> Any:
 
     def relabel_with_teacher(settings: Settings, spec: TaskSpec, selected: pd.DataFrame, run_tag: str) -> list[TeacherLabel]:
         run = teacher.label(_items(selected))
-        failed = sum(label.reason.startswith("failed") for label in run.labels)
+        failed = sum(label.failed for label in run.labels)
         if raise_on_failures and failed:
             # A failed task stores nothing: the only way to keep Prefect from caching the failures.
             raise FrontierDown(f"{failed} items got no answer")

@@ -135,6 +135,23 @@ class Calibration:
             data.get("prior_strength"),
         )
 
+    def metrics(self, golden_confidence: Sequence[float], golden_correct: Sequence[bool], golden_answers: Sequence[Any] | None = None) -> dict[str, float]:
+        """What train-adapter logs: ECE before/after on validation (cross-fitted) and on golden
+        (the items it never saw), and the routing point."""
+        metrics = {
+            "validation_ece_before": self.ece_before,
+            "validation_ece_after": self.ece_after,
+            "router_coverage": self.coverage,
+            "router_target_accuracy": self.target_accuracy,
+        }
+        if self.threshold is not None:
+            metrics["router_threshold"] = self.threshold
+            metrics["router_served_accuracy"] = self.served_accuracy or 0.0
+        if len(golden_confidence):
+            metrics["golden_ece_before"] = expected_calibration_error(golden_confidence, golden_correct)
+            metrics["golden_ece_after"] = expected_calibration_error(self.calibrator.apply(golden_confidence, golden_answers), golden_correct)
+        return metrics
+
     def save(self, adapter_dir: Path) -> Path:
         """Write `calibration.json` into the adapter's folder; returns its path."""
         path = Path(adapter_dir) / CALIBRATION_FILE

@@ -25,9 +25,9 @@ from datetime import date, datetime
 from typing import Any
 
 from slm_flywheel.config import CostConfig
+from slm_flywheel.models.router_stats import FRONTIER
 from slm_flywheel.models.usage import SIMULATED_MODEL, AuditRecord, UsageRecord
 
-FRONTIER = "frontier"  # the `served_by` value of a request a router sent to the frontier model
 
 
 class LedgerError(ValueError):

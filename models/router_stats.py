@@ -27,7 +27,9 @@ import pandas as pd
 
 from slm_flywheel.models.workload import TaskSpec
 
-SLM, FRONTIER = "slm", "frontier"  # serving/router.py's `served_by` values (the third: slm-frontier-unavailable)
+# Who answered a caller (`served_by`, set by serving/router.py): the small model, the frontier, or
+# the small model because the frontier could not (error, timeout, cap, breaker, rate limit).
+SLM, FRONTIER, UNAVAILABLE = "slm", "frontier", "slm-frontier-unavailable"
 ROUTER_SOURCE, TEACHER_SOURCE = "router", "teacher"  # a label's `source`: the router's frontier, or the teacher (and reviewers)
 FALLBACK, AUDIT = "fallback", "audit"  # how the frontier came to answer: it served the caller, or checked the small model
 CONFIDENCE_LEVEL = 0.95
@@ -112,18 +114,23 @@ def _same(spec: TaskSpec, answer: Any, audit: Any) -> bool:
         return answer == audit
 
 
-def _figures(rows: pd.DataFrame, spec: TaskSpec, day: str | None, version: str) -> RouterFigures:
+def wrong_path_rate(wrong: int, audited: int) -> tuple[float, float, float] | None:
+    """`wrong` of `audited` small-model answers the frontier disagreed with: the rate and its
+    Wilson 95% interval (None without an audit)."""
+    if not audited:
+        return None
     from scipy.stats import binomtest
 
+    interval = binomtest(wrong, audited).proportion_ci(CONFIDENCE_LEVEL, method="wilson")
+    return wrong / audited, float(interval.low), float(interval.high)
+
+
+def _figures(rows: pd.DataFrame, spec: TaskSpec, day: str | None, version: str) -> RouterFigures:
     served_by = rows["served_by"]
     slm = rows[served_by == SLM]
     audited = slm[slm["audit_answer"].notna()]
     wrong = sum(not _same(spec, answer, audit) for answer, audit in zip(audited["answer"], audited["audit_answer"]))
-    rate = low = high = None
-    if len(audited):
-        rate = wrong / len(audited)
-        interval = binomtest(wrong, len(audited)).proportion_ci(CONFIDENCE_LEVEL, method="wilson")
-        low, high = float(interval.low), float(interval.high)
+    rate, low, high = wrong_path_rate(wrong, len(audited)) or (None, None, None)
     latency = pd.to_numeric(rows["frontier_latency_ms"], errors="coerce").dropna()
     calibrated = pd.to_numeric(slm["calibrated_confidence"], errors="coerce").dropna()
     frontier = int((served_by == FRONTIER).sum())

@@ -34,6 +34,7 @@ from slm_flywheel.serving import openai_api
 from slm_flywheel.serving.capture import Sample, SampleWriter, answer_to_text, now_utc
 from slm_flywheel.serving.engine import AdapterEngine, EngineError, ServedPrediction, workload_of
 from slm_flywheel.serving.openai_api import ApiError
+from slm_flywheel.models.router_stats import FRONTIER, SLM
 from slm_flywheel.serving.router import Routed, Router
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -285,6 +286,11 @@ def create_app(state: ServerState) -> FastAPI:
             metrics.frontier_latency.labels(workload).observe(asked / 1000)
         return routed
 
+    def _frontier_name(workload: str) -> str | None:
+        """The frontier model a workload's router asks (SIMULATED in the demo and offline)."""
+        router = state.routers.get(workload)
+        return router.frontier.name if router is not None and router.frontier is not None else None
+
     def _input_ids(request_id: str, client_id: str | None, count: int) -> list[str]:
         """What the frontier knows each input by: the caller's id (with the input's index when a
         request has several), else ours."""
@@ -353,12 +359,12 @@ def create_app(state: ServerState) -> FastAPI:
                     latency_ms=latency_ms,
                     replica_id=state.replica_id,
                     client_request_id=client_id,
-                    served_by=route.served_by if route else "slm",
+                    served_by=route.served_by if route else SLM,
                     served_answer=answer_to_text(route.answer) if route else answer_to_text(item.prediction.answer),
                     route_reason=route.reason if route else None,
                     calibrated_confidence=route.calibrated_confidence if route else None,
                     frontier_latency_ms=route.frontier_latency_ms if route else None,
-                    frontier_tokens=route.frontier_tokens if route and route.served_by != "slm" else None,
+                    frontier_tokens=route.frontier_tokens if route and route.served_by != SLM else None,
                     frontier_cost_usd=route.frontier_cost_usd if route else None,
                     audit_answer=answer_to_text(audits[index]) if audits and audits[index] is not None else None,
                 )
@@ -438,19 +444,18 @@ def create_app(state: ServerState) -> FastAPI:
         routed = await _routed(workload, texts, served, ids)
         latency_ms = _record(workload, request_id, client_id, texts, served, started, routed, background, ids)
         routes = routed or [None] * len(served)
-        router = state.routers.get(workload)
         return {
             "request_id": request_id,
             "client_request_id": client_id,
             "workload": workload,
             # The frontier model the router would ask (SIMULATED in the demo and offline).
-            "frontier": router.frontier.name if router is not None and router.frontier is not None else None,
+            "frontier": _frontier_name(workload),
             "predictions": [
                 {
                     # What the caller gets (the frontier's answer where it answered) ...
                     "answer": route.answer if route else item.prediction.answer,
                     "valid": route.valid if route else item.prediction.valid,
-                    "served_by": route.served_by if route else "slm",
+                    "served_by": route.served_by if route else SLM,
                     # ... and the small model's own answer, its confidence and how sure it really is.
                     "slm_answer": item.prediction.answer,
                     "confidence": item.prediction.confidence,
@@ -465,11 +470,12 @@ def create_app(state: ServerState) -> FastAPI:
 
     def _as_served(item: ServedPrediction, route: Routed | None) -> ServedPrediction:
         """What the caller gets: a frontier answer replaces the small model's, its tokens counted
-        by the base tokenizer (usage) and no log-probabilities of the small model's attached."""
-        if route is None or route.served_by != "frontier":
+        by the base tokenizer (usage) and no log-probabilities (a request asking for them is
+        never routed)."""
+        if route is None or route.served_by != FRONTIER:
             return item
         tokens = tuple(state.engine.tokenizer.encode(" " + (answer_to_text(route.answer) or ""), add_special_tokens=False))
-        return ServedPrediction(replace(item.prediction, answer=route.answer, valid=True, tokens=tokens, token_logprobs=(0.0,) * len(tokens)), item.adapter)
+        return ServedPrediction(replace(item.prediction, answer=route.answer, valid=True, tokens=tokens, token_logprobs=()), item.adapter)
 
     async def _complete(
         request: Request, model: str, texts: list[str], id_prefix: str, started: float, background: BackgroundTasks, route: bool
@@ -495,11 +501,10 @@ def create_app(state: ServerState) -> FastAPI:
     def _route_body(item: ServedPrediction, routed: list[Routed] | None) -> dict[str, Any]:
         """The `flywheel` extension of an OpenAI response: who answered and how sure the small model was."""
         route = routed[0] if routed else None
-        body = {"confidence": item.prediction.confidence, "valid": item.prediction.valid, "served_by": route.served_by if route else "slm"}
+        body = {"confidence": item.prediction.confidence, "valid": item.prediction.valid, "served_by": route.served_by if route else SLM}
         if route is not None:
             body.update(slm_answer=route.slm_answer, calibrated_confidence=route.calibrated_confidence, route_reason=route.reason)
-            frontier = state.routers[workload_of(item.adapter)].frontier
-            body["frontier"] = frontier.name if frontier is not None else None
+            body["frontier"] = _frontier_name(workload_of(item.adapter))
         return body
 
     @app.post("/v1/chat/completions", response_model=None)

@@ -36,10 +36,10 @@ from typing import Any, Literal
 
 from slm_flywheel.config import RouterConfig
 from slm_flywheel.models.calibration import Calibration, load_calibration
+from slm_flywheel.models.router_stats import FRONTIER, SLM, UNAVAILABLE, wrong_path_rate
 from slm_flywheel.models.teacher import Teacher, TeacherItem, TeacherRun
 from slm_flywheel.models.workload import Answer, TaskSpec
 
-SLM, FRONTIER, UNAVAILABLE = "slm", "frontier", "slm-frontier-unavailable"
 ServedBy = Literal["slm", "frontier", "slm-frontier-unavailable"]
 
 
@@ -168,9 +168,6 @@ class RouterStats:
     """Counts since start, for /metrics."""
 
     routed: dict[str, int]  # served_by -> inputs
-    frontier_calls: int = 0
-    frontier_failures: int = 0
-    frontier_seconds: float = 0.0
     slm_confidence_sum: float = 0.0  # calibrated confidences of the answers the small model served
     slm_calibrated: int = 0
     audited: int = 0  # small-model answers the frontier also answered
@@ -189,12 +186,7 @@ class RouterStats:
 
     def wrong_path(self) -> tuple[float, float, float] | None:
         """The audited wrong-path rate and its 95% (Wilson) interval."""
-        if not self.audited:
-            return None
-        from scipy.stats import binomtest
-
-        interval = binomtest(self.audited_wrong, self.audited).proportion_ci(0.95, method="wilson")
-        return self.audited_wrong / self.audited, float(interval.low), float(interval.high)
+        return wrong_path_rate(self.audited_wrong, self.audited)
 
 
 class Router:
@@ -245,7 +237,7 @@ class Router:
         # An invalid answer (the constraint could not finish it) always counts as unsure.
         low = [i for i, item in enumerate(routed) if not item.valid or not calibration.serves(item.calibrated_confidence or 0.0)]
         if self.config.mode == "shadow":
-            return self._count([_with(r, reason=f"shadow:{'frontier' if i in low else 'slm'}") for i, r in enumerate(routed)])
+            return self._count([replace(r, reason=f"shadow:{FRONTIER if i in low else SLM}") for i, r in enumerate(routed)])
         if low:
             for index, result in zip(low, await self._ask([texts[i] for i in low], [routed[i] for i in low], [ids[i] for i in low])):
                 routed[index] = result
@@ -284,13 +276,13 @@ class Router:
     async def _ask(self, texts: list[str], slm: list[Routed], ids: list[str]) -> list[Routed]:
         """The frontier's answers for these inputs, or the small model's, flagged with why not."""
         assert self.frontier is not None
-        items = [TeacherItem(item_id, text) for item_id, text in zip(ids, texts)]
-        worst = _worst_case_usd(self.frontier, items)
         if not self.breaker.allow():
             return [_unavailable(r, "breaker_open") for r in slm]
         if not self.rate.take():
             self.breaker.release()
             return [_unavailable(r, "rate_limited") for r in slm]
+        items = [TeacherItem(item_id, text) for item_id, text in zip(ids, texts)]
+        worst = _worst_case_usd(self.frontier, items)
         if not self.spend.reserve(worst):
             self.breaker.release()
             return [_unavailable(r, "over_budget") for r in slm]
@@ -308,11 +300,8 @@ class Router:
                 return self._failed(slm, f"error: {error}"[:200], started)
         self.spend.settle(worst, run.cost_usd)
         latency_ms = (time.perf_counter() - started) * 1000
-        self.stats.frontier_calls += 1
-        self.stats.frontier_seconds += latency_ms / 1000
-        if any(label.reason.startswith("failed") for label in run.labels):
+        if any(label.failed for label in run.labels):
             self.breaker.failed()
-            self.stats.frontier_failures += 1
         else:
             self.breaker.succeeded()
         tokens = (run.prompt_tokens + run.completion_tokens) // max(1, len(items))
@@ -322,23 +311,17 @@ class Router:
                 results.append(Routed(FRONTIER, self.spec.parse_label(label.label), True, slm_answer.calibrated_confidence, slm_answer.answer, "low_confidence", latency_ms, tokens, label.cost_usd))
             else:
                 reason = "invalid_answer" if label.reason == "out_of_schema" else label.reason
-                results.append(_with(_unavailable(slm_answer, reason), frontier_latency_ms=latency_ms, frontier_cost_usd=label.cost_usd))
+                results.append(replace(_unavailable(slm_answer, reason), frontier_latency_ms=latency_ms, frontier_cost_usd=label.cost_usd))
         return results
 
     def _failed(self, slm: list[Routed], reason: str, started: float) -> list[Routed]:
         self.breaker.failed()
-        self.stats.frontier_failures += 1
         latency_ms = (time.perf_counter() - started) * 1000
-        return [_with(_unavailable(r, reason), frontier_latency_ms=latency_ms) for r in slm]
-
-
-
-def _with(routed: Routed, **changes: Any) -> Routed:
-    return replace(routed, **changes)
+        return [replace(_unavailable(r, reason), frontier_latency_ms=latency_ms) for r in slm]
 
 
 def _unavailable(slm: Routed, reason: str) -> Routed:
-    return _with(slm, served_by=UNAVAILABLE, reason=reason)
+    return replace(slm, served_by=UNAVAILABLE, reason=reason)
 
 
 def _worst_case_usd(frontier: Teacher, items: list[TeacherItem]) -> float:

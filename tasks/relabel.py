@@ -193,7 +193,7 @@ def relabel_with_teacher(context: WorkloadContext, selected: pd.DataFrame, run_t
     teacher = build_teacher(context, "relabel")
     items = [TeacherItem(str(rid), str(text)) for rid, text in zip(selected["request_id"], selected["input"])]
     run, from_cache = label_with_cache(teacher, items, settings.state_dir / "teacher-labels" / spec.name)
-    failed = [label for label in run.labels if label.reason.startswith("failed")]
+    failed = [label for label in run.labels if label.failed]
     if failed and 0 < task_run.run_count <= RELABEL_RETRIES:
         raise FrontierOutage(
             f"{teacher.name}: {len(failed)} of {len(items)} items failed ({failed[0].reason}); "

@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE
 from slm_flywheel import progress
 from slm_flywheel.config import Settings, WorkloadConfig
 from slm_flywheel.tracking import experiment_id, log_metrics
-from slm_flywheel.models.calibration import Calibration, calibrate, expected_calibration_error, plot_reliability, plot_risk_coverage
+from slm_flywheel.models.calibration import Calibration, calibrate, plot_reliability, plot_risk_coverage
 from slm_flywheel.models.context import WorkloadContext
 from slm_flywheel.models.data import SplitSummary, content_hash, sample_training_set, summarize_splits
 from slm_flywheel.models.scenarios import launch_plan, launch_training_set
@@ -153,23 +153,6 @@ def calibrate_confidence(context: WorkloadContext, validation: EvalResult) -> Ca
     return calibration
 
 
-def _calibration_metrics(calibration: Calibration, golden: EvalResult) -> dict[str, float]:
-    """ECE before/after on validation (cross-fitted) and on golden, and the routing point."""
-    metrics = {
-        "validation_ece_before": calibration.ece_before,
-        "validation_ece_after": calibration.ece_after,
-        "router_coverage": calibration.coverage,
-        "router_target_accuracy": calibration.target_accuracy,
-    }
-    if calibration.threshold is not None:
-        metrics["router_threshold"] = calibration.threshold
-        metrics["router_served_accuracy"] = calibration.served_accuracy or 0.0
-    if golden.confidences:
-        metrics["golden_ece_before"] = expected_calibration_error(golden.confidences, golden.correct)
-        metrics["golden_ece_after"] = expected_calibration_error(calibration.calibrator.apply(golden.confidences, golden.predictions), golden.correct)
-    return metrics
-
-
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
@@ -217,7 +200,7 @@ def register_adapter_version(
             "train_tokens_per_second": trained.tokens_per_second,
             "train_loss": trained.final_loss,
             **{f"golden_{k}": v for k, v in golden.metrics.items()},
-            **(_calibration_metrics(calibration, golden) if calibration is not None else {}),
+            **(calibration.metrics(golden.confidences, golden.correct, golden.predictions) if calibration is not None else {}),
         }
         log_metrics(client, run_id, metrics)
         if calibration is not None:

@@ -22,6 +22,7 @@ from slm_flywheel.models.teacher.prompts import (
 )
 from slm_flywheel.models.teacher.records import (
     BUDGET_EXHAUSTED,
+    FAILED,
     OK,
     OUT_OF_SCHEMA,
     TeacherItem,
@@ -214,7 +215,7 @@ class OpenAICompatibleTeacher:
         except FrontierCallFailed as error:
             logger.warning("%s: a call for %d items failed: %s", self.name, len(call.members), error)
             for index, _ in call.members:
-                state.outcome[index] = (None, f"failed: {error}", False)
+                state.outcome[index] = (None, f"{FAILED}: {error}", False)
             return []
         if reply.usage is None:
             # A completion happened but its price is unknown: charge the most it could have cost.

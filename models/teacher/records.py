@@ -16,6 +16,7 @@ logger = logging.getLogger("flywheel.teacher")
 
 # `TeacherLabel.reason` values; a failed call's reason is "failed: <what went wrong>".
 OK = "ok"
+FAILED = "failed"  # the prefix of a failed call's reason
 OUT_OF_SCHEMA = "out_of_schema"
 BUDGET_EXHAUSTED = "budget_exhausted"
 
@@ -45,6 +46,11 @@ class TeacherLabel:
     cost_usd: float
     cached: bool
     teacher: str
+
+    @property
+    def failed(self) -> bool:
+        """The call for this item got no usable response (a transport failure, not an answer)."""
+        return self.reason.startswith(FAILED)
 
     def __post_init__(self) -> None:
         # An invalid item must never carry something that could end up in a training set.
@@ -93,7 +99,7 @@ def check_unique_ids(items: list[TeacherItem]) -> None:
 
 
 def log_run(name: str, run: TeacherRun) -> None:
-    reasons = Counter("failed" if label.reason.startswith("failed") else label.reason for label in run.labels)
+    reasons = Counter(FAILED if label.failed else label.reason for label in run.labels)
     logger.info(
         "%s: %d of %d items labelled, %d out of schema, %d over budget, %d failed; %d calls (+%d cached), $%.4f of $%.2f",
         name,
@@ -101,7 +107,7 @@ def log_run(name: str, run: TeacherRun) -> None:
         len(run.labels),
         reasons[OUT_OF_SCHEMA],
         reasons[BUDGET_EXHAUSTED],
-        reasons["failed"],
+        reasons[FAILED],
         run.calls,
         run.cached_calls,
         run.cost_usd,

@@ -144,3 +144,14 @@ def test_bad_inputs_are_named():
         fit_calibrator([0.5], [True], "platt")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="target_accuracy"):
         calibrate([0.5], [True], target_accuracy=0)
+
+
+def test_the_logged_metrics_hold_golden_ece_before_and_after_and_the_routing_point():
+    confidence, correct = _over_confident(4000, seed=1)
+    calibration = calibrate(confidence, correct, target_accuracy=0.9, method="isotonic")
+    fresh, fresh_correct = _over_confident(4000, seed=2)
+    metrics = calibration.metrics(fresh, fresh_correct)
+    assert metrics["golden_ece_before"] == pytest.approx(expected_calibration_error(fresh, fresh_correct))
+    assert metrics["golden_ece_after"] < 0.03 < metrics["golden_ece_before"]
+    assert (metrics["router_threshold"], metrics["router_coverage"]) == (calibration.threshold, calibration.coverage)
+    assert "golden_ece_before" not in calibration.metrics([], [])
