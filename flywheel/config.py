@@ -246,6 +246,8 @@ class RouterConfig(_Strict):
 
     mode: Literal["off", "fallback", "shadow"] = "off"  # shadow: the small model answers, routes are recorded
     target_accuracy: float = Field(0.9, gt=0, le=1)  # of the small model's served answers, on validation
+    # ... reached with this one-sided confidence (Clopper-Pearson lower bound; 0: the point estimate)
+    threshold_confidence: float = Field(0.95, ge=0, lt=1)
     audit_share: float = Field(0.02, ge=0, le=1)  # of small-model answers also asked of the frontier
     calibration: Literal["isotonic", "temperature"] = "isotonic"
     # The frontier on the request path (fallback mode): never turns a request into an error.

@@ -143,12 +143,16 @@ def calibrate_confidence(context: WorkloadContext, validation: EvalResult) -> Ca
     """Fit the adapter's confidence calibrator and routing threshold on its validation answers."""
     router = context.config.router
     answers = validation.predictions if context.config.task == "classification" else None  # per-intent offsets (models/calibration.py)
-    calibration = calibrate(validation.confidences, validation.correct, router.target_accuracy, router.calibration, answers)
+    calibration = calibrate(
+        validation.confidences, validation.correct, router.target_accuracy, router.calibration, answers,
+        bound_confidence=router.threshold_confidence,
+    )
     get_run_logger().info(
         "%s calibration on %d validation items: ECE %.3f -> %.3f (%s); the small model keeps %.0f%% at threshold %s "
-        "for target accuracy %.2f",
+        "for target accuracy %.2f at %.0f%% confidence",
         context.name, calibration.examples, calibration.ece_before, calibration.ece_after, router.calibration,
         100 * calibration.coverage, "none" if calibration.threshold is None else f"{calibration.threshold:.3f}", router.target_accuracy,
+        100 * router.threshold_confidence,
     )
     return calibration
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from slm_flywheel.models.calibration import (
+    Calibration,
     calibrate,
     expected_calibration_error,
     fit_calibrator,
@@ -155,3 +156,30 @@ def test_the_logged_metrics_hold_golden_ece_before_and_after_and_the_routing_poi
     assert metrics["golden_ece_after"] < 0.03 < metrics["golden_ece_before"]
     assert (metrics["router_threshold"], metrics["router_coverage"]) == (calibration.threshold, calibration.coverage)
     assert "golden_ece_before" not in calibration.metrics([], [])
+
+
+def test_the_threshold_holds_the_target_at_the_bound_confidence():
+    # The same 100 items: 60 right at the top. The point estimate keeps 66 (60/66 = 0.909); the
+    # 95% lower bound of 60/66 is far under 0.9, so the bound keeps fewer.
+    confidence = np.linspace(0.01, 1.0, 100)
+    correct = np.arange(100) >= 40
+    curve = risk_coverage(confidence, correct)
+    point = routing_threshold(curve, 0.9)
+    bounded = routing_threshold(curve, 0.9, bound_confidence=0.95)
+    assert bounded[1] < point[1] and bounded[0] > point[0]
+    lower = curve.accuracy_lower_bound(0.95)
+    chosen = curve.thresholds.index(bounded[0])
+    assert lower[chosen] >= 0.9 > lower[chosen + 1]
+    # The bound is the exact (Clopper-Pearson) one: scipy's two-sided 90% interval's lower end.
+    from scipy.stats import binomtest
+
+    for i in (chosen, chosen + 1, len(curve.kept) - 1):
+        exact = binomtest(curve.right[i], curve.kept[i]).proportion_ci(confidence_level=0.90, method="exact").low
+        assert lower[i] == pytest.approx(exact, abs=1e-9)
+    assert curve.accuracy_lower_bound(0) == curve.accuracy
+    # calibrate stores the confidence it used; a stored calibration reads back the same.
+    calibration = calibrate(confidence, correct, target_accuracy=0.9, bound_confidence=0.8)
+    assert calibration.bound_confidence == 0.8
+    assert Calibration.from_dict(calibration.to_dict()).bound_confidence == 0.8
+    with pytest.raises(ValueError, match="bound_confidence"):
+        calibrate(confidence, correct, target_accuracy=0.9, bound_confidence=1.0)
