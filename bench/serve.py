@@ -1,11 +1,25 @@
-"""Serving benchmark: requests/s and p50/p95 latency at concurrency 1, 8, 32, batched vs unbatched,
-and the adapter hot-swap time, with the real base model and a Banking77 adapter.
+"""Serving benchmark: p50/p95 latency and requests/s at concurrency 1 and 8 (32 in the full run),
+one input per request, through the HTTP server, before and after the fast classification path,
+with the answers of both paths compared on golden, and the adapter hot-swap time.
 
     .venv/bin/python bench/serve.py [--quick] [--requests N] [--json bench/serve.json]
 
-The adapter is the registry's banking-intent champion when there is one (`flywheel train
-banking-intent` first), else a small one trained here (a minute). Prints a table; the last line
-is the headline `rps_c8=<batched requests/s at concurrency 8>`.
+For each workload (banking-intent, restaurant-slots) the adapter is the registry's champion when
+there is one (`flywheel train <workload>` first), else a small one trained here (about a minute).
+
+* "stepwise" is the unoptimized path: one forward pass per answer token over the whole vocabulary
+  (`serving.tree_decoding: false`); "tree" is the default: classification decodes the label trie in
+  two packed forward passes (`models/inference.py`). Extraction decodes stepwise either way, so
+  restaurant-slots has one row per concurrency.
+* Identity on golden (in-process, the same model): answers and confidences of the two paths, in
+  fp32 (where arithmetic is exact enough for 1e-3 to mean the algorithm) and in bf16 (what serves
+  on a CPU with bf16), beside the bf16 noise floor: the stepwise path's own confidences with the
+  same input alone (batch 1) vs in a batch of 32.
+* The physical floor: FLOPs per request counted from the model's parameters and the tokens the
+  tree path actually runs, over this run's measured bf16 matmul peak (`bench/train.py`'s probe).
+
+The last line is the headline `rps_c8=<tree requests/s at concurrency 8> p50_c1_ms=<tree p50 at
+concurrency 1>` for banking-intent.
 """
 
 from __future__ import annotations
@@ -17,30 +31,32 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+WORKLOADS = ("banking-intent", "restaurant-slots")
+TRAIN_EXAMPLES = 320  # the stand-in adapter's size when the registry has no champion
 
-def _adapter(settings, workdir: Path) -> Path:
-    from slm_flywheel.tracking import mlflow_client
+
+def _adapter(settings: Any, context: Any, workdir: Path) -> Path:
     from slm_flywheel.models.base_model import resolve_base_model
     from slm_flywheel.models.data import sample_training_set
     from slm_flywheel.models.registry import CHAMPION, alias_version, download_adapter
     from slm_flywheel.models.training import train_lora
-    from slm_flywheel.models.context import resolve_workload
+    from slm_flywheel.tracking import mlflow_client
 
-    record = alias_version(mlflow_client(settings), "banking-intent", CHAMPION)
+    record = alias_version(mlflow_client(settings), context.name, CHAMPION)
     if record is not None:
         return download_adapter(mlflow_client(settings), record, settings.adapters_dir)
-    context = resolve_workload(settings, "banking-intent")
-    config, spec = context.config, context.spec
-    train = sample_training_set(context.splits["train"], 320, 1, True)
+    train = sample_training_set(context.splits["train"], TRAIN_EXAMPLES, 1, True)
     base = resolve_base_model(settings.base_model, settings.models_dir)
-    return train_lora(spec, base, train, workdir / "bench-adapter", config.training.model_copy(update={"max_examples": 320})).adapter_dir
+    training = context.config.training.model_copy(update={"max_examples": TRAIN_EXAMPLES})
+    return train_lora(context.spec, base, train, workdir / f"bench-{context.name}", training).adapter_dir
 
 
-def _load(url: str, texts: list[str], concurrency: int, count: int) -> dict[str, float]:
+def _load(url: str, workload: str, texts: list[str], concurrency: int, count: int) -> dict[str, float]:
     import httpx
 
     latencies: list[float] = []
@@ -57,7 +73,7 @@ def _load(url: str, texts: list[str], concurrency: int, count: int) -> dict[str,
                 if index is None:
                     return
                 started = time.perf_counter()
-                response = client.post("/v1/workloads/banking-intent/predict", json={"inputs": [texts[index % len(texts)]]})
+                response = client.post(f"/v1/workloads/{workload}/predict", json={"inputs": [texts[index % len(texts)]]})
                 elapsed = time.perf_counter() - started
                 with lock:
                     latencies.append(elapsed)
@@ -79,61 +95,159 @@ def _load(url: str, texts: list[str], concurrency: int, count: int) -> dict[str,
     }
 
 
+def _compare(reference: list[Any], fast: list[Any]) -> dict[str, Any]:
+    """How far `fast` is from `reference`: differing answers (their indices) and confidence gaps."""
+    differ = [i for i, (r, f) in enumerate(zip(reference, fast)) if r.answer != f.answer]
+    gaps = [abs(r.confidence - f.confidence) for r, f in zip(reference, fast) if r.answer == f.answer]
+    return {
+        "items": len(reference),
+        "answers_differ": len(differ),
+        "differ_at": differ[:20],
+        "max_confidence_gap": max(gaps, default=0.0),
+        "over_1e-3": sum(gap > 1e-3 for gap in gaps),
+    }
+
+
+def _identity(base: str, adapter: Path, context: Any, texts: list[str], floor_items: int) -> dict[str, Any]:
+    """Stepwise vs tree on `texts` with the served (unmerged, named) adapter, in fp32 and bf16."""
+    from peft import PeftModel
+
+    from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(base)
+    result: dict[str, Any] = {}
+    for dtype, bf16 in (("fp32", False), ("bf16", True)):
+        model = PeftModel.from_pretrained(load_model(base, None, bf16=bf16), str(adapter), adapter_name=f"{context.name}@bench")
+        model.eval()
+        stepwise = Predictor(model, tokenizer, context.spec, 32, tree=False)
+        reference = stepwise.predict(texts)
+        result[dtype] = _compare(reference, Predictor(model, tokenizer, context.spec, 32, tree=True).predict(texts))
+        if bf16:  # the noise floor: the same stepwise path, each input alone instead of in a batch
+            alone = [stepwise.predict([text])[0] for text in texts[:floor_items]]
+            result["bf16_floor"] = _compare(reference[:floor_items], alone)
+    return result
+
+
+def _flops_per_request(base: str, adapter: Path, tokens: float) -> float:
+    """Forward FLOPs of one request of `tokens` tokens (prompt and tree pass, counted by the
+    predictor): 2 per decoder weight and per LoRA weight per token (bench/train.py's counts), plus
+    attention (QK^T and AV, about half of a square for causal). The output rows the trie projects
+    (its allowed tokens) are a few thousand weights: left out."""
+    from bench.train import count_params
+
+    counts = count_params(Path(base), adapter)
+    hidden = _hidden_size(base)
+    attention = len(counts.layer_params) * 2 * 2 * hidden * tokens * tokens / 2
+    return 2 * tokens * (sum(counts.layer_params) + counts.lora_params) + attention
+
+
+def _hidden_size(base: str) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(base).hidden_size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer requests (a run of a couple of minutes)")
-    parser.add_argument("--requests", type=int, default=None, help="requests per configuration")
+    parser.add_argument("--quick", action="store_true", help="fewer requests and golden items (under 5 minutes)")
+    parser.add_argument("--requests", type=int, default=None, help="requests per row (banking; restaurant-slots half)")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("serve.json"))
     args = parser.parse_args()
     count = args.requests or (64 if args.quick else 256)
+    golden_items = 256 if args.quick else None  # None: all of golden
+    concurrencies = (1, 8) if args.quick else (1, 8, 32)
+    started_all = time.perf_counter()
 
     import tempfile
 
+    import torch
     from rich.console import Console
     from rich.table import Table
 
-    from slm_flywheel.config import load_settings
+    from bench import quiet_settings
+    from bench.train import matmul_peak
+    from slm_flywheel.models.base_model import resolve_base_model
     from slm_flywheel.models.context import resolve_workload
+    from slm_flywheel.models.inference import Predictor
     from slm_flywheel.serving.app import create_app
     from slm_flywheel.serving.server import BackgroundServer, build_state
 
-    settings = load_settings()
+    settings = quiet_settings()
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    adapter = _adapter(settings, workdir)
-    texts = list(resolve_workload(settings, "banking-intent").splits["golden"]["text"])
-    settings = settings.model_copy(update={"home": workdir / "state"})
-    rows = []
+    base = resolve_base_model(settings.base_model, settings.models_dir)
+    peak = {"bf16_tflops": matmul_peak("bf16", "cpu") / 1e12, "fp32_tflops": matmul_peak("fp32", "cpu") / 1e12}
+    rows: list[dict[str, Any]] = []
+    identity: dict[str, Any] = {}
+    floors: dict[str, Any] = {}
     swap_ms = None
-    for mode, max_batch in (("unbatched", 1), ("batched", 32)):
-        serving = settings.serving.model_copy(update={"max_batch": max_batch, "batch_wait_ms": 5.0, "admin_token": None, "adapter_roots": [adapter.parent]})
-        state = build_state(settings.model_copy(update={"serving": serving}), f"bench-{mode}", load_champions=False)
-        state.engine.load_adapter("banking-intent@v1", adapter).result()
-        with BackgroundServer(create_app(state)) as server:
-            _load(server.url, texts, 4, 16)  # warm-up
-            for concurrency in (1, 8, 32):
-                result = _load(server.url, texts, concurrency, count)
-                rows.append({"mode": mode, "concurrency": concurrency, **result})
-            if mode == "batched":
-                import httpx
+    for workload in WORKLOADS:
+        context = resolve_workload(settings, workload)
+        adapter = _adapter(settings, context, workdir)
+        golden = list(context.splits["golden"]["text"])
+        checked = golden[: golden_items or len(golden)]
+        if context.config.task == "extraction":  # its decoding takes a forward pass per token: fewer items
+            checked = checked[: len(checked) // 4]
+        identity[workload] = _identity(base, adapter, context, checked, 32 if args.quick else 64)
+        paths = ("stepwise", "tree") if context.config.task == "classification" else ("stepwise",)
+        requests = count if context.config.task == "classification" else max(count // 2, 16)
+        for path in paths:
+            serving = settings.serving.model_copy(update={"admin_token": None, "adapter_roots": [adapter.parent], "tree_decoding": path == "tree"})
+            state = build_state(settings.model_copy(update={"serving": serving, "home": workdir / "state"}), f"bench-{path}", load_champions=False)
+            state.engine.load_adapter(f"{workload}@v1", adapter).result()
+            with BackgroundServer(create_app(state)) as server:
+                _load(server.url, workload, golden, 4, 16)  # warm-up
+                for concurrency in concurrencies:
+                    result = _load(server.url, workload, golden, concurrency, requests)
+                    rows.append({"workload": workload, "path": path, "concurrency": concurrency, **result})
+                if workload == "banking-intent" and path == "tree":
+                    import httpx
 
-                started = time.perf_counter()
-                with httpx.Client(base_url=server.url, timeout=120) as client:
-                    client.post("/v1/load_lora_adapter", json={"lora_name": "banking-intent@v2", "lora_path": str(adapter)}).raise_for_status()
-                    client.post("/v1/workloads/banking-intent/route", json={"lora_name": "banking-intent@v2"}).raise_for_status()
-                swap_ms = 1000 * (time.perf_counter() - started)
-        state.engine.close()
-        state.writer.close()
+                    # Counted for the floor: the tokens the tree path runs for golden texts, one at a time.
+                    predictor = Predictor(state.engine.model, state.engine.tokenizer, context.spec, 1)
+                    predictions = [predictor.predict([text])[0] for text in golden[:64]]
+                    prompt_tokens = statistics.mean(p.prompt_tokens for p in predictions)
+                    tree_tokens = predictor.tokens_run / len(predictions) - prompt_tokens
+                    started = time.perf_counter()
+                    with httpx.Client(base_url=server.url, timeout=120) as client:
+                        client.post("/v1/load_lora_adapter", json={"lora_name": f"{workload}@v2", "lora_path": str(adapter)}).raise_for_status()
+                        client.post(f"/v1/workloads/{workload}/route", json={"lora_name": f"{workload}@v2"}).raise_for_status()
+                    swap_ms = 1000 * (time.perf_counter() - started)
+                    flops = _flops_per_request(base, adapter, prompt_tokens + tree_tokens)
+                    floors[workload] = {"prompt_tokens": prompt_tokens, "tree_tokens": tree_tokens, "gflop_per_request": flops / 1e9}
+            state.engine.close()
+            state.writer.close()
 
-    table = Table(title=f"serving: real base model, banking-intent adapter, {count} requests per row, {os.cpu_count()} CPUs")
-    for column in ("mode", "concurrency", "requests/s", "p50 ms", "p95 ms", "failures"):
+    console = Console(width=max(Console().width, 120))
+    table = Table(title=f"serving through HTTP, one input per request, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    for column in ("workload", "path", "concurrency", "requests/s", "p50 ms", "p95 ms", "failures"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row["mode"], str(row["concurrency"]), f"{row['rps']:.1f}", f"{row['p50_ms']:.0f}", f"{row['p95_ms']:.0f}", str(row["failures"]))
-    Console().print(table)
-    print(f"adapter hot swap (load + verify-free route switch): {swap_ms:.0f} ms")
-    args.json.write_text(json.dumps({"rows": rows, "swap_ms": swap_ms, "requests": count, "cpus": os.cpu_count()}, indent=1))
-    batched_c8 = next(r["rps"] for r in rows if r["mode"] == "batched" and r["concurrency"] == 8)
-    print(f"rps_c8={batched_c8:.1f}")
+        table.add_row(
+            row["workload"], row["path"], str(row["concurrency"]), f"{row['rps']:.1f}", f"{row['p50_ms']:.0f}", f"{row['p95_ms']:.0f}", str(row["failures"])
+        )
+    console.print(table)
+    check = Table(title="identity on golden: tree vs stepwise (same model, same inputs)")
+    for column in ("workload", "arithmetic", "items", "answers differ", "max |confidence gap|", "gaps > 1e-3"):
+        check.add_column(column, justify="right")
+    for workload, found in identity.items():
+        for name, label in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16_floor", "bf16 floor: stepwise alone vs batched")):
+            item = found[name]
+            check.add_row(workload, label, str(item["items"]), str(item["answers_differ"]), f"{item['max_confidence_gap']:.1e}", str(item["over_1e-3"]))
+    console.print(check)
+    for workload, floor in floors.items():
+        seconds = floor["gflop_per_request"] / (peak["bf16_tflops"] * 1000)
+        print(
+            f"{workload} floor: {floor['gflop_per_request']:.1f} GFLOP per request ({floor['prompt_tokens']:.1f} prompt + "
+            f"{floor['tree_tokens']:.1f} tree tokens) over the measured bf16 peak {peak['bf16_tflops']:.2f} TFLOP/s = "
+            f"{1000 * seconds:.1f} ms, {1 / seconds:.0f} requests/s at full use"
+        )
+    print(f"adapter hot swap (load + route switch): {swap_ms:.0f} ms; total {time.perf_counter() - started_all:.0f} s")
+    tree_rows = {r["concurrency"]: r for r in rows if r["workload"] == "banking-intent" and r["path"] == "tree"}
+    args.json.write_text(json.dumps({
+        "rows": rows, "identity": identity, "floors": floors, "peak": peak, "swap_ms": swap_ms, "requests": count,
+        "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
+    }, indent=1))
+    print(f"rps_c8={tree_rows[8]['rps']:.1f} p50_c1_ms={tree_rows[1]['p50_ms']:.0f}")
 
 
 if __name__ == "__main__":

@@ -311,6 +311,9 @@ class ServingConfig(_Strict):
     adapter_roots: list[Path] = []  # extra folders adapters may be loaded from (the state dir always is)
     max_batch: int = Field(32, gt=0)
     batch_wait_ms: float = Field(5.0, ge=0)
+    # Classification decodes the label trie in two packed forward passes (models/inference.py);
+    # false: one token per pass over the whole vocabulary, the reference path bench/serve.py checks.
+    tree_decoding: bool = True
     max_inputs_per_request: int = Field(64, gt=0)
     max_text_chars: int = Field(2000, gt=0)
     max_body_bytes: int = Field(256 * 1024, gt=0)

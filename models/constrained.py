@@ -31,8 +31,8 @@ class Constraint(Protocol):
 
 
 @dataclass
-class _TrieNode:
-    children: dict[int, _TrieNode] = field(default_factory=dict)
+class TrieNode:
+    children: dict[int, TrieNode] = field(default_factory=dict)
     label: str | None = None  # set on the node reached by the final (EOS) token
     below: set[str] = field(default_factory=set)  # every label whose path passes through here
 
@@ -47,21 +47,21 @@ class LabelConstraint:
     """Greedy decoding restricted to the token sequences of a fixed label set."""
 
     def __init__(self, label_token_ids: dict[str, list[int]]):
-        self.root = _TrieNode()
+        self.root = TrieNode()
         for label, ids in label_token_ids.items():
             node = self.root
             node.below.add(label)
             for token in ids:
-                node = node.children.setdefault(token, _TrieNode())
+                node = node.children.setdefault(token, TrieNode())
                 node.below.add(label)
             if node.label is not None and node.label != label:
                 raise ValueError(f"labels {node.label!r} and {label!r} tokenize identically")
             node.label = label
 
-    def start(self) -> _TrieNode:
+    def start(self) -> TrieNode:
         return self.root
 
-    def step(self, state: _TrieNode, logprobs: torch.Tensor) -> tuple[int | None, float, Any, bool]:
+    def step(self, state: TrieNode, logprobs: torch.Tensor) -> tuple[int | None, float, Any, bool]:
         allowed = list(state.children)
         if not allowed:
             return None, 0.0, state, True

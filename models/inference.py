@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from slm_flywheel.models.constrained import Constraint, LabelConstraint, SlotJsonConstraint
+from slm_flywheel.models.constrained import Constraint, LabelConstraint, SlotJsonConstraint, TrieNode
 from slm_flywheel.models.workload import Answer, TaskSpec
 
 MAX_NEW_TOKENS = 64  # the longest Restaurant-8k answer is ~45 tokens
@@ -75,13 +75,26 @@ def load_model(
 
 
 class Predictor:
-    """Answers inputs for one workload, in batches, inside the workload's output schema."""
+    """Answers inputs for one workload, in batches, inside the workload's output schema.
 
-    def __init__(self, model: Any, tokenizer: Any, spec: TaskSpec, batch_size: int = 32):
+    Classification decodes the label trie in two forward passes (`tree=True`, the default): the
+    prompt pass, whose last position chooses the first label token, and one pass over every
+    still-undecided trie node below that token at once, each attending to the prompt and to its
+    own ancestors only (a tree attention mask), so each node sees exactly the context stepwise
+    greedy decoding would give it. The greedy walk then reads the logits it needs from that pass.
+    Only the allowed tokens' logits are computed, in fp32 (the output projection's rows for the
+    node's children), instead of the whole vocabulary in the model's dtype. `tree=False` decodes
+    one token per forward pass over the whole vocabulary (the reference path `bench/serve.py`
+    checks answers and confidences against; extraction always decodes that way).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, spec: TaskSpec, batch_size: int = 32, *, tree: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
         self.batch_size = batch_size
+        self.tree = tree
+        self.tokens_run = 0  # tokens this predictor has run through the model (padding included)
         self.eos_id = tokenizer.eos_token_id
         self._label_constraint: LabelConstraint | None = None
         self._label_ids: dict[str, list[int]] = {}
@@ -110,9 +123,8 @@ class Predictor:
                 results[index] = prediction
         return results  # type: ignore[return-value]
 
-    @torch.inference_mode()
-    def _predict_batch(self, texts: list[str]) -> list[Prediction]:
-        started = time.perf_counter()
+    def _prompts(self, texts: list[str]) -> tuple[list[list[int]], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids per prompt, and the left-padded batch: ids, attention mask, positions."""
         prompts = [self.tokenizer(self.spec.prompt(text), add_special_tokens=False).input_ids for text in texts]
         width = max(len(ids) for ids in prompts)
         pad = self.tokenizer.pad_token_id
@@ -120,6 +132,14 @@ class Predictor:
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts])
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        return prompts, input_ids, attention, positions
+
+    @torch.inference_mode()
+    def _predict_batch(self, texts: list[str]) -> list[Prediction]:
+        if self.tree and self.spec.task == "classification" and _plain_projection(self.model):
+            return self._predict_labels(texts)
+        started = time.perf_counter()
+        prompts, input_ids, attention, positions = self._prompts(texts)
         constraints = [self._constraint(text) for text in texts]
         states = [constraint.start() for constraint in constraints]
         confidence = [1.0] * len(texts)
@@ -131,6 +151,7 @@ class Predictor:
         step_ids, step_positions = input_ids, positions
         decoder, lm_head = self.model.get_decoder(), self.model.get_output_embeddings()
         for _ in range(MAX_NEW_TOKENS):
+            self.tokens_run += step_ids.numel()
             out = decoder(
                 input_ids=step_ids,
                 attention_mask=attention,
@@ -172,6 +193,68 @@ class Predictor:
             for row in range(len(texts))
         ]
 
+    def _predict_labels(self, texts: list[str]) -> list[Prediction]:
+        """Classification in two forward passes over the label trie (see the class docstring).
+
+        Both passes are packed: the batch's prompts are one sequence with a block-diagonal causal
+        mask (no padding), and the tree pass is one sequence of every row's undecided nodes, each
+        seeing its own prompt and its own ancestors. Compute follows the tokens there are.
+        """
+        started = time.perf_counter()
+        prompts = [self.tokenizer(self.spec.prompt(text), add_special_tokens=False).input_ids for text in texts]
+        trie = self._constraint(texts[0])
+        assert isinstance(trie, LabelConstraint)
+        decoder, weight = self.model.get_decoder(), self.model.get_output_embeddings().weight
+        ends = torch.tensor([len(ids) for ids in prompts]).cumsum(0)
+        starts = ends - torch.tensor([len(ids) for ids in prompts])
+        width = int(ends[-1])
+        block = torch.repeat_interleave(torch.arange(len(texts)), ends - starts)  # the row of each packed token
+        index = torch.arange(width)
+        causal = (block[:, None] == block[None, :]) & (index[None, :] <= index[:, None])
+        self.tokens_run += width
+        out = decoder(
+            input_ids=torch.tensor([[token for ids in prompts for token in ids]]),
+            attention_mask=causal[None, None], position_ids=(index - starts[block])[None], use_cache=True,
+        )
+        # Step one for every row at once: the root's children, from each prompt's last position.
+        root_tokens = list(trie.root.children)
+        root_logits = out.last_hidden_state[0, ends - 1].float() @ weight[root_tokens].float().T
+        walks: list[_Walk] = []
+        for row in range(len(texts)):
+            walk = _Walk(trie.root)
+            walk.take(root_tokens, root_logits[row])
+            walks.append(walk)
+        pending = [row for row, walk in enumerate(walks) if walk.node.decided is None]
+        if pending:
+            # One pass over every undecided node below each row's first token, breadth first.
+            slots: list[tuple[int, _Slot]] = []  # (row, slot), packed
+            first_slot: dict[int, int] = {}
+            for row in pending:
+                first_slot[row] = len(slots)
+                slots.extend((row, found) for found in _undecided_below(walks[row].node, walks[row].tokens[-1]))
+            mask = torch.zeros((len(slots), width + len(slots)), dtype=torch.bool)
+            for packed, (row, found) in enumerate(slots):
+                mask[packed, int(starts[row]) : int(ends[row])] = True
+                mask[packed, [width + first_slot[row] + seen for seen in found.sees]] = True
+            self.tokens_run += len(slots)
+            hidden = decoder(
+                input_ids=torch.tensor([[found.token for _, found in slots]]),
+                attention_mask=mask[None, None],
+                position_ids=torch.tensor([[len(prompts[row]) + found.depth - 1 for row, found in slots]]),
+                cache=out.cache, use_cache=True,
+            ).last_hidden_state[0].float()
+            slot_of = {(row, id(found.node)): packed for packed, (row, found) in enumerate(slots)}
+            for row in pending:
+                walk = walks[row]
+                while walk.node.decided is None:
+                    tokens = list(walk.node.children)
+                    walk.take(tokens, hidden[slot_of[row, id(walk.node)]] @ weight[tokens].float().T)
+        latency_ms = (time.perf_counter() - started) * 1000 / len(texts)
+        return [
+            self._finish(walk.node, True, walk.confidence, latency_ms, len(prompts[row]), walk.tokens, walk.logprobs)
+            for row, walk in enumerate(walks)
+        ]
+
     def _finish(
         self, state: Any, ok: bool, confidence: float, latency_ms: float,
         prompt_tokens: int, generated: list[int], logprobs: list[float],
@@ -186,3 +269,57 @@ class Predictor:
             logprobs = logprobs + [0.0] * (len(tokens) - len(generated))
             return Prediction(state.decided, confidence, True, latency_ms, prompt_tokens, tuple(tokens), tuple(logprobs))
         return Prediction(json.loads(state.text), confidence, True, latency_ms, prompt_tokens, tuple(generated), tuple(logprobs))
+
+
+def _plain_projection(model: Any) -> bool:
+    """Whether the output projection is a plain linear layer (no adapter on it), so its rows for
+    the allowed tokens give exactly their logits."""
+    head = model.get_output_embeddings()
+    return type(head) is torch.nn.Linear and head.bias is None
+
+
+@dataclass
+class _Walk:
+    """One row's greedy walk down the label trie."""
+
+    node: TrieNode
+    confidence: float = 1.0
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+    def take(self, tokens: list[int], logits: torch.Tensor) -> None:
+        """Choose among the node's children (`tokens`, their `logits`): the most likely, with
+        its probability renormalized over them (the probability under the constraint)."""
+        logprobs = torch.log_softmax(logits, dim=-1)
+        best = int(torch.argmax(logprobs))
+        logprob = float(logprobs[best])
+        self.confidence *= math.exp(logprob)
+        self.tokens.append(tokens[best])
+        self.logprobs.append(logprob)
+        self.node = self.node.children[tokens[best]]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One undecided trie node in the tree pass: the token that leads to it, its depth below the
+    prompt (the first answer token is depth 1) and the slots of its ancestors and itself."""
+
+    node: TrieNode
+    token: int
+    depth: int
+    sees: tuple[int, ...]
+
+
+def _undecided_below(start: TrieNode, token: int) -> list[_Slot]:
+    """The undecided nodes at and below `start` (reached by `token`, the row's first answer
+    token), breadth first: the nodes whose logits the greedy walk may need."""
+    slots: list[_Slot] = []
+    queue = [(start, token, 1, ())]
+    while queue:
+        node, token, depth, above = queue.pop(0)
+        if node.decided is not None:
+            continue
+        sees = (*above, len(slots))
+        slots.append(_Slot(node, token, depth, sees))
+        queue.extend((child, child_token, depth + 1, sees) for child_token, child in node.children.items())
+    return slots

@@ -53,13 +53,14 @@ def workload_of(adapter_name: str) -> str:
 class AdapterEngine:
     """Hosts the base model and its adapters; answers predictions in micro-batches."""
 
-    def __init__(self, base_path: str, specs: dict[str, TaskSpec], *, max_batch: int = 32, batch_wait_s: float = 0.005, bf16: bool | None = None):
+    def __init__(self, base_path: str, specs: dict[str, TaskSpec], *, max_batch: int = 32, batch_wait_s: float = 0.005, bf16: bool | None = None, tree: bool = True):
         from slm_flywheel.models.inference import load_model
 
         self.base_path = base_path
         self.specs = specs
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
+        self.tree = tree  # classification's two-pass trie decoding (models/inference.py)
         self.tokenizer = load_tokenizer(base_path)
         self.model: Any = load_model(base_path, None, bf16=bf16)
         self.adapters: dict[str, str] = {}  # name -> path
@@ -151,7 +152,10 @@ class AdapterEngine:
                 job.future.set_exception(error)
             return
         try:
-            self.model.set_adapter(adapter)
+            if self.model.active_adapter != adapter:
+                # peft's set_adapter walks every module (18% of the engine's time under load when
+                # called per batch, py-spy in bench/RESULTS.md): only when the adapter changes.
+                self.model.set_adapter(adapter)
             predictor = self._predictor(workload)
             texts = [text for job in batch for text in job.texts]
             predictions = predictor.predict(texts)
@@ -171,7 +175,7 @@ class AdapterEngine:
 
     def _predictor(self, workload: str) -> Predictor:
         if workload not in self._predictors:
-            self._predictors[workload] = Predictor(self.model, self.tokenizer, self.specs[workload], self.max_batch)
+            self._predictors[workload] = Predictor(self.model, self.tokenizer, self.specs[workload], self.max_batch, tree=self.tree)
         return self._predictors[workload]
 
     def _load(self, name: str, path: Path) -> None:

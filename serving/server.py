@@ -47,7 +47,9 @@ def build_state(settings: Settings, replica_id: str | None = None, *, load_champ
     base_path = resolve_base_model(settings.base_model, settings.models_dir)
     contexts = {name: resolve_workload(settings, name) for name in settings.workloads}
     specs = {name: context.spec for name, context in contexts.items()}
-    engine = AdapterEngine(base_path, specs, max_batch=serving.max_batch, batch_wait_s=serving.batch_wait_ms / 1000, bf16=bf16)
+    engine = AdapterEngine(
+        base_path, specs, max_batch=serving.max_batch, batch_wait_s=serving.batch_wait_ms / 1000, bf16=bf16, tree=serving.tree_decoding,
+    )
     replica = replica_id or f"{socket.gethostname()}-{serving.port}"
     writer = SampleWriter(
         settings.samples_dir,
