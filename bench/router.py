@@ -187,8 +187,9 @@ def main() -> None:
     slm_accuracy, frontier_accuracy = float(slm_correct.mean()), float(frontier_correct.mean())
     rows = []
     orders = {"probability": np.argsort(confidence, kind="stable"), "oracle": oracle_order(slm_correct, frontier_correct)}
+    calibrations = {}
     for target in TARGETS:
-        calibration = calibrate(
+        calibration = calibrations[target] = calibrate(
             confidences["validation"], corrects["validation"], target, config.router.calibration, answers["validation"],
             bound_confidence=config.router.threshold_confidence,
         )
@@ -212,10 +213,7 @@ def main() -> None:
     # The headline is what a deployment gets: the version's own threshold (fitted on validation),
     # its frontier share on this traffic over the oracle's; the ranking's share is in the table.
     ratio = headline["threshold_share"] / headline["oracle"] if headline["oracle"] else float("inf")
-    calibration = calibrate(
-        confidences["validation"], corrects["validation"], HEADLINE_TARGET, config.router.calibration, answers["validation"],
-        bound_confidence=config.router.threshold_confidence,
-    )
+    calibration = calibrations[HEADLINE_TARGET]
     ece = {"validation": (calibration.ece_before, calibration.ece_after)}  # "after" cross-fitted
     for name in ("golden", "traffic"):
         after = calibration.calibrator.apply(confidences[name], answers[name])

@@ -24,7 +24,7 @@ one-sided Clopper-Pearson lower bound of the kept answers' accuracy must reach t
 their point estimate. A point estimate on a few hundred validation items picks a threshold that
 misses the target about half the time on fresh traffic, and further under shift: on
 `bench/router.py`'s prior-shift traffic the point-estimate threshold for 0.90 served 0.862, the
-bound's 0.907 (with 1.24x the oracle's frontier share; bench/RESULTS.md).
+bound's 0.912 (with 1.24x the oracle's frontier share; bench/RESULTS.md, `--quick`).
 
 The calibrator and the threshold are written as `calibration.json` into the adapter's folder, so
 they are registered, downloaded, promoted and rolled back with the adapter itself.

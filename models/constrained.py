@@ -65,12 +65,18 @@ class LabelConstraint:
         allowed = list(state.children)
         if not allowed:
             return None, 0.0, state, True
-        scores = logprobs[allowed]
+        token, prob, child = self.choose(state, logprobs[allowed])
+        return token, prob, child, child.decided is not None
+
+    @staticmethod
+    def choose(state: TrieNode, scores: torch.Tensor) -> tuple[int, float, TrieNode]:
+        """The greedy child of `state` given its children's scores (logits or log-probabilities,
+        in `state.children`'s order): its token, its probability renormalized over the children
+        (the probability under the constraint) and its node."""
         probs = torch.softmax(scores, dim=-1)
         best = int(torch.argmax(scores))
-        token = allowed[best]
-        child = state.children[token]
-        return token, float(probs[best]), child, child.decided is not None
+        token = list(state.children)[best]
+        return token, float(probs[best]), state.children[token]
 
 
 # Grammar states for the slot JSON: what may come next.

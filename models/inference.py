@@ -123,9 +123,13 @@ class Predictor:
                 results[index] = prediction
         return results  # type: ignore[return-value]
 
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each input's prompt, tokenized as in training."""
+        return [self.tokenizer(self.spec.prompt(text), add_special_tokens=False).input_ids for text in texts]
+
     def _prompts(self, texts: list[str]) -> tuple[list[list[int]], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids per prompt, and the left-padded batch: ids, attention mask, positions."""
-        prompts = [self.tokenizer(self.spec.prompt(text), add_special_tokens=False).input_ids for text in texts]
+        prompts = self._token_ids(texts)
         width = max(len(ids) for ids in prompts)
         pad = self.tokenizer.pad_token_id
         # Left padding so every row's next token sits in the last column.
@@ -201,14 +205,15 @@ class Predictor:
         seeing its own prompt and its own ancestors. Compute follows the tokens there are.
         """
         started = time.perf_counter()
-        prompts = [self.tokenizer(self.spec.prompt(text), add_special_tokens=False).input_ids for text in texts]
+        prompts = self._token_ids(texts)
         trie = self._constraint(texts[0])
         assert isinstance(trie, LabelConstraint)
         decoder, weight = self.model.get_decoder(), self.model.get_output_embeddings().weight
-        ends = torch.tensor([len(ids) for ids in prompts]).cumsum(0)
-        starts = ends - torch.tensor([len(ids) for ids in prompts])
+        lengths = torch.tensor([len(ids) for ids in prompts])
+        ends = lengths.cumsum(0)
+        starts = ends - lengths
         width = int(ends[-1])
-        block = torch.repeat_interleave(torch.arange(len(texts)), ends - starts)  # the row of each packed token
+        block = torch.repeat_interleave(torch.arange(len(texts)), lengths)  # the row of each packed token
         index = torch.arange(width)
         causal = (block[:, None] == block[None, :]) & (index[None, :] <= index[:, None])
         self.tokens_run += width
@@ -222,7 +227,7 @@ class Predictor:
         walks: list[_Walk] = []
         for row in range(len(texts)):
             walk = _Walk(trie.root)
-            walk.take(root_tokens, root_logits[row])
+            walk.take(root_logits[row])
             walks.append(walk)
         pending = [row for row, walk in enumerate(walks) if walk.node.decided is None]
         if pending:
@@ -247,8 +252,7 @@ class Predictor:
             for row in pending:
                 walk = walks[row]
                 while walk.node.decided is None:
-                    tokens = list(walk.node.children)
-                    walk.take(tokens, hidden[slot_of[row, id(walk.node)]] @ weight[tokens].float().T)
+                    walk.take(hidden[slot_of[row, id(walk.node)]] @ weight[list(walk.node.children)].float().T)
         latency_ms = (time.perf_counter() - started) * 1000 / len(texts)
         return [
             self._finish(walk.node, True, walk.confidence, latency_ms, len(prompts[row]), walk.tokens, walk.logprobs)
@@ -287,16 +291,12 @@ class _Walk:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
-    def take(self, tokens: list[int], logits: torch.Tensor) -> None:
-        """Choose among the node's children (`tokens`, their `logits`): the most likely, with
-        its probability renormalized over them (the probability under the constraint)."""
-        logprobs = torch.log_softmax(logits, dim=-1)
-        best = int(torch.argmax(logprobs))
-        logprob = float(logprobs[best])
-        self.confidence *= math.exp(logprob)
-        self.tokens.append(tokens[best])
-        self.logprobs.append(logprob)
-        self.node = self.node.children[tokens[best]]
+    def take(self, logits: torch.Tensor) -> None:
+        """Step to the greedy child given the logits of the node's children (in their order)."""
+        token, prob, self.node = LabelConstraint.choose(self.node, logits)
+        self.confidence *= prob
+        self.tokens.append(token)
+        self.logprobs.append(math.log(prob) if prob > 0 else -math.inf)
 
 
 @dataclass(frozen=True)
