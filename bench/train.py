@@ -35,8 +35,12 @@ On a machine shared with other jobs, torch's default of one thread per core stal
 parallel region whenever another process holds a core (10-20x slower on 2 cores): `--threads 1`
 keeps a shared run meaningful, and the output says how much CPU other processes took meanwhile.
 
-Prints a table; the last line is the headline `speedup_vs_trl=<project tokens/s ÷ plain-trl tokens/s>`.
-Targets (issue #7): speedup ≥ 2 at equal or better golden accuracy (equal: plain trl not better at
+`--ablation` adds one project run per factor between the two paths (`ablation_rows`), each with its
+tokens/s and golden accuracy on the same items, so the cause of an accuracy gap is measured.
+
+Prints a table; the last line is the headline `speedup_vs_trl=<project tokens/s ÷ plain-trl tokens/s>
+golden_delta=<project minus trl> mcnemar_p=<p that trl is better> peak_fraction=<project's share of the peak>`.
+Targets (issue #16): speedup ≥ 3 at equal or better golden accuracy (equal: plain trl not better at
 the 5% level, one-sided exact McNemar on the paired golden items), and ≥ 40% of the matmul peak.
 """
 
@@ -51,7 +55,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -131,6 +135,26 @@ def matmul_peak(dtype_name: str, device: str) -> float:
     return 2 * size**3 / best
 
 
+def ablation_rows(training: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The project path with one factor changed per row (mostly to plain trl's choice), then with all of trl's at once.
+
+    Overrides are `TrainingConfig` fields. Plain trl: LoRA on every layer, fp32 frozen weights under
+    bf16 autocast, linear decay without warmup, random batches, completion-only loss (its default
+    for prompt/completion data), the same learning rate (the benchmark passes the workload's).
+    """
+    trl_settings = {"lora_layers": None, "base_weights": "fp32", "lr_scheduler": "linear", "warmup_ratio": 0.0, "group_by_length": False}
+    return [
+        ("LoRA on all layers", {"lora_layers": None}),
+        ("fp32 frozen weights", {"base_weights": "fp32"}),
+        ("linear, no warmup", {"lr_scheduler": "linear", "warmup_ratio": 0.0}),
+        ("random batches", {"group_by_length": False}),
+        ("loss on prompt too", {"completion_only_loss": False}),
+        ("learning rate /2", {"learning_rate": training.learning_rate / 2}),
+        ("learning rate x2", {"learning_rate": training.learning_rate * 2}),
+        ("all of trl's settings", trl_settings),
+    ]
+
+
 @dataclass(frozen=True)
 class Job:
     """One path's run: the same examples, base model and golden subset for every path."""
@@ -144,6 +168,7 @@ class Job:
     golden_labels: list[str]
     output_dir: str
     threads: int | None
+    overrides: dict[str, Any] = field(default_factory=dict)  # TrainingConfig fields (the ablation's factor)
 
 
 def _peak_rss_mb() -> float:
@@ -205,7 +230,7 @@ def run_path(job: Job) -> dict[str, Any]:
     settings = load_settings()
     context = resolve_workload(settings, job.workload)
     config, spec = context.config, context.spec
-    training = config.training.model_copy(update={"max_examples": len(job.texts)})
+    training = config.training.model_validate({**config.training.model_dump(), "max_examples": len(job.texts), **job.overrides})
     output_dir = Path(job.output_dir)
     machine_before, own_before = _cpu_seconds()
     if job.path == "project":
@@ -234,6 +259,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=None, help="training examples for both paths (default 240 quick, 1280 full)")
     parser.add_argument("--golden", type=int, default=None, help="golden items, spread over labels (default 308 quick, 770 full)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the peak and both paths (default: torch's, one per core)")
+    parser.add_argument("--ablation", action="store_true", help="also train the project path once per factor set to plain trl's (ABLATION)")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("train.json"))
     args = parser.parse_args()
     examples = args.examples or (240 if args.quick else 1280)
@@ -268,34 +294,43 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peaks = {dtype: matmul_peak(dtype, device) for dtype in ("bf16", "fp32")}
 
+    rows: list[tuple[str, str, dict[str, Any]]] = [("project", "project", {}), ("plain-trl", "plain-trl", {})]
+    if args.ablation:
+        rows += [(name, "project", overrides) for name, overrides in ablation_rows(config.training)]
     workdir = tempfile.TemporaryDirectory(prefix="bench-train-")
     runs: dict[str, dict[str, Any]] = {}
-    for path in PATHS:
+    for index, (name, path, overrides) in enumerate(rows):
         job = Job(path, args.workload, base_path, list(train_set["text"]), list(train_set["label"]),
-                  list(golden["text"]), list(golden["label"]), str(Path(workdir.name) / path), args.threads)
+                  list(golden["text"]), list(golden["label"]), str(Path(workdir.name) / f"run-{index}"), args.threads, overrides)
         # A fresh process per path: clean peak RSS, no allocator or thread-pool state carried over.
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             run = pool.submit(run_path, job).result()
         counts = count_params(Path(base_path), Path(job.output_dir))
-        flops = training_flops(counts, tokens, loss_tokens)
+        row_loss_tokens = loss_tokens if overrides.get("completion_only_loss", True) else tokens
+        flops = training_flops(counts, tokens, row_loss_tokens)
         dtype = "bf16" if run["bf16"] else "fp32"
-        runs[path] = {
-            **run, "tokens": tokens, "loss_tokens": loss_tokens, "examples": examples,
+        runs[name] = {
+            **run, "overrides": overrides, "tokens": tokens, "loss_tokens": row_loss_tokens, "examples": examples,
             "tokens_per_s": tokens / run["train_s"], "examples_per_s": examples * config.training.epochs / run["train_s"],
             "flops": flops, "flop_per_s": flops / run["train_s"], "peak_dtype": dtype, "peak_fraction": flops / run["train_s"] / peaks[dtype],
             "lora_params": counts.lora_params, "backprop_layers": len(counts.layer_params) - counts.lowest_adapted_layer,
         }
+        print(f"{name}: {run['train_s']:.1f} s, golden {run['golden']}", flush=True)
     workdir.cleanup()
 
     project, trl = runs["project"], runs["plain-trl"]
     speedup = project["tokens_per_s"] / trl["tokens_per_s"]
-    trl_correct, project_correct = trl.pop("golden_correct"), project.pop("golden_correct")
-    only_project, only_trl, p_project_better = mcnemar_exact(trl_correct, project_correct)
-    p_trl_better = mcnemar_exact(project_correct, trl_correct)[2]
     metric = "accuracy" if spec.task == "classification" else "slot_f1"
-    delta = project["golden"][metric] - trl["golden"][metric]
+    correct = {name: run.pop("golden_correct") for name, run in runs.items()}
+    for name, run in runs.items():
+        # Paired on the same golden items: is plain trl better than this row (one-sided exact McNemar)?
+        run["vs_trl"] = {"delta": run["golden"][metric] - trl["golden"][metric],
+                         "p_trl_better": mcnemar_exact(correct[name], correct["plain-trl"])[2]}
+    only_project, only_trl, p_project_better = mcnemar_exact(correct["plain-trl"], correct["project"])
+    p_trl_better = project["vs_trl"]["p_trl_better"]
+    delta = project["vs_trl"]["delta"]
     targets = {
-        "speedup_ge_2": speedup >= 2.0,
+        "speedup_ge_3": speedup >= 3.0,
         # "Equal" means within the noise of the golden subset: plain trl not better at the 5% level.
         "golden_not_worse": delta >= 0.0 or p_trl_better >= 0.05,
         "peak_fraction_ge_0.4": project["peak_fraction"] >= 0.4,
@@ -305,13 +340,16 @@ def main() -> None:
         f"LoRA training, {args.workload}: {examples} examples ({tokens:,} tokens), golden {len(golden)} items, "
         f"{device}, {os.cpu_count()} CPUs, {project['threads']} threads"
     ))
-    for column in ("path", "train s", "tokens/s", "examples/s", "peak RSS MB", "TFLOP/s", "of peak", "backprop layers", f"golden {metric}", "invalid"):
+    columns = ("path", "train s", "tokens/s", "examples/s", "peak RSS MB", "TFLOP/s", "of peak", "backprop layers",
+               f"golden {metric}", "invalid", "vs trl", "p trl better")
+    for column in columns:
         table.add_column(column, justify="right")
     for path, run in runs.items():
         table.add_row(
             path, f"{run['train_s']:.1f}", f"{run['tokens_per_s']:.0f}", f"{run['examples_per_s']:.1f}", f"{run['peak_rss_mb']:.0f}",
             f"{run['flop_per_s'] / 1e12:.3f}", f"{100 * run['peak_fraction']:.1f}% {run['peak_dtype']}", str(run["backprop_layers"]),
             f"{run['golden'][metric]:.3f}", f"{run['golden'].get('invalid_rate', 0.0):.1%}",
+            f"{run['vs_trl']['delta']:+.3f}", "" if path == "plain-trl" else f"{run['vs_trl']['p_trl_better']:.3f}",
         )
     Console(width=None if sys.stdout.isatty() else 130).print(table)
     print(f"matmul peak ({device}): bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s")
@@ -335,7 +373,7 @@ def main() -> None:
         "mcnemar": {"only_project": only_project, "only_trl": only_trl, "p_project_better": p_project_better, "p_trl_better": p_trl_better},
         "targets": targets, "shared_machine": shared, "wall_s": time.perf_counter() - started,
     }, indent=1))
-    print(f"speedup_vs_trl={speedup:.2f}")
+    print(f"speedup_vs_trl={speedup:.2f} golden_delta={delta:+.3f} mcnemar_p={p_trl_better:.3f} peak_fraction={project['peak_fraction']:.3f}")
 
 
 if __name__ == "__main__":

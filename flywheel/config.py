@@ -174,6 +174,12 @@ class TrainingConfig(_Strict):
     lora_layers: int | None = Field(None, gt=0)  # adapt only the top N decoder layers; None = all
     max_length: int = Field(128, ge=16)
     bf16: bool | Literal["auto"] = "auto"
+    # The frozen base weights under bf16: "bf16" stores them in bf16 (half the memory, no per-step
+    # casts); "fp32" keeps them in fp32 and lets autocast cast each matmul's operands (plain trl's way).
+    base_weights: Literal["bf16", "fp32"] = "bf16"
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    group_by_length: bool = True  # batches of similar lengths (little padding), in random order
+    completion_only_loss: bool = True  # False: the prompt tokens carry loss too
     seed: int = 42
 
 
@@ -269,6 +275,9 @@ class WorkloadConfig(_Strict):
     slots: list[str] | None = None  # extraction
     splits: SplitConfig = SplitConfig()
     training: TrainingConfig = TrainingConfig()
+    # Named sets of `training` fields to change, chosen per run (`flywheel train <w> --profile full`);
+    # the `training` block itself is the profile "default".
+    training_profiles: dict[str, dict[str, Any]] = {}
     gates: GateConfig = GateConfig()
     launch: LaunchConfig = LaunchConfig()
     drift: DriftConfig = DriftConfig()
@@ -295,7 +304,24 @@ class WorkloadConfig(_Strict):
         for names, field in ((self.labels, "labels"), (self.slots, "slots")):
             if names is not None and len(set(names)) != len(names):
                 raise ValueError(f"`{field}` has duplicates")
+        if "default" in self.training_profiles:
+            raise ValueError("`training_profiles` cannot redefine `default`: that is the `training` block")
+        for name in self.training_profiles:
+            try:
+                self.training_for(name)
+            except ValidationError as error:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+                raise ValueError(f"training profile {name!r}: {problems}") from None
         return self
+
+    def training_for(self, profile: str = "default") -> TrainingConfig:
+        """The `training` block with profile `profile`'s fields applied ("default": the block as it is)."""
+        if profile == "default":
+            return self.training
+        if profile not in self.training_profiles:
+            known = ", ".join(["default", *sorted(self.training_profiles)])
+            raise ConfigError(f"unknown training profile {profile!r}; this workload has: {known}")
+        return TrainingConfig.model_validate({**self.training.model_dump(), **self.training_profiles[profile]})
 
 
 class ServingConfig(_Strict):

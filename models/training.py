@@ -127,8 +127,8 @@ class SimilarLengthSampler(torch.utils.data.Sampler[int]):
         return iter(length_grouped_order(self.lengths, self.batch_size, self.generator))
 
 
-def _completion_loss_trainer(base: type) -> type:
-    """An SFTTrainer whose loss runs the LM head on completion positions only, in batches of similar lengths.
+def _completion_loss_trainer(base: type, group_by_length: bool = True) -> type:
+    """An SFTTrainer whose loss runs the LM head on the labelled positions only, in batches of similar lengths.
 
     With completion-only loss, the prompt positions' logits are thrown away; projecting them onto
     the 49k-token vocabulary anyway is ~20% of a small model's FLOPs. Same loss, less work.
@@ -138,6 +138,8 @@ def _completion_loss_trainer(base: type) -> type:
 
     class CompletionLossTrainer(base):  # type: ignore[misc, valid-type]
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202
+            if not group_by_length:
+                return super()._get_train_sampler(train_dataset)
             dataset = self.train_dataset if train_dataset is None else train_dataset
             lengths = [len(ids) for ids in dataset["input_ids"]]
             return SimilarLengthSampler(lengths, self.args.train_batch_size, self.args.seed)
@@ -194,8 +196,9 @@ def train_lora(
     # Frozen base weights in bf16 where the hardware multiplies bf16 natively (AMX: ~4x fp32 here);
     # peft keeps the adapter weights in fp32. Eager attention: for sequences this short, CPU SDPA's
     # backward costs more than the plain matmuls.
+    bf16_weights = use_bf16 and config.base_weights == "bf16"
     model = AutoModelForCausalLM.from_pretrained(
-        base_path, dtype=torch.bfloat16 if use_bf16 else torch.float32, attn_implementation="eager"
+        base_path, dtype=torch.bfloat16 if bf16_weights else torch.float32, attn_implementation="eager"
     )
     if warm_start_adapter is not None:
         model = PeftModel.from_pretrained(model, str(warm_start_adapter), is_trainable=True)
@@ -217,12 +220,12 @@ def train_lora(
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
         weight_decay=config.weight_decay,
         bf16=use_bf16,
         use_cpu=not torch.cuda.is_available(),
-        completion_only_loss=True,
+        completion_only_loss=config.completion_only_loss,
         activation_checkpointing=False,  # trl turns it on by default; a 135M model fits easily, recompute costs ~30%
         max_length=config.max_length,
         seed=config.seed,
@@ -233,7 +236,7 @@ def train_lora(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = _completion_loss_trainer(SFTTrainer)(
+    trainer = _completion_loss_trainer(SFTTrainer, config.group_by_length)(
         model=model,
         args=args,
         train_dataset=tokenized,

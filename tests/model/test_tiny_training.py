@@ -150,3 +150,23 @@ def test_an_uncached_set_is_measured_every_time_in_its_own_batches(trained, tiny
     assert again["golden"] == first["golden"]  # stored, latency included
     assert again["latency"].predictions == first["latency"].predictions == first["golden"].predictions
     assert again["latency"].metrics["latency_p95_ms"] != first["latency"].metrics["latency_p95_ms"]  # timed anew
+
+
+def test_training_is_reproducible_and_each_ablation_knob_changes_the_adapter(tiny_model_dir, tmp_path):
+    """Same config twice: the same adapter; each knob bench/train.py --ablation turns: a different one."""
+    data = _classification_data(32)
+    runs = iter(range(100))
+
+    def adapter(**update) -> dict[str, torch.Tensor]:
+        result = train_lora(CLASSIFY, str(tiny_model_dir), data, tmp_path / str(next(runs)), CONFIG.model_copy(update=update))
+        return load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    reference = adapter()
+    assert same(reference, adapter())
+    for update in ({"group_by_length": False}, {"completion_only_loss": False}, {"lr_scheduler": "constant"}):
+        assert not same(reference, adapter(**update)), update
+    bf16 = adapter(bf16=True)
+    assert not same(bf16, adapter(bf16=True, base_weights="fp32"))

@@ -58,3 +58,17 @@ def test_length_grouped_order_shuffles_batches_and_changes_every_call():
     assert first != second
     starts = [min(lengths[i] for i in first[k : k + 4]) for k in range(0, 64, 4)]
     assert starts != sorted(starts)  # batches are not served shortest first
+
+
+def test_ablation_rows_are_valid_training_configs_and_the_last_is_plain_trls_settings():
+    from slm_flywheel.config import TrainingConfig
+
+    training = TrainingConfig(learning_rate=0.002, lora_layers=15)
+    rows = dict(bench_train.ablation_rows(training))
+    for name, overrides in rows.items():
+        changed = TrainingConfig.model_validate({**training.model_dump(), **overrides})  # a typo'd field fails here
+        assert changed != training, name
+    assert rows["learning rate /2"] == {"learning_rate": 0.001}
+    trl = rows["all of trl's settings"]
+    single = {**rows["LoRA on all layers"], **rows["fp32 frozen weights"], **rows["linear, no warmup"], **rows["random batches"]}
+    assert trl == single

@@ -82,3 +82,25 @@ def test_malformed_yaml_is_rejected(tmp_path):
     path.write_text("workloads: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(path)
+
+
+def test_training_profile_changes_only_its_fields_and_unknown_names_are_listed(tmp_path):
+    data = _checked_in()
+    data["workloads"]["banking-intent"]["training_profiles"] = {"big": {"epochs": 3, "max_examples": 9000}}
+    workload = load_settings(_write(tmp_path, data)).workload("banking-intent")
+    big, default = workload.training_for("big"), workload.training_for("default")
+    assert (big.epochs, big.max_examples) == (3, 9000)
+    assert big.model_dump(exclude={"epochs", "max_examples"}) == default.model_dump(exclude={"epochs", "max_examples"})
+    assert default == workload.training
+    with pytest.raises(ConfigError, match=r"unknown training profile 'huge'.*default, big"):
+        workload.training_for("huge")
+
+
+def test_bad_training_profile_is_rejected_naming_it(tmp_path):
+    data = _checked_in()
+    data["workloads"]["banking-intent"]["training_profiles"] = {"big": {"epochs": -1}}
+    with pytest.raises(ConfigError, match=r"workloads.banking-intent.*training profile 'big'.*epochs"):
+        load_settings(_write(tmp_path, data))
+    data["workloads"]["banking-intent"]["training_profiles"] = {"default": {"epochs": 2}}
+    with pytest.raises(ConfigError, match="cannot redefine `default`"):
+        load_settings(_write(tmp_path, data))
