@@ -219,6 +219,7 @@ def train(
     workload: Annotated[str, typer.Argument(help="A workload name from flywheel.yaml.")],
     max_examples: Annotated[Optional[int], typer.Option(help="Override training.max_examples.")] = None,
     launch: Annotated[bool, typer.Option("--launch", help="Train on the launch data (late items under-represented).")] = False,
+    profile: Annotated[str, typer.Option(help="A training profile from the workload's training_profiles (e.g. full); default: its training block.")] = "default",
     config: ConfigOption = None,
 ) -> None:
     """Run the `train-adapter` flow: train, evaluate on golden, register in MLflow."""
@@ -227,8 +228,11 @@ def train(
     from slm_flywheel import progress
 
     settings = _workload_settings(config, workload, data=True)
+    settings.workloads[workload].training_for(profile)  # an unknown profile fails here, before Prefect starts
     with progress.progress_bar():
-        result = train_adapter_flow(workload=workload, config_path=str(config) if config else None, max_examples=max_examples, launch=launch)
+        result = train_adapter_flow(
+            workload=workload, config_path=str(config) if config else None, max_examples=max_examples, launch=launch, profile=profile
+        )
     table = Table(title=f"{workload} version {result.version} (@{result.alias})")
     table.add_column("golden metric")
     table.add_column("value", justify="right")

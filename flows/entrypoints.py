@@ -107,7 +107,7 @@ def rollback_guard(workloads: list[Workload] | None = None) -> dict[str, GuardCh
 
 
 @flow(name="train-adapter")
-def train_adapter(workload: Workload, max_examples: int | None = None, launch: bool = False) -> RegisteredAdapter:
+def train_adapter(workload: Workload, max_examples: int | None = None, launch: bool = False, profile: str = "default") -> RegisteredAdapter:
     """Train, evaluate on golden and register a LoRA adapter (`champion` if there is none, else `challenger`).
 
     Args:
@@ -115,5 +115,7 @@ def train_adapter(workload: Workload, max_examples: int | None = None, launch: b
         max_examples: Training examples at most; empty: the workload's `training.max_examples`.
         launch: Train on the launch data, which under-represents the items later traffic favours
             (the demo's launch champion).
+        profile: A training profile from the workload's `training_profiles` (e.g. "full": every
+            non-golden row, more epochs); "default" is its `training` block.
     """
-    return train_adapter_module.train_adapter_flow.fn(workload=workload, max_examples=max_examples, launch=launch)
+    return train_adapter_module.train_adapter_flow.fn(workload=workload, max_examples=max_examples, launch=launch, profile=profile)

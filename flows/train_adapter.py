@@ -25,10 +25,14 @@ def train_adapter_flow(
     config_path: str | None = None,
     max_examples: int | None = None,
     launch: bool = False,
+    profile: str = "default",
     training_set_path: str | None = None,
     warm_start_adapter: str | None = None,
 ) -> RegisteredAdapter:
     """Train, evaluate on golden, calibrate on validation and register a LoRA adapter for `workload`.
+
+    `profile`: a named set of training settings from the workload's `training_profiles`
+    (e.g. "full": every non-golden row, more epochs); "default" is its `training` block.
 
     1. prepare data: load the dataset, deterministic splits, sample the training set
        (`launch=True`: the launch data, which under-represents what later traffic favours;
@@ -41,7 +45,7 @@ def train_adapter_flow(
     6. log everything to MLflow (the exact training set included) and register the version:
        `champion` if there is none, else `challenger`
     """
-    context = load_workload(workload, config_path)
+    context = load_workload(workload, config_path).with_training_profile(profile)
     if max_examples is not None:
         context = context.with_max_examples(max_examples)
     settings, config = context.settings, context.config

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from slm_flywheel.config import Settings, WorkloadConfig, load_settings
+from slm_flywheel.config import Settings, TrainingConfig, WorkloadConfig, load_settings
 from slm_flywheel.models.workload import TaskSpec, build_task_spec, load_splits
 
 
@@ -54,7 +54,13 @@ class WorkloadContext:
 
     def with_max_examples(self, max_examples: int) -> WorkloadContext:
         """The same workload training on at most `max_examples` (settings updated to match)."""
-        training = self.config.training.model_copy(update={"max_examples": max_examples})
+        return self._with_training(self.config.training.model_copy(update={"max_examples": max_examples}))
+
+    def with_training_profile(self, profile: str) -> WorkloadContext:
+        """The same workload training with profile `profile` (`training_profiles`; "default": unchanged)."""
+        return self._with_training(self.config.training_for(profile))
+
+    def _with_training(self, training: TrainingConfig) -> WorkloadContext:
         config = self.config.model_copy(update={"training": training})
         settings = self.settings.model_copy(update={"workloads": {**self.settings.workloads, self.name: config}})
         return WorkloadContext(settings, self.name, config, self._spec, self._splits)

@@ -1,5 +1,6 @@
 import json
 
+import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -12,9 +13,12 @@ from slm_flywheel.models.registry import download_adapter, get_version
 
 
 def test_train_adapter_registers_champion_then_challenger(tiny_config, tmp_path):
+    data = yaml.safe_load(tiny_config.read_text())
+    data["workloads"]["banking-intent"]["training_profiles"] = {"twice": {"epochs": 2}}
+    tiny_config.write_text(yaml.safe_dump(data))
     settings = load_settings(tiny_config)
     first = train_adapter_flow(workload="banking-intent", config_path=str(tiny_config))
-    second = train_adapter_flow(workload="banking-intent", config_path=str(tiny_config), max_examples=16)
+    second = train_adapter_flow(workload="banking-intent", config_path=str(tiny_config), max_examples=16, profile="twice")
     assert (first.version, first.alias) == (1, "champion")
     assert (second.version, second.alias) == (2, "challenger")
     assert 0.0 <= first.golden["accuracy"] <= 1.0 and "macro_f1" in first.golden
@@ -29,6 +33,7 @@ def test_train_adapter_registers_champion_then_challenger(tiny_config, tmp_path)
     for param in ("base_model", "data_hash", "git_commit", "train_seed", "train_lora_r", "split_golden"):
         assert param in run.data.params, param
     assert run.data.params["train_examples"] == "48" and client.get_run(second.run_id).data.params["train_examples"] == "16"
+    assert (run.data.params["train_epochs"], client.get_run(second.run_id).data.params["train_epochs"]) == ("1.0", "2.0")  # the profile
     assert "golden_accuracy" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(first.run_id)} | {a.path for a in client.list_artifacts(first.run_id, "evaluation")}
     assert {"adapter", "evaluation/golden_breakdown.png", "evaluation/golden_eval_table.json"} <= artifacts
@@ -73,5 +78,7 @@ def test_cli_rejects_unknown_workload_and_missing_version(tiny_config):
     runner = CliRunner()
     unknown = runner.invoke(app, ["train", "nope", "--config", str(tiny_config)])
     assert unknown.exit_code == 2 and "unknown workload 'nope'" in unknown.output
+    profile = runner.invoke(app, ["train", "banking-intent", "--profile", "huge", "--config", str(tiny_config)])
+    assert profile.exit_code == 2 and "unknown training profile 'huge'; this workload has: default, full" in profile.output
     missing = runner.invoke(app, ["predict", "banking-intent", "hi", "--version", "9", "--config", str(tiny_config)])
     assert missing.exit_code == 2 and "no version 9" in missing.output  # a registry mistake: one line, exit 2
