@@ -135,16 +135,19 @@ def matmul_peak(dtype_name: str, device: str) -> float:
     return 2 * size**3 / best
 
 
-def ablation_rows(training: Any) -> list[tuple[str, dict[str, Any]]]:
+def ablation_rows(training: Any, num_layers: int) -> list[tuple[str, dict[str, Any]]]:
     """The project path with one factor changed per row (mostly to plain trl's choice), then with all of trl's at once.
 
     Overrides are `TrainingConfig` fields. Plain trl: LoRA on every layer, fp32 frozen weights under
     bf16 autocast, linear decay without warmup, random batches, completion-only loss (its default
     for prompt/completion data), the same learning rate (the benchmark passes the workload's).
+    The layers row is the other choice: the top half if the workload adapts every layer, else all.
     """
     trl_settings = {"lora_layers": None, "base_weights": "fp32", "lr_scheduler": "linear", "warmup_ratio": 0.0, "group_by_length": False}
+    every_layer = training.lora_layers is None or training.lora_layers >= num_layers
+    layers = (f"LoRA on the top {num_layers // 2} layers", {"lora_layers": num_layers // 2}) if every_layer else ("LoRA on all layers", {"lora_layers": None})
     return [
-        ("LoRA on all layers", {"lora_layers": None}),
+        layers,
         ("fp32 frozen weights", {"base_weights": "fp32"}),
         ("linear, no warmup", {"lr_scheduler": "linear", "warmup_ratio": 0.0}),
         ("random batches", {"group_by_length": False}),
@@ -296,7 +299,8 @@ def main() -> None:
 
     rows: list[tuple[str, str, dict[str, Any]]] = [("project", "project", {}), ("plain-trl", "plain-trl", {})]
     if args.ablation:
-        rows += [(name, "project", overrides) for name, overrides in ablation_rows(config.training)]
+        num_layers = json.loads((Path(base_path) / "config.json").read_text())["num_hidden_layers"]
+        rows += [(name, "project", overrides) for name, overrides in ablation_rows(config.training, num_layers)]
     workdir = tempfile.TemporaryDirectory(prefix="bench-train-")
     runs: dict[str, dict[str, Any]] = {}
     for index, (name, path, overrides) in enumerate(rows):

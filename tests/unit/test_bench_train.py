@@ -64,7 +64,7 @@ def test_ablation_rows_are_valid_training_configs_and_the_last_is_plain_trls_set
     from slm_flywheel.config import TrainingConfig
 
     training = TrainingConfig(learning_rate=0.002, lora_layers=15)
-    rows = dict(bench_train.ablation_rows(training))
+    rows = dict(bench_train.ablation_rows(training, num_layers=30))
     for name, overrides in rows.items():
         changed = TrainingConfig.model_validate({**training.model_dump(), **overrides})  # a typo'd field fails here
         assert changed != training, name
@@ -72,3 +72,7 @@ def test_ablation_rows_are_valid_training_configs_and_the_last_is_plain_trls_set
     trl = rows["all of trl's settings"]
     single = {**rows["LoRA on all layers"], **rows["fp32 frozen weights"], **rows["linear, no warmup"], **rows["random batches"]}
     assert trl == single
+
+    # Adapting every layer already, the layers row tries the top half instead.
+    every = dict(bench_train.ablation_rows(TrainingConfig(), num_layers=30))
+    assert every["LoRA on the top 15 layers"] == {"lora_layers": 15} and "LoRA on all layers" not in every
