@@ -63,9 +63,6 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PATHS = ("project", "plain-trl")
-
-
 @dataclass(frozen=True)
 class ParamCounts:
     """What the FLOP estimate needs to know about a base model and an adapter."""
@@ -171,7 +168,9 @@ class Job:
     golden_labels: list[str]
     output_dir: str
     threads: int | None
-    overrides: dict[str, Any] = field(default_factory=dict)  # TrainingConfig fields (the ablation's factor)
+    # This row's TrainingConfig fields, resolved once in main() for every row: a row never rereads
+    # flywheel.yaml, so an edit during a long run cannot change the rows still to come.
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 def _peak_rss_mb() -> float:
@@ -223,7 +222,7 @@ def run_path(job: Job) -> dict[str, Any]:
     import torch
     from datasets import Dataset
 
-    from slm_flywheel.config import load_settings
+    from slm_flywheel.config import TrainingConfig, load_settings
     from slm_flywheel.models.evaluation import evaluate_model
     from slm_flywheel.models.training import train_lora
     from slm_flywheel.models.context import resolve_workload
@@ -233,7 +232,7 @@ def run_path(job: Job) -> dict[str, Any]:
     settings = load_settings()
     context = resolve_workload(settings, job.workload)
     config, spec = context.config, context.spec
-    training = config.training.model_validate({**config.training.model_dump(), "max_examples": len(job.texts), **job.overrides})
+    training = TrainingConfig.model_validate(job.training)
     output_dir = Path(job.output_dir)
     machine_before, own_before = _cpu_seconds()
     if job.path == "project":
@@ -304,8 +303,9 @@ def main() -> None:
     workdir = tempfile.TemporaryDirectory(prefix="bench-train-")
     runs: dict[str, dict[str, Any]] = {}
     for index, (name, path, overrides) in enumerate(rows):
+        training = {**config.training.model_dump(), "max_examples": len(train_set), **overrides}
         job = Job(path, args.workload, base_path, list(train_set["text"]), list(train_set["label"]),
-                  list(golden["text"]), list(golden["label"]), str(Path(workdir.name) / f"run-{index}"), args.threads, overrides)
+                  list(golden["text"]), list(golden["label"]), str(Path(workdir.name) / f"run-{index}"), args.threads, training)
         # A fresh process per path: clean peak RSS, no allocator or thread-pool state carried over.
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             run = pool.submit(run_path, job).result()
