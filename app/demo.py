@@ -34,7 +34,10 @@ SIZES = {
     # warm start: the retrain continues from the champion on the new labels plus a small replay
     # and a smaller validation split (the drift reference's answers)
     "fast": {"launch_examples": 224, "steady": 80, "drifted": 160, "after": 48, "budget": 80, "golden_fraction": 0.008, "min_window": 80,
-             "bad_examples": 48, "guard_traffic": 60, "after_rollback": 32, "retrain_mode": "warm_start", "validation_fraction": 0.02},
+             "bad_examples": 48, "guard_traffic": 60, "after_rollback": 32, "retrain_mode": "warm_start", "validation_fraction": 0.02,
+             # LoRA on the top 15 layers: training 1.6x faster for a smoke run (the default run adapts
+             # every layer, as flywheel.yaml does)
+             "lora_layers": 15},
 }
 TRAFFIC_CONCURRENCY = 16  # clients at once: the serving tier micro-batches them
 KEEP = ("models",)  # caches a second run reuses; everything else starts clean
@@ -62,6 +65,8 @@ def prepare_home(settings: Settings, workload: str, fast: bool, port: int) -> Pa
     config = data["workloads"][workload]
     config["training"]["max_examples"] = sizes["launch_examples"]
     config["splits"]["golden_fraction"] = sizes["golden_fraction"]
+    if "lora_layers" in sizes:
+        config["training"]["lora_layers"] = sizes["lora_layers"]
     config["splits"]["validation_fraction"] = sizes.get("validation_fraction", config["splits"]["validation_fraction"])
     config["drift"]["min_window"] = sizes["min_window"]
     config["relabel"]["retrain_mode"] = sizes["retrain_mode"]

@@ -32,7 +32,7 @@ def config_path(tmp_path, real_base_model, data_dir, tracking_uri):
     data["serving"] = {"port": port, "replicas": [f"http://127.0.0.1:{port}"], "capture_flush_seconds": 0.3}
     workload = data["workloads"]["banking-intent"]
     workload["labels"] = INTENTS  # an 8-intent slice keeps training to a minute
-    workload["training"].update(max_examples=320, epochs=2)
+    workload["training"].update(max_examples=320, epochs=2, lora_layers=15)  # the top half: 1.6x faster
     workload["guard"] = {"min_samples": 60, "audit_budget": 30, "min_audited": 20}
     workload["launch"] = {"late_count": 2, "rare_cap": 40, "shift_share": 0.3}
     path = tmp_path / "flywheel.yaml"
@@ -44,7 +44,7 @@ def test_a_bad_promotion_is_rolled_back_in_registry_and_serving(config_path, dat
     settings = load_settings(config_path)
     good = train_adapter_flow(workload="banking-intent", config_path=str(config_path))
     assert good.golden["accuracy"] > 0.6
-    rows = load_banking77(data_dir).filter(lambda r: r["label"] in INTENTS).to_pandas().sample(n=320, random_state=1)
+    rows = load_banking77(data_dir).filter(lambda r: r["label"] in INTENTS).to_pandas().sample(n=160, random_state=1)  # shuffled: half the good set is bad enough
     shuffled = rows["label"].tolist()
     random.Random(2).shuffle(shuffled)
     bad_set = tmp_path / "shuffled.parquet"

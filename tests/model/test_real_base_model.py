@@ -36,7 +36,7 @@ def test_real_model_learns_banking_intents_quickly(base_path, data_dir, tmp_path
     train = sample_training_set(splits["train"].filter(lambda r: r["label"] in labels), 320, seed=1, stratify=True)
     golden = splits["golden"].filter(lambda r: r["label"] in labels)
     small = spec.__class__(spec.name, spec.task, spec.prompt_template, labels=tuple(sorted(labels)))
-    result = train_lora(small, base_path, train, tmp_path / "adapter", workload.training.model_copy(update={"max_examples": 320, "epochs": 2}))
+    result = train_lora(small, base_path, train, tmp_path / "adapter", workload.training.model_copy(update={"max_examples": 320, "epochs": 2, "lora_layers": 15}))
     predictions = Predictor(load_model(base_path, result.adapter_dir), load_tokenizer(base_path), small, 32).predict(list(golden["text"]))
     metrics = evaluate_predictions(small, predictions, list(golden["label"])).metrics
     assert all(p.valid and p.answer in labels for p in predictions)

@@ -39,7 +39,8 @@ def test_prior_shift_concentrates_on_late_intents_and_steady_does_not(banking):
     late_share = lambda reqs: sum(r.gold in plan.late_labels for r in reqs) / len(reqs)  # noqa: E731
     assert late_share(steady) < 0.06
     assert abs(late_share(shifted) - config.launch.shift_share) < 0.05
-    assert all(r.source_id not in set(splits["golden"]["id"]) for r in shifted)
+    golden = set(splits["golden"]["id"])
+    assert all(r.source_id not in golden for r in shifted)
 
 
 def test_new_phrasing_rewrites_inputs_but_keeps_gold(banking):
