@@ -4,7 +4,9 @@ Derived only from records that exist anyway, so it cannot drift from them:
 * the sample store: requests per day, their tokens (a token column when the store has one,
   else counted with the base model's tokenizer), and which were served by a frontier model
   (a `served_by` column equal to "frontier", written by a router; without one, every request
-  was served by the small model);
+  was served by the small model), and which small-model answers the router also asked the
+  frontier for, off the request path (an `audit_answer`: each one a paid frontier call, priced at
+  the request's own tokens as a fallback is);
 * the usage logs (`models/usage.py`): every call paid to the teacher, for relabelling or for
   the rollback guard's audits, and every audit's agreement with the served answers;
 * MLflow: the training runs' `train_seconds`.
@@ -47,6 +49,9 @@ class TrafficDay:
     frontier_completion_tokens: int
     fleet_requests: int  # every workload's requests that day: the serving cost is shared by them
     serving_hours: float  # hours the fleet is paid for that day
+    router_audits: int = 0  # small-model answers the router also had the frontier answer
+    router_audit_prompt_tokens: int = 0
+    router_audit_completion_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class CostLine:
     slm_served: int = 0
     frontier_served: int = 0
     relabel_calls: int = 0
-    audit_calls: int = 0
+    audit_calls: int = 0  # the rollback guard's teacher calls and the router's audits
     prompt_tokens: int = 0  # of the served requests
     completion_tokens: int = 0
     teacher_tokens: int = 0  # prompt + completion tokens of the paid teacher calls
@@ -206,6 +211,8 @@ def build_ledger(
             fallback_usd=frontier.usd(day.frontier_prompt_tokens, day.frontier_completion_tokens),
             serving_usd=day.serving_hours * prices.serving_usd_per_hour * prices.serving_replicas * share,
             frontier_only_usd=frontier.usd(day.prompt_tokens, day.completion_tokens),
+            audit_calls=day.router_audits,
+            audit_usd=frontier.usd(day.router_audit_prompt_tokens, day.router_audit_completion_tokens),
         )
     for record in usage:
         usd = call_usd(record, prices, simulated_price_per_item)
@@ -265,9 +272,10 @@ def capture_traffic(
         frame["p"] = count_tokens([prompt_template.format(text=text) for text in frame["input"]])
         frame["c"] = count_tokens([str(answer) if answer is not None else "" for answer in frame["answer"]])
     frame["frontier"] = frame["served_by"].eq(FRONTIER) if "served_by" in frame.columns else False
+    frame["audited"] = frame["audit_answer"].notna() if "audit_answer" in frame.columns else False
     days = []
     for day, rows in frame.groupby("day", sort=True):
-        routed = rows[rows["frontier"]]
+        routed, audited = rows[rows["frontier"]], rows[rows["audited"]]
         if serving_hours_per_day is None:
             hours = float(min(24, max(1, math.ceil(span.get(day, 0.0) / 3600))))
         else:
@@ -283,6 +291,9 @@ def capture_traffic(
                 frontier_completion_tokens=int(routed["c"].sum()),
                 fleet_requests=int(fleet_requests.get(day, len(rows))),
                 serving_hours=hours,
+                router_audits=len(audited),
+                router_audit_prompt_tokens=int(audited["p"].sum()),
+                router_audit_completion_tokens=int(audited["c"].sum()),
             )
         )
     return days

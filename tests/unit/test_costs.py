@@ -131,6 +131,27 @@ def test_capture_traffic_counts_tokens_shares_the_fleet_and_reads_served_by():
     assert capture_traffic({"b": frames["b"]}, "a", "{text}", words, 24.0) == []
 
 
+def test_router_audits_are_paid_frontier_calls_in_the_ledger():
+    """An audited small-model answer (an `audit_answer` in the store) was a frontier call: the
+    ledger prices it at the request's tokens, as a fallback, and counts it with the audits."""
+    frame = pd.DataFrame({
+        "timestamp": [_at(DAY1, hour) for hour in (1, 2, 3, 4)],
+        "input": ["card not here", "card not here at all", "pin", "pin"],
+        "answer": ["card_arrival", "card_arrival", "change_pin", "change_pin"],
+        "served_by": ["a@v1", "a@v1", "frontier", "a@v1"],
+        "audit_answer": ["card_arrival", "lost_or_stolen_card", None, None],
+    })
+    words = lambda texts: [len(text.split()) for text in texts]  # noqa: E731 - a stand-in tokenizer
+    (day,) = capture_traffic({"a": frame}, "a", "{text}", words, 24.0)
+    assert (day.router_audits, day.router_audit_prompt_tokens, day.router_audit_completion_tokens) == (2, 3 + 5, 2)
+    usage = [_usage(DAY1, "audit", "teacher-y", 10_000, 2_000)]  # a rollback-guard audit the same day
+    line = build_ledger("a", [day], usage, [], [], PRICES).days[0]
+    assert line.audit_calls == 2 + 1
+    assert line.audit_usd == pytest.approx((8 * 2.0 + 2 * 8.0) / 1e6 + (10_000 + 2_000 * 4.0) / 1e6)
+    assert line.fallback_usd == pytest.approx((1 * 2.0 + 1 * 8.0) / 1e6)
+    assert line.frontier_usd == pytest.approx(line.fallback_usd + line.audit_usd)
+
+
 def test_usage_and_audit_logs_round_trip_and_a_bad_line_is_named(tmp_path):
     log = UsageLog(tmp_path / "usage" / "w.jsonl", "w", "relabel")
     first = log.record("teacher-y", 120, 30, 8)
