@@ -9,6 +9,7 @@ deployment run is one flow run with the same name and the same tasks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from prefect import flow
@@ -27,18 +28,21 @@ from slm_flywheel.flows.nightly_retrain import NightlySummary
 from slm_flywheel.flows.promote import Promotion
 from slm_flywheel.flows.rollback_guard import GuardCheck
 from slm_flywheel.flows.sync_serving import WorkloadSync
-from slm_flywheel.config import ConfigError, load_settings
+from slm_flywheel.config import ConfigError, Settings, load_settings
 from slm_flywheel.tasks.training import RegisteredAdapter
 
 
-class _ConfiguredWorkloads:
-    """JSON schema of a workload name: an enum of the workloads in flywheel.yaml (or
-    `$FLYWHEEL_CONFIG`), read when the schema is built (`prefect deploy`), never at import."""
+class _ConfiguredChoices:
+    """JSON schema of a name from flywheel.yaml (or `$FLYWHEEL_CONFIG`): an enum of what `names`
+    reads from the settings, read when the schema is built (`prefect deploy`), never at import."""
+
+    def __init__(self, names: Callable[[Settings], list[str]]) -> None:
+        self.names = names
 
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         json_schema = handler(schema)
         try:
-            names = sorted(load_settings().workloads)
+            names = self.names(load_settings())
         except ConfigError:  # no readable configuration here: free text, and the run names a wrong one
             names = []
         if names:
@@ -46,7 +50,13 @@ class _ConfiguredWorkloads:
         return json_schema
 
 
-Workload = Annotated[str, _ConfiguredWorkloads()]
+def _training_profiles(settings: Settings) -> list[str]:
+    """"default" and every profile some workload defines (the run checks its workload has it)."""
+    return ["default", *sorted({name for workload in settings.workloads.values() for name in workload.training_profiles})]
+
+
+Workload = Annotated[str, _ConfiguredChoices(lambda settings: sorted(settings.workloads))]
+TrainingProfile = Annotated[str, _ConfiguredChoices(_training_profiles)]
 
 
 @flow(name="nightly-retrain")
@@ -107,7 +117,7 @@ def rollback_guard(workloads: list[Workload] | None = None) -> dict[str, GuardCh
 
 
 @flow(name="train-adapter")
-def train_adapter(workload: Workload, max_examples: int | None = None, launch: bool = False, profile: str = "default") -> RegisteredAdapter:
+def train_adapter(workload: Workload, max_examples: int | None = None, launch: bool = False, profile: TrainingProfile = "default") -> RegisteredAdapter:
     """Train, evaluate on golden and register a LoRA adapter (`champion` if there is none, else `challenger`).
 
     Args:

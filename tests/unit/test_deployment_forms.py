@@ -82,3 +82,13 @@ def test_deploy_selects_the_deployments_of_configured_workloads_and_names_the_re
     chosen, skipped = select_deployments(prefect_file, ["banking-intent"])
     assert skipped == {"restaurant-slots": "restaurant-slots", "restaurant-slots-hourly": "restaurant-slots"}
     assert set(chosen) == set(everything) - set(skipped)
+
+
+def test_the_profile_choices_are_default_and_the_configured_training_profiles(tmp_path, monkeypatch):
+    data = yaml.safe_load((REPO / "flywheel.yaml").read_text())
+    data["workloads"]["restaurant-slots"]["training_profiles"] = {"full": {"epochs": 2}, "tiny": {"max_examples": 64}}
+    config = tmp_path / "flywheel.yaml"
+    config.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("FLYWHEEL_CONFIG", str(config))
+    profile = _form("slm_flywheel.flows.entrypoints.train_adapter")["properties"]["profile"]
+    assert profile["enum"] == ["default", "full", "tiny"] and profile["default"] == "default"
