@@ -2,7 +2,7 @@
 project's selection (`select_informative`, what `nightly-retrain` buys labels for) against random
 selection (`select_random`) at equal budgets.
 
-    .venv/bin/python bench/loop.py [--quick] [--json bench/loop.json] [--budgets 10,20] [--seeds 0,1]
+    .venv/bin/python -m bench.loop [--quick] [--json bench/loop.json] [--budgets 10,20] [--seeds 0,1]
 
 The demo's loop on a Banking77 slice, built from `models/` directly (no Prefect, MLflow or
 serving): a launch champion trained on launch data (the late intents capped at `rare_cap`
