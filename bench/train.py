@@ -29,7 +29,7 @@ inputs, weight gradient); N_head: the LM head (forward + backward to its input) 
 positions that carry a loss. Not counted: attention scores (< 1% at these lengths), norms and
 other elementwise work, padding, activation-checkpointing recompute and LM-head rows without a
 loss. Each path's FLOP/s is compared with the best of a few square matmuls (2048³ on a CPU) in
-the dtype its matmuls run in (bf16 for both on AMX/GPU, else fp32).
+the dtype its matmuls run in (bf16 for both where the CPU has AVX-512 BF16 or AMX, or on a GPU; else fp32).
 
 On a machine shared with other jobs, torch's default of one thread per core stalls at every
 parallel region whenever another process holds a core (10-20x slower on 2 cores): `--threads 1`

@@ -133,7 +133,7 @@ def _completion_loss_trainer(base: type, group_by_length: bool = True) -> type:
     With completion-only loss, the prompt positions' logits are thrown away; projecting them onto
     the 49k-token vocabulary anyway is ~20% of a small model's FLOPs. Same loss, less work.
     Calling the decoder directly skips the autocast that accelerate wraps around `model.forward`,
-    so it is entered here: without it the LoRA matmuls run in fp32 (several times slower than bf16 on AMX).
+    so it is entered here: without it the LoRA matmuls run in fp32 (several times slower than bf16 with AVX-512 BF16).
     """
 
     class CompletionLossTrainer(base):  # type: ignore[misc, valid-type]
@@ -193,7 +193,7 @@ def train_lora(
     n_tokens = int(sum(len(ids) for ids in tokenized["input_ids"]) * config.epochs)
     use_bf16 = cpu_supports_bf16() if config.bf16 == "auto" else bool(config.bf16)
 
-    # Frozen base weights in bf16 where the hardware multiplies bf16 natively (AMX: ~4x fp32 here);
+    # Frozen base weights in bf16 where the hardware multiplies bf16 natively (AVX-512 BF16 here: 2-6x fp32 in the measured peaks);
     # peft keeps the adapter weights in fp32. Eager attention: for sequences this short, CPU SDPA's
     # backward costs more than the plain matmuls.
     bf16_weights = use_bf16 and config.base_weights == "bf16"
