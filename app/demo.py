@@ -64,9 +64,8 @@ def prepare_home(settings: Settings, workload: str, fast: bool, port: int) -> Pa
     data["serving"].update(port=port, replicas=[f"http://127.0.0.1:{port}"], capture_flush_seconds=0.5)
     config = data["workloads"][workload]
     config["training"]["max_examples"] = sizes["launch_examples"]
+    config["training"]["lora_layers"] = sizes.get("lora_layers", config["training"]["lora_layers"])
     config["splits"]["golden_fraction"] = sizes["golden_fraction"]
-    if "lora_layers" in sizes:
-        config["training"]["lora_layers"] = sizes["lora_layers"]
     config["splits"]["validation_fraction"] = sizes.get("validation_fraction", config["splits"]["validation_fraction"])
     config["drift"]["min_window"] = sizes["min_window"]
     config["relabel"]["retrain_mode"] = sizes["retrain_mode"]
