@@ -140,14 +140,15 @@ def ablation_rows(training: Any, num_layers: int) -> list[tuple[str, dict[str, A
     for prompt/completion data), the same learning rate (the benchmark passes the workload's).
     The layers row is the other choice: the top half if the workload adapts every layer, else all.
     """
-    trl_settings = {"lora_layers": None, "base_weights": "fp32", "lr_scheduler": "linear", "warmup_ratio": 0.0, "group_by_length": False}
+    trl_settings = {"lora_layers": None, "base_weights": "fp32", "lr_scheduler": "linear", "warmup_ratio": 0.0, "group_by_length": "off"}
     every_layer = training.lora_layers is None or training.lora_layers >= num_layers
     layers = (f"LoRA on the top {num_layers // 2} layers", {"lora_layers": num_layers // 2}) if every_layer else ("LoRA on all layers", {"lora_layers": None})
     return [
         layers,
         ("fp32 frozen weights", {"base_weights": "fp32"}),
         ("linear, no warmup", {"lr_scheduler": "linear", "warmup_ratio": 0.0}),
-        ("random batches", {"group_by_length": False}),
+        ("random batches", {"group_by_length": "off"}),
+        ("batches of similar prompt lengths", {"group_by_length": "prompt"}),
         ("loss on prompt too", {"completion_only_loss": False}),
         ("learning rate /2", {"learning_rate": training.learning_rate / 2}),
         ("learning rate x2", {"learning_rate": training.learning_rate * 2}),

@@ -127,8 +127,22 @@ class SimilarLengthSampler(torch.utils.data.Sampler[int]):
         return iter(length_grouped_order(self.lengths, self.batch_size, self.generator))
 
 
-def _completion_loss_trainer(base: type, group_by_length: bool = True) -> type:
-    """An SFTTrainer whose loss runs the LM head on the labelled positions only, in batches of similar lengths.
+def grouping_lengths(tokenized: Dataset, group_by_length: str) -> list[int] | None:
+    """The length each example is batched by: the whole sequence's ("whole"), the prompt's ("prompt"), or None ("off").
+
+    The whole length pads least, but where answers vary in length (extraction: a JSON object of 0
+    to 5 slots) it puts answers of one length in the same batch, and each step learns one answer
+    shape; the prompt's length says nothing about the answer.
+    """
+    if group_by_length == "off":
+        return None
+    if group_by_length == "whole":
+        return [len(ids) for ids in tokenized["input_ids"]]
+    return [len(mask) - sum(mask) for mask in tokenized["completion_mask"]]
+
+
+def _completion_loss_trainer(base: type, lengths: list[int] | None = None) -> type:
+    """An SFTTrainer whose loss runs the LM head on the labelled positions only, in batches of similar `lengths`.
 
     With completion-only loss, the prompt positions' logits are thrown away; projecting them onto
     the 49k-token vocabulary anyway is ~20% of a small model's FLOPs. Same loss, less work.
@@ -138,10 +152,11 @@ def _completion_loss_trainer(base: type, group_by_length: bool = True) -> type:
 
     class CompletionLossTrainer(base):  # type: ignore[misc, valid-type]
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202
-            if not group_by_length:
+            if lengths is None:
                 return super()._get_train_sampler(train_dataset)
             dataset = self.train_dataset if train_dataset is None else train_dataset
-            lengths = [len(ids) for ids in dataset["input_ids"]]
+            if len(dataset) != len(lengths):
+                raise ValueError(f"{len(lengths)} grouping lengths for a training set of {len(dataset)} rows")
             return SimilarLengthSampler(lengths, self.args.train_batch_size, self.args.seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
@@ -236,7 +251,7 @@ def train_lora(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = _completion_loss_trainer(SFTTrainer, config.group_by_length)(
+    trainer = _completion_loss_trainer(SFTTrainer, grouping_lengths(tokenized, config.group_by_length))(
         model=model,
         args=args,
         train_dataset=tokenized,

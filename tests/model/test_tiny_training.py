@@ -166,7 +166,7 @@ def test_training_is_reproducible_and_each_ablation_knob_changes_the_adapter(tin
 
     reference = adapter()
     assert same(reference, adapter())
-    for update in ({"group_by_length": False}, {"completion_only_loss": False}, {"lr_scheduler": "constant"}):
+    for update in ({"group_by_length": "off"}, {"group_by_length": "prompt"}, {"completion_only_loss": False}, {"lr_scheduler": "constant"}):
         assert not same(reference, adapter(**update)), update
     bf16 = adapter(bf16=True)
     assert not same(bf16, adapter(bf16=True, base_weights="fp32"))

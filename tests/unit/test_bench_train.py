@@ -3,10 +3,12 @@
 
 import pytest
 import torch
+from datasets import Dataset
 from safetensors.torch import save_file
 
 from bench import train as bench_train
-from slm_flywheel.models.training import length_grouped_order
+from slm_flywheel.config import TrainingConfig
+from slm_flywheel.models.training import grouping_lengths, length_grouped_order
 
 
 def test_training_flops_counts_forward_everywhere_and_backward_from_the_lowest_adapted_layer():
@@ -60,9 +62,22 @@ def test_length_grouped_order_shuffles_batches_and_changes_every_call():
     assert starts != sorted(starts)  # batches are not served shortest first
 
 
-def test_ablation_rows_are_valid_training_configs_and_the_last_is_plain_trls_settings():
-    from slm_flywheel.config import TrainingConfig
+def test_grouping_lengths_are_the_whole_sequences_by_default_the_prompts_or_none():
+    tokenized = Dataset.from_dict({
+        "input_ids": [[1, 2, 3, 9, 9], [1, 2, 9], [1, 2, 3, 4, 5, 6, 9, 9, 9]],
+        "completion_mask": [[0, 0, 0, 1, 1], [0, 0, 1], [0, 0, 0, 0, 0, 0, 1, 1, 1]],
+    })
+    assert grouping_lengths(tokenized, TrainingConfig().group_by_length) == [5, 3, 9]  # the default: whole length
+    assert grouping_lengths(tokenized, "prompt") == [3, 2, 6]
+    assert grouping_lengths(tokenized, "off") is None
+    # The old boolean still reads as it did: true is whole-length grouping, false none.
+    assert TrainingConfig(group_by_length=True).group_by_length == "whole"
+    assert TrainingConfig(group_by_length=False).group_by_length == "off"
+    with pytest.raises(ValueError, match="group_by_length"):
+        TrainingConfig(group_by_length="answer")
 
+
+def test_ablation_rows_are_valid_training_configs_and_the_last_is_plain_trls_settings():
     training = TrainingConfig(learning_rate=0.002, lora_layers=15)
     rows = dict(bench_train.ablation_rows(training, num_layers=30))
     for name, overrides in rows.items():
