@@ -8,18 +8,22 @@ For each workload (banking-intent, restaurant-slots) the adapter is the registry
 there is one (`flywheel train <workload>` first), else a small one trained here (about a minute).
 
 * "stepwise" is the unoptimized path: one forward pass per answer token over the whole vocabulary
-  (`serving.tree_decoding: false`); "tree" is the default: classification decodes the label trie in
-  two packed forward passes (`models/inference.py`). Extraction decodes stepwise either way, so
-  restaurant-slots has one row per concurrency.
-* Identity on golden (in-process, the same model): answers and confidences of the two paths, in
+  (`serving.tree_decoding: false`), with the adapter unmerged (`serving.merge_routed: false`);
+  "tree": classification decodes the label trie in two packed forward passes (`models/inference.py`);
+  "+merged": the routed adapter answers from a merged copy of the base weights (`serving/engine.py`).
+  The default is "tree+merged" for classification; extraction decodes stepwise either way, so
+  restaurant-slots has "stepwise" and "stepwise+merged". `--quick` leaves out the "tree" row (the
+  unmerged tree path) and checks identity on 128 golden items (32 for extraction).
+* Identity on golden (in-process): answers and confidences of the tree path (the same unmerged
+  model) and of the served path (merged, tree for classification) against the unoptimized one, in
   fp32 (where arithmetic is exact enough for 1e-3 to mean the algorithm) and in bf16 (what serves
   on a CPU with bf16), beside the bf16 noise floor: the stepwise path's own confidences with the
   same input alone (batch 1) vs in a batch of 32.
 * The physical floor: FLOPs per request counted from the model's parameters and the tokens the
   tree path actually runs, over this run's measured bf16 matmul peak (`bench/train.py`'s probe).
 
-The last line is the headline `rps_c8=<tree requests/s at concurrency 8> p50_c1_ms=<tree p50 at
-concurrency 1>` for banking-intent.
+The last line is the headline `rps_c8=<requests/s at concurrency 8> p50_c1_ms=<p50 at concurrency 1>`
+of the default path ("tree+merged") for banking-intent.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORKLOADS = ("banking-intent", "restaurant-slots")
+PATHS = {"classification": ("stepwise", "tree", "tree+merged"), "extraction": ("stepwise", "stepwise+merged")}
+DEFAULT_PATH = "tree+merged"  # banking-intent's served path: the headline
 TRAIN_EXAMPLES = 320  # the stand-in adapter's size when the registry has no champion
 
 
@@ -128,7 +134,9 @@ def _compare(reference: list[Any], fast: list[Any]) -> dict[str, Any]:
 
 
 def _identity(base: str, adapter: Path, context: Any, texts: list[str], floor_items: int) -> dict[str, Any]:
-    """Stepwise vs tree on `texts` with the served (unmerged, named) adapter, in fp32 and bf16."""
+    """On `texts`, in fp32 and bf16, against stepwise decoding with the unmerged (named) adapter: tree
+    decoding with the same model (classification), and the served path (the adapter merged into a
+    copy of the base, tree decoding for classification)."""
     from peft import PeftModel
 
     from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
@@ -141,10 +149,14 @@ def _identity(base: str, adapter: Path, context: Any, texts: list[str], floor_it
         stepwise = Predictor(model, tokenizer, context.spec, 32, tree=False)
         reference = stepwise.predict(texts)
         tree = Predictor(model, tokenizer, context.spec, 32, tree=True)
-        result[dtype] = _compare(reference, tree.predict(texts))
-        # Packed, the tree path runs exactly each prompt and its trie nodes: tokens per request.
-        result[dtype]["tokens_per_request"] = tree.tokens_run / len(texts)
-        result[dtype]["prompt_tokens_per_request"] = sum(p.prompt_tokens for p in reference) / len(texts)
+        classification = context.config.task == "classification"
+        if classification:
+            result[dtype] = _compare(reference, tree.predict(texts))
+            # Packed, the tree path runs exactly each prompt and its trie nodes: tokens per request.
+            result[dtype]["tokens_per_request"] = tree.tokens_run / len(texts)
+            result[dtype]["prompt_tokens_per_request"] = sum(p.prompt_tokens for p in reference) / len(texts)
+        served = Predictor(load_model(base, adapter, bf16=bf16), tokenizer, context.spec, 32, tree=classification)
+        result[f"{dtype}_served"] = _compare(reference, served.predict(texts))
         if bf16:  # the noise floor: the same stepwise path, each input alone instead of in a batch
             alone = [stepwise.predict([text])[0] for text in texts[:floor_items]]
             result["bf16_floor"] = _compare(reference[:floor_items], alone)
@@ -177,7 +189,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("serve.json"))
     args = parser.parse_args()
     count = args.requests or (64 if args.quick else 256)
-    golden_items = 256 if args.quick else None  # None: all of golden
+    golden_items = 128 if args.quick else None  # None: all of golden
     concurrencies = (1, 8) if args.quick else (1, 8, 32)
     started_all = time.perf_counter()
 
@@ -208,10 +220,12 @@ def main() -> None:
         if context.config.task == "extraction":  # its decoding takes a forward pass per token: fewer items
             checked = checked[: len(checked) // 4]
         identity[workload] = _identity(base, adapter, context, checked, 32 if args.quick else 64)
-        paths = ("stepwise", "tree") if context.config.task == "classification" else ("stepwise",)
+        # --quick measures the unoptimized and the served path only (no unmerged "tree" row), to stay under 5 minutes.
+        paths = tuple(p for p in PATHS[context.config.task] if not (args.quick and p == "tree"))
         requests = count if context.config.task == "classification" else max(count // 2, 16)
         for path in paths:
-            serving = settings.serving.model_copy(update={"admin_token": None, "adapter_roots": [adapter.parent], "tree_decoding": path == "tree"})
+            serving = settings.serving.model_copy(update={"admin_token": None, "adapter_roots": [adapter.parent],
+                                                      "tree_decoding": path.startswith("tree"), "merge_routed": path.endswith("+merged")})
             spawn = multiprocessing.get_context("spawn")
             ready, stop = spawn.Queue(), spawn.Event()
             process = spawn.Process(target=_serve, args=(settings.model_copy(update={"serving": serving, "home": workdir / "state"}), workload, adapter, ready, stop))
@@ -222,7 +236,7 @@ def main() -> None:
                 for concurrency in concurrencies:
                     result = _load(url, workload, golden, concurrency, requests)
                     rows.append({"workload": workload, "path": path, "concurrency": concurrency, **result})
-                if workload == "banking-intent" and path == "tree":
+                if workload == "banking-intent" and path == DEFAULT_PATH:
                     import httpx
 
                     started = time.perf_counter()
@@ -248,11 +262,16 @@ def main() -> None:
             row["workload"], row["path"], str(row["concurrency"]), f"{row['rps']:.1f}", f"{row['p50_ms']:.0f}", f"{row['p95_ms']:.0f}", str(row["failures"])
         )
     console.print(table)
-    check = Table(title="identity on golden: tree vs stepwise (same model, same inputs)")
-    for column in ("workload", "arithmetic", "items", "answers differ", "max |confidence gap|", "gaps > 1e-3"):
+    check = Table(title="identity on golden against stepwise decoding with the unmerged adapter (same inputs)")
+    for column in ("workload", "path, arithmetic", "items", "answers differ", "max |confidence gap|", "gaps > 1e-3"):
         check.add_column(column, justify="right")
     for workload, found in identity.items():
-        for name, label in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16_floor", "bf16 floor: stepwise alone vs batched")):
+        for name, label in (
+            ("fp32", "tree, fp32"), ("bf16", "tree, bf16"), ("fp32_served", "served (merged), fp32"), ("bf16_served", "served (merged), bf16"),
+            ("bf16_floor", "bf16 floor: stepwise alone vs batched"),
+        ):
+            if name not in found:
+                continue
             item = found[name]
             check.add_row(workload, label, str(item["items"]), str(item["answers_differ"]), f"{item['max_confidence_gap']:.1e}", str(item["over_1e-3"]))
     console.print(check)
@@ -263,8 +282,8 @@ def main() -> None:
             f"{floor['tree_tokens']:.1f} tree tokens) over the measured bf16 peak {peak['bf16_tflops']:.2f} TFLOP/s = "
             f"{1000 * seconds:.1f} ms, {1 / seconds:.0f} requests/s at full use"
         )
-    print(f"adapter hot swap (load + route switch): {swap_ms:.0f} ms; total {time.perf_counter() - started_all:.0f} s")
-    tree_rows = {r["concurrency"]: r for r in rows if r["workload"] == "banking-intent" and r["path"] == "tree"}
+    print(f"adapter hot swap (load and merge + route switch): {swap_ms:.0f} ms; total {time.perf_counter() - started_all:.0f} s")
+    tree_rows = {r["concurrency"]: r for r in rows if r["workload"] == "banking-intent" and r["path"] == DEFAULT_PATH}
     args.json.write_text(json.dumps({
         "rows": rows, "identity": identity, "floors": floors, "peak": peak, "swap_ms": swap_ms, "requests": count,
         "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),

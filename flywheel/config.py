@@ -349,6 +349,10 @@ class ServingConfig(_Strict):
     # Classification decodes the label trie in two packed forward passes (models/inference.py);
     # false: one token per pass over the whole vocabulary, the reference path bench/serve.py checks.
     tree_decoding: bool = True
+    # The routed version's adapter merged into a copy of the base weights (peft's unmerged LoRA costs
+    # a third of the forward time at batch 1); calls naming a version use the unmerged adapter. Costs
+    # one more copy of the base per loaded adapter (SmolLM2-135M in bf16: 270 MB); false for big bases.
+    merge_routed: bool = True
     max_inputs_per_request: int = Field(64, gt=0)
     max_text_chars: int = Field(2000, gt=0)
     max_body_bytes: int = Field(256 * 1024, gt=0)

@@ -1,6 +1,12 @@
 """One base model, several LoRA adapters, one inference thread.
 
-Every model operation (load, unload, predict) runs on a single worker thread, in order. That is
+A workload's routed adapter also answers from a merged copy of the base weights (`merge_routed`):
+peft's unmerged LoRA adds two small matmuls to every adapted linear layer, a third of a
+135M model's forward time at batch 1 (bench/RESULTS.md). The unmerged, named adapters stay for
+calls that name a version (a push's smoke test, `model: <workload>@v<N>`).
+
+Every model operation (load, unload, predict) runs on a single worker thread, in order (a merged
+copy is built on a helper thread before its load is queued, so answering does not pause for it). That is
 what makes switching atomic: a workload's route is read when its batch *runs*, an adapter is
 only routable once fully loaded, and an unload queued after a switch runs after every batch that
 was admitted before it. Requests for one workload that wait together are predicted as one batch.
@@ -45,6 +51,15 @@ class _Job:
     fn: Callable[[], Any] | None = None
 
 
+def _chain(done: Future, future: Future) -> None:
+    """Settle `future` as `done` settled."""
+    error = done.exception()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(done.result())
+
+
 def workload_of(adapter_name: str) -> str:
     """`banking-intent@v3` -> `banking-intent`."""
     return adapter_name.split("@", 1)[0]
@@ -53,10 +68,17 @@ def workload_of(adapter_name: str) -> str:
 class AdapterEngine:
     """Hosts the base model and its adapters; answers predictions in micro-batches."""
 
-    def __init__(self, base_path: str, specs: dict[str, TaskSpec], *, max_batch: int = 32, batch_wait_s: float = 0.005, bf16: bool | None = None, tree: bool = True):
+    def __init__(
+        self, base_path: str, specs: dict[str, TaskSpec], *, max_batch: int = 32, batch_wait_s: float = 0.005, bf16: bool | None = None,
+        tree: bool = True, merge_routed: bool = True,
+    ):
         from slm_flywheel.models.inference import load_model
 
         self.base_path = base_path
+        self.bf16 = bf16
+        # Each loaded adapter merged into its own copy of the base weights, which answers the
+        # workload's routed traffic: one more copy of the base per loaded adapter (two during a swap).
+        self.merge_routed = merge_routed
         self.specs = specs
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
@@ -65,7 +87,8 @@ class AdapterEngine:
         self.model: Any = load_model(base_path, None, bf16=bf16)
         self.adapters: dict[str, str] = {}  # name -> path
         self.routes: dict[str, str] = {}  # workload -> adapter name
-        self._predictors: dict[str, Predictor] = {}
+        self._merged: dict[str, Any] = {}  # adapter name -> the base with that adapter merged in
+        self._predictors: dict[tuple[str, str | None], Predictor] = {}  # (workload, merged adapter or None)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._lock = threading.Lock()  # guards adapters/routes for readers on other threads
         self._thread = threading.Thread(target=self._run, name="adapter-engine", daemon=True)
@@ -83,7 +106,29 @@ class AdapterEngine:
         return future
 
     def load_adapter(self, name: str, path: Path) -> Future:
-        return self._call(lambda: self._load(name, path))
+        """Load adapter `name` from `path`; wait for the future before switching to it.
+
+        With `merge_routed`, its merged copy is built first on a helper thread (a second or more: a
+        base read and a merge) while the engine keeps answering; the load itself then runs in order
+        on the engine thread, as every model operation does.
+        """
+        if not self.merge_routed:
+            return self._call(lambda: self._load(name, path, None))
+        future: Future = Future()
+
+        def build() -> None:
+            from slm_flywheel.models.inference import load_model
+
+            try:
+                self._check_loadable(name, path)
+                merged = load_model(self.base_path, path, bf16=self.bf16)
+            except BaseException as exc:  # nothing has changed: the caller gets the error
+                future.set_exception(exc)
+                return
+            self._call(lambda: self._load(name, path, merged)).add_done_callback(lambda done: _chain(done, future))
+
+        threading.Thread(target=build, name=f"merge-{name}", daemon=True).start()
+        return future
 
     def unload_adapter(self, name: str) -> Future:
         return self._call(lambda: self._unload(name))
@@ -152,11 +197,12 @@ class AdapterEngine:
                 job.future.set_exception(error)
             return
         try:
-            if self.model.active_adapter != adapter:
+            merged = adapter if requested is None and adapter in self._merged else None
+            if merged is None and self.model.active_adapter != adapter:
                 # peft's set_adapter walks every module (18% of the engine's time under load when
                 # called per batch, py-spy in bench/RESULTS.md): only when the adapter changes.
                 self.model.set_adapter(adapter)
-            predictor = self._predictor(workload)
+            predictor = self._predictor(workload, merged)
             texts = [text for job in batch for text in job.texts]
             predictions = predictor.predict(texts)
         except BaseException as exc:
@@ -173,26 +219,37 @@ class AdapterEngine:
             start += len(job.texts)
             job.future.set_result([ServedPrediction(p, adapter) for p in chunk])
 
-    def _predictor(self, workload: str) -> Predictor:
-        if workload not in self._predictors:
-            self._predictors[workload] = Predictor(self.model, self.tokenizer, self.specs[workload], self.max_batch, tree=self.tree)
-        return self._predictors[workload]
+    def _predictor(self, workload: str, merged: str | None = None) -> Predictor:
+        """The workload's predictor over the peft model (`merged` None) or over a merged copy."""
+        key = (workload, merged)
+        if key not in self._predictors:
+            model = self.model if merged is None else self._merged[merged]
+            self._predictors[key] = Predictor(model, self.tokenizer, self.specs[workload], self.max_batch, tree=self.tree)
+        return self._predictors[key]
 
-    def _load(self, name: str, path: Path) -> None:
-        from peft import PeftModel
-
+    def _check_loadable(self, name: str, path: Path) -> None:
         if workload_of(name) not in self.specs:
             raise EngineError(f"adapter {name!r} names no configured workload (expected <workload>@v<N>)", 400)
-        if name in self.adapters:
+        with self._lock:
+            loaded = name in self.adapters
+        if loaded:
             raise EngineError(f"adapter {name!r} is already loaded", 400)
         if not (path / "adapter_config.json").exists():
             raise EngineError(f"{path} holds no adapter (adapter_config.json missing)", 400)
+
+    def _load(self, name: str, path: Path, merged: Any | None) -> None:
+        """Add the adapter to the peft model, and its merged copy (built by `load_adapter`) if any."""
+        from peft import PeftModel
+
+        self._check_loadable(name, path)
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(str(path), adapter_name=name)
         else:
             self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
-            self._predictors.clear()  # they held the bare model
+            self._predictors = {key: p for key, p in self._predictors.items() if key[1] is not None}  # they held the bare model
         self.model.eval()
+        if merged is not None:
+            self._merged[name] = merged
         with self._lock:
             self.adapters[name] = str(path)
             # The first adapter of a workload starts serving it at once; later ones wait for a switch.
@@ -204,6 +261,8 @@ class AdapterEngine:
         if name in self.routes.values():
             raise EngineError(f"adapter {name!r} is serving its workload; switch first", 409)
         self.model.delete_adapter(name)
+        self._merged.pop(name, None)
+        self._predictors = {key: p for key, p in self._predictors.items() if key[1] != name}
         with self._lock:
             del self.adapters[name]
 

@@ -49,6 +49,7 @@ def build_state(settings: Settings, replica_id: str | None = None, *, load_champ
     specs = {name: context.spec for name, context in contexts.items()}
     engine = AdapterEngine(
         base_path, specs, max_batch=serving.max_batch, batch_wait_s=serving.batch_wait_ms / 1000, bf16=bf16, tree=serving.tree_decoding,
+        merge_routed=serving.merge_routed,
     )
     replica = replica_id or f"{socket.gethostname()}-{serving.port}"
     writer = SampleWriter(

@@ -1,0 +1,108 @@
+"""The routed version answers from a merged copy of the base weights: the same answers and
+confidences as its unmerged, named adapter; a swap moves the route to the new merged copy and
+drops the old one; a load that fails changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from slm_flywheel.config import load_settings
+from slm_flywheel.models.inference import load_model
+from slm_flywheel.models.workload import build_task_spec, load_splits
+from slm_flywheel.serving.engine import AdapterEngine
+from tests.conftest import REPO
+
+WORKLOAD = "banking-intent"
+
+
+def _random_adapter(tiny_model_dir: Path, folder: Path, seed: int) -> Path:
+    """A LoRA adapter of random, non-zero weights on every linear layer, saved as a push delivers it."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(load_model(str(tiny_model_dir), None, bf16=False), config).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, data_dir, tmp_path_factory):
+    settings = load_settings(REPO / "flywheel.yaml", data_dir=data_dir)
+    specs = {name: build_task_spec(name, settings.workload(name), data_dir) for name in settings.workloads}
+    texts = {name: list(load_splits(specs[name], settings.workload(name), data_dir)["golden"]["text"][:24]) for name in specs}
+    folder = tmp_path_factory.mktemp("adapters")
+    adapters = {version: _random_adapter(tiny_model_dir, folder / f"v{version}", seed) for version, seed in ((1, 3), (2, 4))}
+    return specs, texts, adapters
+
+
+def _answers(engine: AdapterEngine, workload: str, texts: list[str], adapter: str | None = None) -> list[tuple]:
+    served = engine.predict(workload, texts, adapter=adapter).result(timeout=120)
+    return [(s.adapter, s.prediction.answer, s.prediction.valid, s.prediction.tokens, s.prediction.confidence, s.prediction.token_logprobs) for s in served]
+
+
+def _same(routed: list[tuple], named: list[tuple]) -> None:
+    assert len(routed) == len(named)
+    for mine, theirs in zip(routed, named):
+        assert mine[:4] == theirs[:4]  # adapter, answer, valid, tokens
+        assert mine[4] == pytest.approx(theirs[4], abs=1e-5)  # fp32: only rounding differs
+        assert mine[5] == pytest.approx(theirs[5], abs=1e-5)
+
+
+def test_the_routed_merged_copy_answers_as_the_named_adapter_and_a_swap_moves_it(setup, tiny_model_dir):
+    # Classification: the tiny model's extraction gives up before its first token, so it would
+    # compare nothing; bench/serve.py checks extraction's merged answers on the real model.
+    specs, texts, adapters = setup
+    workload = WORKLOAD
+    engine = AdapterEngine(str(tiny_model_dir), {workload: specs[workload]}, bf16=False)
+    try:
+        engine.load_adapter(f"{workload}@v1", adapters[1]).result(timeout=120)
+        assert set(engine._merged) == {f"{workload}@v1"}
+        v1 = _answers(engine, workload, texts[workload], f"{workload}@v1")  # named: the unmerged peft path
+        _same(_answers(engine, workload, texts[workload]), v1)
+
+        engine.load_adapter(f"{workload}@v2", adapters[2]).result(timeout=120)
+        v2 = _answers(engine, workload, texts[workload], f"{workload}@v2")
+        assert [a[1:4] for a in v1] != [a[1:4] for a in v2]  # two different models
+        _same(_answers(engine, workload, texts[workload]), v1)  # loaded is not routed: v1 still answers
+
+        engine.switch(workload, f"{workload}@v2").result(timeout=120)
+        _same(_answers(engine, workload, texts[workload]), v2)
+        assert set(engine._merged) == {f"{workload}@v2"} and set(engine.adapters) == {f"{workload}@v2"}  # v1's copy went with it
+    finally:
+        engine.close()
+
+
+def test_without_merging_the_route_answers_alike_from_the_peft_model(setup, tiny_model_dir):
+    specs, texts, adapters = setup
+    merged = AdapterEngine(str(tiny_model_dir), {WORKLOAD: specs[WORKLOAD]}, bf16=False)
+    plain = AdapterEngine(str(tiny_model_dir), {WORKLOAD: specs[WORKLOAD]}, bf16=False, merge_routed=False)
+    try:
+        for engine in (merged, plain):
+            engine.load_adapter(f"{WORKLOAD}@v1", adapters[1]).result(timeout=120)
+        assert plain._merged == {}
+        _same(_answers(merged, WORKLOAD, texts[WORKLOAD]), _answers(plain, WORKLOAD, texts[WORKLOAD]))
+    finally:
+        merged.close()
+        plain.close()
+
+
+def test_an_adapter_that_fails_to_load_leaves_the_engine_as_it_was(setup, tiny_model_dir, tmp_path):
+    specs, texts, adapters = setup
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text((adapters[1] / "adapter_config.json").read_text())
+    (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    engine = AdapterEngine(str(tiny_model_dir), {WORKLOAD: specs[WORKLOAD]}, bf16=False)
+    try:
+        engine.load_adapter(f"{WORKLOAD}@v1", adapters[1]).result(timeout=120)
+        before = _answers(engine, WORKLOAD, texts[WORKLOAD])
+        with pytest.raises(Exception):
+            engine.load_adapter(f"{WORKLOAD}@v2", broken).result(timeout=120)
+        assert engine.snapshot() == ({f"{WORKLOAD}@v1": str(adapters[1])}, {WORKLOAD: f"{WORKLOAD}@v1"})
+        assert set(engine._merged) == {f"{WORKLOAD}@v1"}
+        assert _answers(engine, WORKLOAD, texts[WORKLOAD]) == before
+    finally:
+        engine.close()
