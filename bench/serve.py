@@ -13,7 +13,8 @@ there is one (`flywheel train <workload>` first), else a small one trained here 
   "+merged": the routed adapter answers from a merged copy of the base weights (`serving/engine.py`).
   The default is "tree+merged" for classification; extraction decodes stepwise either way, so
   restaurant-slots has "stepwise" and "stepwise+merged". `--quick` leaves out the "tree" row (the
-  unmerged tree path) and checks identity on 128 golden items (32 for extraction).
+  unmerged tree path) and its identity check, sends 64 requests per banking row and 16 per
+  restaurant row, and checks identity on 128 golden items (32 for extraction).
 * Identity on golden (in-process): answers and confidences of the tree path (the same unmerged
   model) and of the served path (merged, tree for classification) against the unoptimized one, in
   fp32 (where arithmetic is exact enough for 1e-3 to mean the algorithm) and in bf16 (what serves
@@ -133,10 +134,10 @@ def _compare(reference: list[Any], fast: list[Any]) -> dict[str, Any]:
     }
 
 
-def _identity(base: str, adapter: Path, context: Any, texts: list[str], floor_items: int) -> dict[str, Any]:
-    """On `texts`, in fp32 and bf16, against stepwise decoding with the unmerged (named) adapter: tree
-    decoding with the same model (classification), and the served path (the adapter merged into a
-    copy of the base, tree decoding for classification)."""
+def _identity(base: str, adapter: Path, context: Any, texts: list[str], floor_items: int, unmerged_tree: bool = True) -> dict[str, Any]:
+    """On `texts`, in fp32 and bf16, against stepwise decoding with the unmerged (named) adapter: the
+    served path (the adapter merged into a copy of the base, tree decoding for classification) and,
+    with `unmerged_tree`, tree decoding with the unmerged model (classification)."""
     from peft import PeftModel
 
     from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
@@ -148,15 +149,14 @@ def _identity(base: str, adapter: Path, context: Any, texts: list[str], floor_it
         model.eval()
         stepwise = Predictor(model, tokenizer, context.spec, 32, tree=False)
         reference = stepwise.predict(texts)
-        tree = Predictor(model, tokenizer, context.spec, 32, tree=True)
         classification = context.config.task == "classification"
-        if classification:
-            result[dtype] = _compare(reference, tree.predict(texts))
-            # Packed, the tree path runs exactly each prompt and its trie nodes: tokens per request.
-            result[dtype]["tokens_per_request"] = tree.tokens_run / len(texts)
-            result[dtype]["prompt_tokens_per_request"] = sum(p.prompt_tokens for p in reference) / len(texts)
+        if classification and unmerged_tree:
+            result[dtype] = _compare(reference, Predictor(model, tokenizer, context.spec, 32, tree=True).predict(texts))
         served = Predictor(load_model(base, adapter, bf16=bf16), tokenizer, context.spec, 32, tree=classification)
         result[f"{dtype}_served"] = _compare(reference, served.predict(texts))
+        # Packed, the tree path runs exactly each prompt and its trie nodes: tokens per request.
+        result[f"{dtype}_served"]["tokens_per_request"] = served.tokens_run / len(texts)
+        result[f"{dtype}_served"]["prompt_tokens_per_request"] = sum(p.prompt_tokens for p in reference) / len(texts)
         if bf16:  # the noise floor: the same stepwise path, each input alone instead of in a batch
             alone = [stepwise.predict([text])[0] for text in texts[:floor_items]]
             result["bf16_floor"] = _compare(reference[:floor_items], alone)
@@ -165,15 +165,15 @@ def _identity(base: str, adapter: Path, context: Any, texts: list[str], floor_it
 
 def _flops_per_request(base: str, adapter: Path, tokens: float) -> float:
     """Forward FLOPs of one request of `tokens` tokens (prompt and tree pass, counted by the
-    predictor): 2 per decoder weight and per LoRA weight per token (bench/train.py's counts), plus
-    attention (QK^T and AV, about half of a square for causal). The output rows the trie projects
-    (its allowed tokens) are a few thousand weights: left out."""
+    predictor): 2 per decoder weight per token (bench/train.py's counts; the served adapter is
+    merged into them, so it adds none), plus attention (QK^T and AV, about half of a square for
+    causal). The output rows the trie projects (its allowed tokens) are a few thousand weights: left out."""
     from bench.train import count_params
 
     counts = count_params(Path(base), adapter)
     hidden = _hidden_size(base)
     attention = len(counts.layer_params) * 2 * 2 * hidden * tokens * tokens / 2
-    return 2 * tokens * (sum(counts.layer_params) + counts.lora_params) + attention
+    return 2 * tokens * sum(counts.layer_params) + attention
 
 
 def _hidden_size(base: str) -> int:
@@ -185,7 +185,7 @@ def _hidden_size(base: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests and golden items (under 5 minutes)")
-    parser.add_argument("--requests", type=int, default=None, help="requests per row (banking; restaurant-slots half)")
+    parser.add_argument("--requests", type=int, default=None, help="requests per row (banking; restaurant-slots a half, a quarter with --quick)")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("serve.json"))
     args = parser.parse_args()
     count = args.requests or (64 if args.quick else 256)
@@ -219,10 +219,10 @@ def main() -> None:
         checked = golden[: golden_items or len(golden)]
         if context.config.task == "extraction":  # its decoding takes a forward pass per token: fewer items
             checked = checked[: len(checked) // 4]
-        identity[workload] = _identity(base, adapter, context, checked, 32 if args.quick else 64)
+        identity[workload] = _identity(base, adapter, context, checked, 32 if args.quick else 64, unmerged_tree=not args.quick)
         # --quick measures the unoptimized and the served path only (no unmerged "tree" row), to stay under 5 minutes.
         paths = tuple(p for p in PATHS[context.config.task] if not (args.quick and p == "tree"))
-        requests = count if context.config.task == "classification" else max(count // 2, 16)
+        requests = count if context.config.task == "classification" else max(count // (4 if args.quick else 2), 16)
         for path in paths:
             serving = settings.serving.model_copy(update={"admin_token": None, "adapter_roots": [adapter.parent],
                                                       "tree_decoding": path.startswith("tree"), "merge_routed": path.endswith("+merged")})
@@ -248,8 +248,8 @@ def main() -> None:
                 stop.set()
                 process.join(timeout=60)
         if context.config.task == "classification":  # the floor, from the tokens the tree path ran in the identity check
-            tokens = identity[workload]["bf16"]["tokens_per_request"]
-            prompt_tokens = identity[workload]["bf16"]["prompt_tokens_per_request"]
+            tokens = identity[workload]["bf16_served"]["tokens_per_request"]
+            prompt_tokens = identity[workload]["bf16_served"]["prompt_tokens_per_request"]
             flops = _flops_per_request(base, adapter, tokens)
             floors[workload] = {"prompt_tokens": prompt_tokens, "tree_tokens": tokens - prompt_tokens, "gflop_per_request": flops / 1e9}
 
