@@ -106,3 +106,18 @@ def test_an_adapter_that_fails_to_load_leaves_the_engine_as_it_was(setup, tiny_m
         assert _answers(engine, WORKLOAD, texts[WORKLOAD]) == before
     finally:
         engine.close()
+
+
+def test_a_predictor_over_another_model_answers_as_a_new_one_and_shares_the_tokenizer_tables(setup, tiny_model_dir):
+    from slm_flywheel.models.inference import Predictor, load_tokenizer
+
+    specs, texts, adapters = setup
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    first = Predictor(load_model(str(tiny_model_dir), adapters[1], bf16=False), tokenizer, specs[WORKLOAD], 8)
+    first.predict(texts[WORKLOAD])  # builds the label trie
+    second_model = load_model(str(tiny_model_dir), adapters[2], bf16=False)
+    moved = first.with_model(second_model)
+    fresh = Predictor(second_model, tokenizer, specs[WORKLOAD], 8)
+    assert [(p.answer, p.tokens, p.confidence) for p in moved.predict(texts[WORKLOAD])] == [(p.answer, p.tokens, p.confidence) for p in fresh.predict(texts[WORKLOAD])]
+    assert moved._label_constraint is first._label_constraint and moved.model is second_model and first.model is not second_model
+    assert moved.tokens_run == fresh.tokens_run  # counted from zero
