@@ -263,6 +263,9 @@ class AdapterEngine:
             raise EngineError(f"adapter {name!r} is not loaded", 404)
         if name in self.routes.values():
             raise EngineError(f"adapter {name!r} is serving its workload; switch first", 409)
+        other = next((adapter for adapter in self.adapters if adapter != name), None)
+        if self.model.active_adapter == name and other is not None:
+            self.model.set_adapter(other)  # peft would too, warning on every swap
         self.model.delete_adapter(name)
         self._merged.pop(name, None)
         self._predictors = {key: p for key, p in self._predictors.items() if key[1] != name}

@@ -4,6 +4,7 @@ drops the old one; a load that fails changes nothing."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,11 @@ def test_the_routed_merged_copy_answers_as_the_named_adapter_and_a_swap_moves_it
         v2 = _answers(engine, workload, texts[workload], f"{workload}@v2")
         assert [a[1:4] for a in v1] != [a[1:4] for a in v2]  # two different models
         _same(_answers(engine, workload, texts[workload]), v1)  # loaded is not routed: v1 still answers
+        _same(_answers(engine, workload, texts[workload], f"{workload}@v1"), v1)  # peft's active adapter is v1 again
 
-        engine.switch(workload, f"{workload}@v2").result(timeout=120)
+        with warnings.catch_warnings():  # unloading v1, the named adapter peft last ran, warns nothing
+            warnings.simplefilter("error")
+            engine.switch(workload, f"{workload}@v2").result(timeout=120)
         _same(_answers(engine, workload, texts[workload]), v2)
         assert set(engine._merged) == {f"{workload}@v2"} and set(engine.adapters) == {f"{workload}@v2"}  # v1's copy went with it
     finally:
