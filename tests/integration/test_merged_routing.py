@@ -31,16 +31,18 @@ def _random_adapter(tiny_model_dir: Path, folder: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, data_dir, tmp_path_factory):
-    settings = load_settings(REPO / "flywheel.yaml", data_dir=data_dir)
-    specs = {name: build_task_spec(name, settings.workload(name), data_dir) for name in settings.workloads}
-    texts = {name: list(load_splits(specs[name], settings.workload(name), data_dir)["golden"]["text"][:24]) for name in specs}
+    # Classification only: the tiny model's extraction gives up before its first token, so it would
+    # compare nothing; bench/serve.py checks extraction's merged answers on the real model.
+    workload = load_settings(REPO / "flywheel.yaml", data_dir=data_dir).workload(WORKLOAD)
+    spec = build_task_spec(WORKLOAD, workload, data_dir)
+    texts = list(load_splits(spec, workload, data_dir)["golden"]["text"][:24])
     folder = tmp_path_factory.mktemp("adapters")
     adapters = {version: _random_adapter(tiny_model_dir, folder / f"v{version}", seed) for version, seed in ((1, 3), (2, 4))}
-    return specs, texts, adapters
+    return spec, texts, adapters
 
 
-def _answers(engine: AdapterEngine, workload: str, texts: list[str], adapter: str | None = None) -> list[tuple]:
-    served = engine.predict(workload, texts, adapter=adapter).result(timeout=120)
+def _answers(engine: AdapterEngine, texts: list[str], adapter: str | None = None) -> list[tuple]:
+    served = engine.predict(WORKLOAD, texts, adapter=adapter).result(timeout=120)
     return [(s.adapter, s.prediction.answer, s.prediction.valid, s.prediction.tokens, s.prediction.confidence, s.prediction.token_logprobs) for s in served]
 
 
@@ -53,61 +55,58 @@ def _same(routed: list[tuple], named: list[tuple]) -> None:
 
 
 def test_the_routed_merged_copy_answers_as_the_named_adapter_and_a_swap_moves_it(setup, tiny_model_dir):
-    # Classification: the tiny model's extraction gives up before its first token, so it would
-    # compare nothing; bench/serve.py checks extraction's merged answers on the real model.
-    specs, texts, adapters = setup
-    workload = WORKLOAD
-    engine = AdapterEngine(str(tiny_model_dir), {workload: specs[workload]}, bf16=False)
+    spec, texts, adapters = setup
+    engine = AdapterEngine(str(tiny_model_dir), {WORKLOAD: spec}, bf16=False)
     try:
-        engine.load_adapter(f"{workload}@v1", adapters[1]).result(timeout=120)
-        assert set(engine._merged) == {f"{workload}@v1"}
-        v1 = _answers(engine, workload, texts[workload], f"{workload}@v1")  # named: the unmerged peft path
-        _same(_answers(engine, workload, texts[workload]), v1)
+        engine.load_adapter(f"{WORKLOAD}@v1", adapters[1]).result(timeout=120)
+        assert set(engine._merged) == {f"{WORKLOAD}@v1"}
+        v1 = _answers(engine, texts, f"{WORKLOAD}@v1")  # named: the unmerged peft path
+        _same(_answers(engine, texts), v1)
 
-        engine.load_adapter(f"{workload}@v2", adapters[2]).result(timeout=120)
-        v2 = _answers(engine, workload, texts[workload], f"{workload}@v2")
+        engine.load_adapter(f"{WORKLOAD}@v2", adapters[2]).result(timeout=120)
+        v2 = _answers(engine, texts, f"{WORKLOAD}@v2")
         assert [a[1:4] for a in v1] != [a[1:4] for a in v2]  # two different models
-        _same(_answers(engine, workload, texts[workload]), v1)  # loaded is not routed: v1 still answers
-        _same(_answers(engine, workload, texts[workload], f"{workload}@v1"), v1)  # peft's active adapter is v1 again
+        _same(_answers(engine, texts), v1)  # loaded is not routed: v1 still answers
+        _same(_answers(engine, texts, f"{WORKLOAD}@v1"), v1)  # peft's active adapter is v1 again
 
         with warnings.catch_warnings():  # unloading v1, the named adapter peft last ran, warns nothing
             warnings.simplefilter("error")
-            engine.switch(workload, f"{workload}@v2").result(timeout=120)
-        _same(_answers(engine, workload, texts[workload]), v2)
-        assert set(engine._merged) == {f"{workload}@v2"} and set(engine.adapters) == {f"{workload}@v2"}  # v1's copy went with it
+            engine.switch(WORKLOAD, f"{WORKLOAD}@v2").result(timeout=120)
+        _same(_answers(engine, texts), v2)
+        assert set(engine._merged) == {f"{WORKLOAD}@v2"} and set(engine.adapters) == {f"{WORKLOAD}@v2"}  # v1's copy went with it
     finally:
         engine.close()
 
 
 def test_without_merging_the_route_answers_alike_from_the_peft_model(setup, tiny_model_dir):
-    specs, texts, adapters = setup
-    merged = AdapterEngine(str(tiny_model_dir), {WORKLOAD: specs[WORKLOAD]}, bf16=False)
-    plain = AdapterEngine(str(tiny_model_dir), {WORKLOAD: specs[WORKLOAD]}, bf16=False, merge_routed=False)
+    spec, texts, adapters = setup
+    merged = AdapterEngine(str(tiny_model_dir), {WORKLOAD: spec}, bf16=False)
+    plain = AdapterEngine(str(tiny_model_dir), {WORKLOAD: spec}, bf16=False, merge_routed=False)
     try:
         for engine in (merged, plain):
             engine.load_adapter(f"{WORKLOAD}@v1", adapters[1]).result(timeout=120)
         assert plain._merged == {}
-        _same(_answers(merged, WORKLOAD, texts[WORKLOAD]), _answers(plain, WORKLOAD, texts[WORKLOAD]))
+        _same(_answers(merged, texts), _answers(plain, texts))
     finally:
         merged.close()
         plain.close()
 
 
 def test_an_adapter_that_fails_to_load_leaves_the_engine_as_it_was(setup, tiny_model_dir, tmp_path):
-    specs, texts, adapters = setup
+    spec, texts, adapters = setup
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "adapter_config.json").write_text((adapters[1] / "adapter_config.json").read_text())
     (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
-    engine = AdapterEngine(str(tiny_model_dir), {WORKLOAD: specs[WORKLOAD]}, bf16=False)
+    engine = AdapterEngine(str(tiny_model_dir), {WORKLOAD: spec}, bf16=False)
     try:
         engine.load_adapter(f"{WORKLOAD}@v1", adapters[1]).result(timeout=120)
-        before = _answers(engine, WORKLOAD, texts[WORKLOAD])
+        before = _answers(engine, texts)
         with pytest.raises(Exception):
             engine.load_adapter(f"{WORKLOAD}@v2", broken).result(timeout=120)
         assert engine.snapshot() == ({f"{WORKLOAD}@v1": str(adapters[1])}, {WORKLOAD: f"{WORKLOAD}@v1"})
         assert set(engine._merged) == {f"{WORKLOAD}@v1"}
-        assert _answers(engine, WORKLOAD, texts[WORKLOAD]) == before
+        assert _answers(engine, texts) == before
     finally:
         engine.close()
 
@@ -115,13 +114,13 @@ def test_an_adapter_that_fails_to_load_leaves_the_engine_as_it_was(setup, tiny_m
 def test_a_predictor_over_another_model_answers_as_a_new_one_and_shares_the_tokenizer_tables(setup, tiny_model_dir):
     from slm_flywheel.models.inference import Predictor, load_tokenizer
 
-    specs, texts, adapters = setup
+    spec, texts, adapters = setup
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    first = Predictor(load_model(str(tiny_model_dir), adapters[1], bf16=False), tokenizer, specs[WORKLOAD], 8)
-    first.predict(texts[WORKLOAD])  # builds the label trie
+    first = Predictor(load_model(str(tiny_model_dir), adapters[1], bf16=False), tokenizer, spec, 8)
+    first.predict(texts)  # builds the label trie
     second_model = load_model(str(tiny_model_dir), adapters[2], bf16=False)
     moved = first.with_model(second_model)
-    fresh = Predictor(second_model, tokenizer, specs[WORKLOAD], 8)
-    assert [(p.answer, p.tokens, p.confidence) for p in moved.predict(texts[WORKLOAD])] == [(p.answer, p.tokens, p.confidence) for p in fresh.predict(texts[WORKLOAD])]
+    fresh = Predictor(second_model, tokenizer, spec, 8)
+    assert [(p.answer, p.tokens, p.confidence) for p in moved.predict(texts)] == [(p.answer, p.tokens, p.confidence) for p in fresh.predict(texts)]
     assert moved._label_constraint is first._label_constraint and moved.model is second_model and first.model is not second_model
     assert moved.tokens_run == fresh.tokens_run  # counted from zero
