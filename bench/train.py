@@ -137,10 +137,12 @@ def ablation_rows(training: Any, num_layers: int) -> list[tuple[str, dict[str, A
 
     Overrides are `TrainingConfig` fields. Plain trl: LoRA on every layer, fp32 frozen weights under
     bf16 autocast, linear decay without warmup, random batches, completion-only loss (its default
-    for prompt/completion data), the same learning rate (the benchmark passes the workload's).
+    for prompt/completion data), the same learning rate and batch size (the benchmark passes the
+    workload's), so as many steps as the examples fill, however few.
     The layers row is the other choice: the top half if the workload adapts every layer, else all.
     """
-    trl_settings = {"lora_layers": None, "base_weights": "fp32", "lr_scheduler": "linear", "warmup_ratio": 0.0, "group_by_length": "off"}
+    trl_settings = {"lora_layers": None, "base_weights": "fp32", "lr_scheduler": "linear", "warmup_ratio": 0.0, "group_by_length": "off",
+                    "min_steps": 0}
     every_layer = training.lora_layers is None or training.lora_layers >= num_layers
     layers = (f"LoRA on the top {num_layers // 2} layers", {"lora_layers": num_layers // 2}) if every_layer else ("LoRA on all layers", {"lora_layers": None})
     return [
@@ -148,6 +150,7 @@ def ablation_rows(training: Any, num_layers: int) -> list[tuple[str, dict[str, A
         ("fp32 frozen weights", {"base_weights": "fp32"}),
         ("linear, no warmup", {"lr_scheduler": "linear", "warmup_ratio": 0.0}),
         ("random batches", {"group_by_length": "off"}),
+        ("full batches however few steps (min_steps 0)", {"min_steps": 0}),
         ("batches of similar prompt lengths", {"group_by_length": "prompt"}),
         ("loss on prompt too", {"completion_only_loss": False}),
         ("learning rate /2", {"learning_rate": training.learning_rate / 2}),

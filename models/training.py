@@ -29,6 +29,7 @@ class TrainResult:
     seconds: float
     final_loss: float
     bf16: bool
+    batch_size: int  # per device, after `step_batch_size`
 
     @property
     def tokens_per_second(self) -> float:
@@ -92,6 +93,24 @@ def lora_config(config: TrainingConfig, num_layers: int) -> Any:
         layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
+
+
+SMALLEST_SHRUNK_BATCH = 8
+
+
+def step_batch_size(examples: int, config: Any) -> int:
+    """The per-device batch a run of `examples` trains on: `config.batch_size`, or smaller for `config.min_steps` steps.
+
+    A short run at the full batch takes too few optimizer steps to learn (15 steps for 240 examples
+    at 16); it then takes the largest batch that gives `min_steps` steps, never under 8 (nor over
+    `batch_size`).
+    """
+    per_step = config.batch_size * config.gradient_accumulation_steps
+    seen = examples * config.epochs
+    if not config.min_steps or seen >= config.min_steps * per_step:
+        return config.batch_size
+    fitting = int(seen // (config.min_steps * config.gradient_accumulation_steps))
+    return max(min(config.batch_size, SMALLEST_SHRUNK_BATCH), min(config.batch_size, fitting))
 
 
 def length_grouped_order(lengths: list[int], batch_size: int, generator: torch.Generator, window: int = 64) -> list[int]:
@@ -207,6 +226,9 @@ def train_lora(
     tokenized = tokenize_examples(spec, tokenizer, train_set, config.max_length)
     n_tokens = int(sum(len(ids) for ids in tokenized["input_ids"]) * config.epochs)
     use_bf16 = cpu_supports_bf16() if config.bf16 == "auto" else bool(config.bf16)
+    batch_size = step_batch_size(len(tokenized), config)
+    if batch_size != config.batch_size:
+        log.info("batches of %d, not %d: %d examples at %d a step is under min_steps=%d", batch_size, config.batch_size, len(tokenized), config.batch_size, config.min_steps)
 
     # Frozen base weights in bf16 where the hardware multiplies bf16 natively (AVX-512 BF16 here: 2-6x fp32 in the measured peaks);
     # peft keeps the adapter weights in fp32. Eager attention: for sequences this short, CPU SDPA's
@@ -232,7 +254,7 @@ def train_lora(
     args = SFTConfig(
         output_dir=str(output_dir / "trainer"),
         num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
@@ -275,4 +297,5 @@ def train_lora(
         seconds=seconds,
         final_loss=float(result.training_loss),
         bf16=use_bf16,
+        batch_size=batch_size,
     )

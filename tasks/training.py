@@ -194,6 +194,7 @@ def register_adapter_version(
             "train_examples": trained.examples,
             "launch_data": data.launch,
             "bf16": trained.bf16,
+            "step_batch_size": trained.batch_size,  # train_batch_size, or smaller for train_min_steps
             **{f"split_{k}": v for k, v in data.summary.sizes.items()},
             **{f"train_{k}": v for k, v in config.training.model_dump().items()},
         }

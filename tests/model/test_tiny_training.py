@@ -170,3 +170,14 @@ def test_training_is_reproducible_and_each_ablation_knob_changes_the_adapter(tin
         assert not same(reference, adapter(**update)), update
     bf16 = adapter(bf16=True)
     assert not same(bf16, adapter(bf16=True, base_weights="fp32"))
+
+
+def test_a_short_run_trains_on_smaller_batches_to_take_min_steps(tiny_model_dir, tmp_path):
+    steps: dict[str, int] = {}
+    config = CONFIG.model_copy(update={"batch_size": 16, "min_steps": 4})
+    for name, run_config in (("shrunk", config), ("off", config.model_copy(update={"min_steps": 0}))):
+        result = train_lora(CLASSIFY, str(tiny_model_dir), _classification_data(32), tmp_path / name, run_config,
+                            progress=lambda done, total, name=name: steps.__setitem__(name, total))
+        steps[name + " batch"] = result.batch_size
+    # 32 examples at 16 are 2 steps, under 4: 4 steps of 8; with min_steps off, 2 of 16.
+    assert steps == {"shrunk": 4, "shrunk batch": 8, "off": 2, "off batch": 16}

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from bench import train as bench_train
 from slm_flywheel.config import TrainingConfig
-from slm_flywheel.models.training import grouping_lengths, length_grouped_order
+from slm_flywheel.models.training import grouping_lengths, length_grouped_order, step_batch_size
 
 
 def test_training_flops_counts_forward_everywhere_and_backward_from_the_lowest_adapted_layer():
@@ -91,3 +91,17 @@ def test_ablation_rows_are_valid_training_configs_and_the_last_is_plain_trls_set
     # Adapting every layer already, the layers row tries the top half instead.
     every = dict(bench_train.ablation_rows(TrainingConfig(), num_layers=30))
     assert every["LoRA on the top 15 layers"] == {"lora_layers": 15} and "LoRA on all layers" not in every
+
+
+@pytest.mark.parametrize(("examples", "update", "batch"), [
+    (1280, {}, 16),  # 80 steps of 16: enough
+    (240, {}, 12),  # 15 steps of 16 is under 20: 20 steps of 12
+    (100, {}, 8),  # 12 steps of 8 at the floor: never under 8
+    (240, {"min_steps": 0}, 16),  # off
+    (240, {"batch_size": 4}, 4),  # never over batch_size, nor up to the floor
+    (240, {"epochs": 2}, 16),  # 30 steps over two epochs
+    (240, {"gradient_accumulation_steps": 2}, 8),  # steps count accumulated batches: 15 of 16 -> 15 of 8x2
+])
+def test_step_batch_size_shrinks_a_short_run_to_min_steps_down_to_eight(examples, update, batch):
+    config = TrainingConfig(batch_size=16, min_steps=20).model_copy(update=update)
+    assert step_batch_size(examples, config) == batch
