@@ -73,7 +73,8 @@ def stack(tmp_path_factory, tiny_model_dir, data_dir):
     }
     processes.append(_start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)], prefect_env, tmp / "prefect.log"))
     # Loopback webhooks allowed; the server's webhook list cached 1 s (default 60 s after registering).
-    mlflow_env = {**base_env, "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_CACHE_TTL": "0"}  # no cache: a webhook registered by a test gets the next event
+    mlflow_env = {**base_env, "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_CACHE_TTL": "0",  # no cache: a webhook registered by a test gets the next event
+                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as the stack runs it (deployments/stack.py)
     processes.append(_start(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
         mlflow_env, tmp / "mlflow.log",

@@ -85,7 +85,8 @@ def test_ablation_rows_are_valid_training_configs_and_the_last_is_plain_trls_set
         assert changed != training, name
     assert rows["learning rate /2"] == {"learning_rate": 0.001}
     trl = rows["all of trl's settings"]
-    single = {**rows["LoRA on all layers"], **rows["fp32 frozen weights"], **rows["linear, no warmup"], **rows["random batches"]}
+    single = {**rows["LoRA on all layers"], **rows["fp32 frozen weights"], **rows["linear, no warmup"], **rows["random batches"],
+              **rows["full batches however few steps (min_steps 0)"]}
     assert trl == single
 
     # Adapting every layer already, the layers row tries the top half instead.
