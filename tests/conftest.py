@@ -4,6 +4,8 @@ an MLflow SQLite registry per test (or, where a module asks for both, SQLite and
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,25 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def prefect_api(url: str) -> Iterator[None]:
+    """Run in-process flows against the Prefect server at `url`, and deliver what they queued for it on leaving.
+
+    Prefect's log and event workers send in the background; left with a queue for a server a test
+    has since stopped, they held the interpreter's exit for minutes (a module run on its own).
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        try:
+            yield
+        finally:
+            APILogWorker.drain_all(timeout=30)
+            EventsWorker.drain_all(timeout=30)
 
 
 @pytest.fixture(scope="session")

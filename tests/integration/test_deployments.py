@@ -24,7 +24,7 @@ from slm_flywheel.deployments.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, 
 from slm_flywheel.config import load_settings
 from slm_flywheel.serving.app import create_app
 from slm_flywheel.serving.server import BackgroundServer, build_state, free_port
-from tests.conftest import REPO
+from tests.conftest import REPO, prefect_api
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -53,8 +53,6 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_dir, data_dir):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from slm_flywheel.flows.train_adapter import train_adapter_flow
 
     tmp = tmp_path_factory.mktemp("stack")
@@ -92,7 +90,7 @@ def stack(tmp_path_factory, tiny_model_dir, data_dir):
         workload["training"].pop("lora_layers", None)
         config = tmp / "flywheel.yaml"
         config.write_text(yaml.safe_dump(data))
-        with temporary_settings(updates={PREFECT_API_URL: api}):
+        with prefect_api(api):
             assert train_adapter_flow(workload=WORKLOAD, config_path=str(config)).version == 1
             assert train_adapter_flow(workload=WORKLOAD, config_path=str(config), max_examples=16).version == 2
         settings = load_settings(config)

@@ -35,7 +35,7 @@ from mlflow import MlflowClient
 from slm_flywheel.config import load_settings
 from slm_flywheel.serving.server import free_port
 from slm_flywheel.deployments.stack import alive
-from tests.conftest import REPO
+from tests.conftest import REPO, prefect_api
 
 pytestmark = pytest.mark.slow
 WORKLOADS = ("banking-intent", "card-intent")
@@ -168,8 +168,6 @@ def test_status_shows_every_service_healthy_with_the_ui_urls(stack):
 
 
 def test_two_nightly_runs_a_reviewer_alias_a_promotion_and_the_guard_through_the_stack(stack):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from slm_flywheel.flows.train_adapter import train_adapter_flow
     from slm_flywheel.app.simulate import simulate
     from slm_flywheel.models.promotion import OUTSIDE_ACTOR, history
@@ -179,7 +177,7 @@ def test_two_nightly_runs_a_reviewer_alias_a_promotion_and_the_guard_through_the
     registry = MlflowClient(stack.mlflow_url, stack.mlflow_url)
     # Launch: v1 of each workload becomes champion (the webhook brings it to both replicas), and a
     # smaller banking v2 waits as challenger for a reviewer.
-    with temporary_settings(updates={PREFECT_API_URL: stack.prefect_api}):
+    with prefect_api(stack.prefect_api):
         for workload in WORKLOADS:
             assert train_adapter_flow(workload=workload, config_path=config).alias == "champion"
         assert train_adapter_flow(workload="banking-intent", config_path=config, max_examples=16).alias == "challenger"
