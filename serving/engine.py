@@ -60,6 +60,10 @@ def _chain(done: Future, future: Future) -> None:
         future.set_result(done.result())
 
 
+def _closed_error() -> EngineError:
+    return EngineError("the serving engine is shut down", 503)
+
+
 def workload_of(adapter_name: str) -> str:
     """`banking-intent@v3` -> `banking-intent`."""
     return adapter_name.split("@", 1)[0]
@@ -90,7 +94,8 @@ class AdapterEngine:
         self._merged: dict[str, Any] = {}  # adapter name -> the base with that adapter merged in
         self._predictors: dict[tuple[str, str | None], Predictor] = {}  # (workload, merged adapter or None)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._lock = threading.Lock()  # guards adapters/routes for readers on other threads
+        self._lock = threading.Lock()  # guards adapters/routes for readers on other threads, and _closed
+        self._closed = False  # after close(), a new request or call fails at once instead of waiting forever
         self._thread = threading.Thread(target=self._run, name="adapter-engine", daemon=True)
         self._thread.start()
 
@@ -101,9 +106,7 @@ class AdapterEngine:
         (how a push smoke-tests a version before it takes traffic)."""
         if workload not in self.specs:
             raise EngineError(f"unknown workload {workload!r} (configured: {', '.join(sorted(self.specs))})", 404)
-        future: Future = Future()
-        self._jobs.put(_Job("predict", future, workload=workload, texts=texts, adapter=adapter))
-        return future
+        return self._submit(_Job("predict", Future(), workload=workload, texts=texts, adapter=adapter))
 
     def load_adapter(self, name: str, path: Path) -> Future:
         """Load adapter `name` from `path`; wait for the future before switching to it.
@@ -142,15 +145,34 @@ class AdapterEngine:
             return dict(self.adapters), dict(self.routes)
 
     def close(self) -> None:
-        self._jobs.put(None)
+        """Stop the engine thread; whatever is still queued, or asked for later (a merge finishing
+        its load, a late request), fails with a 503 rather than leaving its caller waiting."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._jobs.put(None)
         self._thread.join(timeout=30)
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and not job.future.done():
+                job.future.set_exception(_closed_error())
 
     # -- worker thread -----------------------------------------------------------------------
 
     def _call(self, fn: Callable[[], Any]) -> Future:
-        future: Future = Future()
-        self._jobs.put(_Job("call", future, fn=fn))
-        return future
+        return self._submit(_Job("call", Future(), fn=fn))
+
+    def _submit(self, job: _Job) -> Future:
+        with self._lock:
+            if not self._closed:
+                self._jobs.put(job)
+                return job.future
+        job.future.set_exception(_closed_error())
+        return job.future
 
     def _run(self) -> None:
         pending: list[_Job] = []

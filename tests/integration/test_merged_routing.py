@@ -4,6 +4,7 @@ drops the old one; a load that fails changes nothing."""
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -124,3 +125,21 @@ def test_a_predictor_over_another_model_answers_as_a_new_one_and_shares_the_toke
     assert [(p.answer, p.tokens, p.confidence) for p in moved.predict(texts)] == [(p.answer, p.tokens, p.confidence) for p in fresh.predict(texts)]
     assert moved._label_constraint is first._label_constraint and moved.model is second_model and first.model is not second_model
     assert moved.tokens_run == fresh.tokens_run  # counted from zero
+
+
+def test_a_load_whose_merge_finishes_after_close_fails_instead_of_hanging(setup, tiny_model_dir):
+    from slm_flywheel.serving.engine import EngineError
+
+    spec, texts, adapters = setup
+    engine = AdapterEngine(str(tiny_model_dir), {WORKLOAD: spec}, bf16=False)
+    closed = threading.Event()
+    check = engine._check_loadable  # the helper thread's first step: held until the engine is closed
+    engine._check_loadable = lambda *args: (closed.wait(60), check(*args))
+    loading = engine.load_adapter(f"{WORKLOAD}@v1", adapters[1])
+    engine.close()
+    closed.set()
+    with pytest.raises(EngineError, match="shut down"):
+        loading.result(timeout=120)  # settled either way; before, it never was
+    with pytest.raises(EngineError, match="shut down"):
+        engine.predict(WORKLOAD, texts).result(timeout=5)
+    engine.close()  # twice is harmless
