@@ -98,7 +98,7 @@ def lora_config(config: TrainingConfig, num_layers: int) -> Any:
 SMALLEST_SHRUNK_BATCH = 8
 
 
-def step_batch_size(examples: int, config: Any) -> int:
+def step_batch_size(examples: int, config: TrainingConfig) -> int:
     """The per-device batch a run of `examples` trains on: `config.batch_size`, or smaller for `config.min_steps` steps.
 
     A short run at the full batch takes too few optimizer steps to learn (15 steps for 240 examples
@@ -110,7 +110,7 @@ def step_batch_size(examples: int, config: Any) -> int:
     if not config.min_steps or seen >= config.min_steps * per_step:
         return config.batch_size
     fitting = int(seen // (config.min_steps * config.gradient_accumulation_steps))
-    return max(min(config.batch_size, SMALLEST_SHRUNK_BATCH), min(config.batch_size, fitting))
+    return min(config.batch_size, max(SMALLEST_SHRUNK_BATCH, fitting))
 
 
 def length_grouped_order(lengths: list[int], batch_size: int, generator: torch.Generator, window: int = 64) -> list[int]:

@@ -101,7 +101,7 @@ def test_ablation_rows_are_valid_training_configs_and_the_last_is_plain_trls_set
     (240, {"min_steps": 0}, 16),  # off
     (240, {"batch_size": 4}, 4),  # never over batch_size, nor up to the floor
     (240, {"epochs": 2}, 16),  # 30 steps over two epochs
-    (240, {"gradient_accumulation_steps": 2}, 8),  # steps count accumulated batches: 15 of 16 -> 15 of 8x2
+    (240, {"gradient_accumulation_steps": 2}, 8),  # steps count accumulated batches: 7.5 of 16x2 -> 15 of 8x2
 ])
 def test_step_batch_size_shrinks_a_short_run_to_min_steps_down_to_eight(examples, update, batch):
     config = TrainingConfig(batch_size=16, min_steps=20).model_copy(update=update)
