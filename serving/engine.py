@@ -10,6 +10,16 @@ copy is built on a helper thread before its load is queued, so answering does no
 what makes switching atomic: a workload's route is read when its batch *runs*, an adapter is
 only routable once fully loaded, and an unload queued after a switch runs after every batch that
 was admitted before it. Requests for one workload that wait together are predicted as one batch.
+
+Threads and torch's OpenMP runtime (libgomp): every thread that runs a parallel torch op keeps a
+pool of OpenMP workers until it exits, and once the pools hold more threads than the machine has
+cores, libgomp's workers stop spinning between ops and sleep at once (its "throttled" spin), so
+each op pays a wake-up. Measured on 2 cores: small ops in one thread 1.8x slower while another
+thread that had run ops sat idle; LoRA training in a process whose serving tier had answered
+traffic, 1.4x slower. So the base model is loaded on a short-lived thread (the thread that builds
+the engine keeps no pool for it), and the worker thread exits after `IDLE_EXIT_S` without work (a
+new one starts with the next job), so an idle serving tier leaves the rest of its process (the
+demo's trainings, a test's) the machine's full speed.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +74,9 @@ def _closed_error() -> EngineError:
     return EngineError("the serving engine is shut down", 503)
 
 
+IDLE_EXIT_S = 2.0  # the worker thread exits after this long without a job (see the module docstring)
+
+
 def workload_of(adapter_name: str) -> str:
     """`banking-intent@v3` -> `banking-intent`."""
     return adapter_name.split("@", 1)[0]
@@ -88,7 +101,8 @@ class AdapterEngine:
         self.batch_wait_s = batch_wait_s
         self.tree = tree  # classification's two-pass trie decoding (models/inference.py)
         self.tokenizer = load_tokenizer(base_path)
-        self.model: Any = load_model(base_path, None, bf16=bf16)
+        with ThreadPoolExecutor(1, thread_name_prefix="engine-load") as loader:  # its OpenMP pool goes with it
+            self.model: Any = loader.submit(load_model, base_path, None, bf16=bf16).result()
         self.adapters: dict[str, str] = {}  # name -> path
         self.routes: dict[str, str] = {}  # workload -> adapter name
         self._merged: dict[str, Any] = {}  # adapter name -> the base with that adapter merged in
@@ -96,8 +110,7 @@ class AdapterEngine:
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._lock = threading.Lock()  # guards adapters/routes for readers on other threads, and _closed
         self._closed = False  # after close(), a new request or call fails at once instead of waiting forever
-        self._thread = threading.Thread(target=self._run, name="adapter-engine", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # the worker, while there is work (started by _submit)
 
     # -- public API (any thread) -------------------------------------------------------------
 
@@ -152,7 +165,9 @@ class AdapterEngine:
                 return
             self._closed = True
             self._jobs.put(None)
-        self._thread.join(timeout=30)
+            worker = self._thread
+        if worker is not None:
+            worker.join(timeout=30)
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -170,14 +185,28 @@ class AdapterEngine:
         with self._lock:
             if not self._closed:
                 self._jobs.put(job)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="adapter-engine", daemon=True)
+                    self._thread.start()
                 return job.future
         job.future.set_exception(_closed_error())
         return job.future
 
+    def _next_job(self) -> _Job | None:
+        """The next job; None when the engine closes or has been idle `IDLE_EXIT_S` (the thread then exits)."""
+        while True:
+            try:
+                return self._jobs.get(timeout=IDLE_EXIT_S)
+            except queue.Empty:
+                with self._lock:  # _submit starts a new worker under the same lock once this one is gone
+                    if self._jobs.empty():
+                        self._thread = None
+                        return None
+
     def _run(self) -> None:
         pending: list[_Job] = []
         while True:
-            job = pending.pop(0) if pending else self._jobs.get()
+            job = pending.pop(0) if pending else self._next_job()
             if job is None:
                 return
             if job.kind == "call":

@@ -143,3 +143,31 @@ def test_a_load_whose_merge_finishes_after_close_fails_instead_of_hanging(setup,
     with pytest.raises(EngineError, match="shut down"):
         engine.predict(WORKLOAD, texts).result(timeout=5)
     engine.close()  # twice is harmless
+
+
+def test_an_idle_engine_lets_its_worker_thread_go_and_the_next_request_starts_another(setup, tiny_model_dir, monkeypatch):
+    # An idle worker thread would keep torch's OpenMP pool, slowing the rest of the process (the
+    # engine module's docstring): it exits after IDLE_EXIT_S, and no request or route is lost.
+    import time
+
+    import slm_flywheel.serving.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "IDLE_EXIT_S", 0.2)
+    spec, texts, adapters = setup
+
+    def workers() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate() if thread.name == "adapter-engine"]
+
+    before = set(workers())  # another test's engine, if one is still winding down
+    engine = AdapterEngine(str(tiny_model_dir), {WORKLOAD: spec}, bf16=False)
+    assert not set(workers()) - before  # building it starts no worker: there is no work yet
+    engine.load_adapter(f"{WORKLOAD}@v1", adapters[1]).result(timeout=120)
+    engine.switch(WORKLOAD, f"{WORKLOAD}@v1").result(timeout=120)
+    first = _answers(engine, texts)
+    deadline = time.monotonic() + 60
+    while set(workers()) - before:
+        assert time.monotonic() < deadline, "the idle engine's worker thread never exited"
+        time.sleep(0.05)
+    assert _answers(engine, texts) == first  # a new worker, the same route and answers
+    engine.close()
+    assert not [thread for thread in set(workers()) - before if thread.is_alive()]
