@@ -79,3 +79,20 @@ def test_tree_decoding_takes_two_forward_passes_per_batch(served, tiny_model_dir
     assert calls[0] > 2  # the label trie is deeper than two tokens somewhere it goes
     # Packed, the tree path runs each prompt's tokens once (no padding) plus the trie nodes.
     assert prompt_tokens < fast.tokens_run < slow.tokens_run
+
+
+def test_a_large_batch_is_packed_a_few_rows_a_pass(served, tiny_model_dir, banking):
+    # The packed pass's attention grows with the square of the rows in it: a batch of 48 runs as
+    # passes of at most PACKED_ROWS rows, with the same answers as one row at a time.
+    from slm_flywheel.models.inference import PACKED_ROWS
+
+    spec, texts = banking
+    predictor = Predictor(served, load_tokenizer(str(tiny_model_dir)), spec, 48)
+    rows: list[int] = []
+    packed = predictor._predict_labels
+    predictor._predict_labels = lambda batch: rows.append(len(batch)) or packed(batch)  # type: ignore[method-assign]
+    answers = predictor.predict(texts)
+    assert rows == [PACKED_ROWS] * (len(texts) // PACKED_ROWS) and PACKED_ROWS < len(texts)
+    one_by_one = Predictor(served, predictor.tokenizer, spec, 1).predict(texts[:8])
+    assert [p.answer for p in answers[:8]] == [p.answer for p in one_by_one]
+    assert [p.confidence for p in answers[:8]] == pytest.approx([p.confidence for p in one_by_one], abs=1e-5)
