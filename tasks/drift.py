@@ -61,7 +61,7 @@ def embedder(settings: Settings) -> Embedder:
 @task(cache_policy=NONE)  # measured: the per-(model, texts) embedding cache above does better
 def build_reference(context: WorkloadContext, client: Any, base_path: str) -> ChampionReference:
     """The champion's training-input embeddings and its answers on validation (cached per version)."""
-    from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
+    from slm_flywheel.models.evaluation import evaluate_sets
     from slm_flywheel.models.registry import download_adapter, get_version
 
     settings, spec = context.settings, context.spec
@@ -74,9 +74,15 @@ def build_reference(context: WorkloadContext, client: Any, base_path: str) -> Ch
     if answers_path.exists():
         stored = json.loads(answers_path.read_text())
     else:
-        predictor = Predictor(load_model(base_path, adapter_dir), load_tokenizer(base_path), spec, 64)
-        predictions = predictor.predict(list(context.splits["validation"]["text"]))
-        stored = {"answers": [p.answer for p in predictions], "confidences": [p.confidence for p in predictions]}
+        # The version's validation answers as train-adapter scored them: read from the evaluation
+        # cache when this state dir trained it (the demo's launch night: 28 s of predicting saved).
+        validation = context.splits["validation"]
+        scored = evaluate_sets(
+            spec, base_path, adapter_dir, {"validation": (list(validation["text"]), list(validation["label"]))},
+            context.config.eval_batch_size, cache_dir=settings.eval_cache_dir,
+        )["validation"]
+        answers = [spec.parse_label(answer) if answer else None for answer in scored.predictions]  # "" = no valid answer
+        stored = {"answers": answers, "confidences": scored.confidences}
         answers_path.parent.mkdir(parents=True, exist_ok=True)
         answers_path.write_text(json.dumps(stored))
     reference = DriftReference(embeddings=embeddings, answers=stored["answers"], confidences=np.asarray(stored["confidences"], dtype=np.float64))
