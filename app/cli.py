@@ -224,11 +224,13 @@ def train(
 ) -> None:
     """Run the `train-adapter` flow: train, evaluate on golden, register in MLflow."""
     _offline_defaults()
+    # The configuration is checked before the flow's imports (torch, transformers, Prefect: ~4 s),
+    # so a newcomer's mistake is reported at once.
+    settings = _workload_settings(config, workload, data=True)
+    settings.workloads[workload].training_for(profile)  # an unknown profile fails here, before Prefect starts
     from slm_flywheel.flows.train_adapter import train_adapter_flow
     from slm_flywheel import progress
 
-    settings = _workload_settings(config, workload, data=True)
-    settings.workloads[workload].training_for(profile)  # an unknown profile fails here, before Prefect starts
     with progress.progress_bar():
         result = train_adapter_flow(
             workload=workload, config_path=str(config) if config else None, max_examples=max_examples, launch=launch, profile=profile
@@ -256,13 +258,6 @@ def predict(
 ) -> None:
     """Answer with base + the registered adapter: one text, or a JSONL file in batches."""
     _offline_defaults()
-    from slm_flywheel import progress
-    from slm_flywheel.tracking import mlflow_client
-    from slm_flywheel.models.base_model import resolve_base_model
-    from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
-    from slm_flywheel.models.registry import download_adapter, get_version
-    from slm_flywheel.models.context import resolve_workload
-
     if (text is None) == (input is None):
         raise CommandError("give either one TEXT or --input FILE")
     if input is not None and output is None:
@@ -272,6 +267,12 @@ def predict(
     settings = _workload_settings(config, workload, data=True)
     if version is None and alias is None:
         _require_champion(settings, workload)
+    from slm_flywheel import progress
+    from slm_flywheel.tracking import mlflow_client
+    from slm_flywheel.models.base_model import resolve_base_model
+    from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
+    from slm_flywheel.models.registry import download_adapter, get_version
+    from slm_flywheel.models.context import resolve_workload
     context = resolve_workload(settings, workload)
     workload_config, spec = context.config, context.spec
     client = mlflow_client(settings)
@@ -395,10 +396,10 @@ def nightly(
 ) -> None:
     """Run `nightly-retrain` locally: drift → relabel → contracts → retrain → gate."""
     _offline_defaults()
+    _require_champion(_workload_settings(config, workload, data=True), workload)
     from slm_flywheel.flows.nightly_retrain import nightly_retrain
     from slm_flywheel import progress
 
-    _require_champion(_workload_settings(config, workload, data=True), workload)
     with progress.progress_bar():
         summary = nightly_retrain(workload=workload, force=force, budget=budget, config_path=str(config) if config else None)
     if as_json:
