@@ -84,10 +84,36 @@ def real_base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return resolve_base_model(DEFAULT_MODEL_ALIAS, tmp_path_factory.mktemp("models"))
 
 
-@pytest.fixture
-def tracking_uri(tmp_path: Path) -> str:
-    """Every test gets its own SQLite registry."""
+_SCHEMA = (
+    "import sys; from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as T; "
+    "from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as R; T(sys.argv[1], '/nonexistent'); R(sys.argv[1])"
+)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file with MLflow's schema, copied for each test: migrating a fresh one takes about
+    1-2 s of the process that first opens it, and some 60 tests open one."""
+    import subprocess
+    import sys
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    subprocess.run([sys.executable, "-c", _SCHEMA, f"sqlite:///{path}"], check=True, timeout=300)  # exits: nothing holds the file
+    return path
+
+
+def fresh_sqlite(template: Path, tmp_path: Path) -> str:
+    """A fresh, empty MLflow registry in `tmp_path`: a copy of the session's migrated template."""
+    import shutil
+
+    shutil.copyfile(template, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, sqlite_template: Path) -> str:
+    """Every test gets its own SQLite registry."""
+    return fresh_sqlite(sqlite_template, tmp_path)
 
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -124,18 +150,14 @@ def mlflow_template(postgres_server) -> str:
     from slm_flywheel.deployments.stack import create_database
 
     uri = create_database(postgres_server, "mlflow_template")
-    schema = (
-        "import sys; from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as T; "
-        "from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as R; T(sys.argv[1], '/nonexistent'); R(sys.argv[1])"
-    )
-    subprocess.run([sys.executable, "-c", schema, uri], check=True, timeout=300)  # exits: no connection left to the template
+    subprocess.run([sys.executable, "-c", _SCHEMA, uri], check=True, timeout=300)  # exits: no connection left to the template
     return "mlflow_template"
 
 
 def registry_uri(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """A fresh, empty MLflow registry on `backend` for one test."""
     if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'mlflow.db'}"
+        return fresh_sqlite(request.getfixturevalue("sqlite_template"), tmp_path)
     import uuid
 
     from slm_flywheel.deployments.stack import create_database

@@ -24,7 +24,7 @@ from slm_flywheel.deployments.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, 
 from slm_flywheel.config import load_settings
 from slm_flywheel.serving.app import create_app
 from slm_flywheel.serving.server import BackgroundServer, build_state, free_port
-from tests.conftest import REPO, prefect_api
+from tests.conftest import REPO, fresh_sqlite, prefect_api
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -52,10 +52,11 @@ def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_model_dir, data_dir):
+def stack(tmp_path_factory, tiny_model_dir, data_dir, sqlite_template):
     from slm_flywheel.flows.train_adapter import train_adapter_flow
 
     tmp = tmp_path_factory.mktemp("stack")
+    fresh_sqlite(sqlite_template, tmp)  # the server finds MLflow's schema in place
     prefect_port, mlflow_port, replica_port, webhook_port = (free_port() for _ in range(4))
     api = f"http://127.0.0.1:{prefect_port}/api"
     tracking = f"http://127.0.0.1:{mlflow_port}"
