@@ -61,7 +61,7 @@ def embedder(settings: Settings) -> Embedder:
 @task(cache_policy=NONE)  # measured: the per-(model, texts) embedding cache above does better
 def build_reference(context: WorkloadContext, client: Any, base_path: str) -> ChampionReference:
     """The champion's training-input embeddings and its answers on validation (cached per version)."""
-    from slm_flywheel.models.evaluation import evaluate_sets
+    from slm_flywheel.models.evaluation import evaluate_model
     from slm_flywheel.models.registry import download_adapter, get_version
 
     settings, spec = context.settings, context.spec
@@ -77,10 +77,10 @@ def build_reference(context: WorkloadContext, client: Any, base_path: str) -> Ch
         # The version's validation answers as train-adapter scored them: read from the evaluation
         # cache when this state dir trained it (the demo's launch night: 28 s of predicting saved).
         validation = context.splits["validation"]
-        scored = evaluate_sets(
-            spec, base_path, adapter_dir, {"validation": (list(validation["text"]), list(validation["label"]))},
-            context.config.eval_batch_size, cache_dir=settings.eval_cache_dir,
-        )["validation"]
+        scored = evaluate_model(
+            spec, base_path, adapter_dir, list(validation["text"]), list(validation["label"]), context.config.eval_batch_size,
+            cache_dir=settings.eval_cache_dir,
+        )
         answers = [spec.parse_label(answer) if answer else None for answer in scored.predictions]  # "" = no valid answer
         stored = {"answers": answers, "confidences": scored.confidences}
         answers_path.parent.mkdir(parents=True, exist_ok=True)
