@@ -130,12 +130,16 @@ class Predictor:
         the packed label pass takes at most `PACKED_ROWS` of them at a time."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: list[Prediction | None] = [None] * len(texts)
-        size = min(self.batch_size, PACKED_ROWS) if self.tree and self.spec.task == "classification" else self.batch_size
+        size = min(self.batch_size, PACKED_ROWS) if self._packs_labels() else self.batch_size
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
             for index, prediction in zip(chunk, self._predict_batch([texts[i] for i in chunk])):
                 results[index] = prediction
         return results  # type: ignore[return-value]
+
+    def _packs_labels(self) -> bool:
+        """Whether batches decode by the packed two-pass label trie (`_predict_labels`), not stepwise."""
+        return self.tree and self.spec.task == "classification" and _plain_projection(self.model)
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each input's prompt, tokenized as in training."""
@@ -154,7 +158,7 @@ class Predictor:
 
     @torch.inference_mode()
     def _predict_batch(self, texts: list[str]) -> list[Prediction]:
-        if self.tree and self.spec.task == "classification" and _plain_projection(self.model):
+        if self._packs_labels():
             return self._predict_labels(texts)
         started = time.perf_counter()
         prompts, input_ids, attention, positions = self._prompts(texts)
