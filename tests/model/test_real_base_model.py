@@ -25,6 +25,16 @@ def base_path(real_base_model):
     return real_base_model
 
 
+def test_two_concurrent_resolutions_materialize_once(base_model_materialized):
+    """Two flows resolving the default base model at once on a fresh machine: one materializes
+    under the lock, the other waits and takes its checkpoint; no temporary folder is left."""
+    assert base_model_materialized.materializations == 1
+    assert len(set(base_model_materialized.paths)) == 1
+    leftovers = [p.name for p in base_model_materialized.models_dir.iterdir() if ".tmp" in p.name]
+    assert leftovers == []
+    assert (Path(base_model_materialized.paths[0]) / MARKER).exists()
+
+
 def test_real_model_answers_every_golden_item_inside_the_77_intents(base_path, data_dir):
     """The real tokenizer's label trie: the base model alone answers only with Banking77 intents.
 
