@@ -14,7 +14,7 @@ from typing import Literal
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 Kind = Literal["retrain", "promote"]
 KINDS: tuple[Kind, ...] = ("retrain", "promote")
@@ -29,7 +29,10 @@ def ensure_locks(workloads: list[str]) -> list[str]:
     names = [lock_name(kind, workload) for workload in workloads for kind in KINDS]
     with get_client(sync_client=True) as client:
         for name in names:
-            client.upsert_global_concurrency_limit_by_name(name, 1)
+            try:
+                client.upsert_global_concurrency_limit_by_name(name, 1)
+            except ObjectAlreadyExists:  # another run created it between the upsert's read and its create
+                client.upsert_global_concurrency_limit_by_name(name, 1)
     return names
 
 

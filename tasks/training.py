@@ -25,6 +25,7 @@ from slm_flywheel.models.scenarios import launch_plan, launch_training_set
 from slm_flywheel.models.evaluation import EvalResult, evaluate_model, plot_breakdown
 from slm_flywheel.models.training import TrainResult
 from slm_flywheel.models.workload import TaskSpec
+from slm_flywheel.tasks.locks import workload_lock
 
 
 TRAINING_SET_ARTIFACT = "evaluation/training_set.parquet"  # the exact rows a version was trained on
@@ -165,6 +166,22 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def set_initial_alias(client: Any, workload: str, version: int) -> str:
+    """`champion` for the workload's first version (and the history's bootstrap entry), else `challenger`.
+
+    Read and set under the workload's `promote` lock: two trainings finishing at once on a workload
+    without a champion would otherwise both read "no champion" and both take the alias, and the
+    history would start twice."""
+    from slm_flywheel.models.promotion import record_bootstrap
+    from slm_flywheel.models.registry import CHAMPION, assign_initial_alias
+
+    with workload_lock("promote", workload):
+        alias = assign_initial_alias(client, workload, version)
+        if alias == CHAMPION:
+            record_bootstrap(client, workload, version, actor="train-adapter")
+    return alias
+
+
 @task(cache_policy=NONE)  # side effect on the registry
 def register_adapter_version(
     context: WorkloadContext,
@@ -179,8 +196,7 @@ def register_adapter_version(
 
     With `calibration`, its calibrator and threshold are stored in the adapter's folder
     (`calibration.json`), so they are registered with it, and its plots go to `evaluation/`."""
-    from slm_flywheel.models.promotion import record_bootstrap
-    from slm_flywheel.models.registry import CHAMPION, assign_initial_alias, register_adapter
+    from slm_flywheel.models.registry import register_adapter
 
     settings, workload, config = context.settings, context.name, context.config
     run = client.create_run(experiment_id(client, settings, workload), run_name=f"train-{workload}")
@@ -231,9 +247,7 @@ def register_adapter_version(
             **{f"golden_{k}": f"{v:.4f}" for k, v in golden.metrics.items()},
         }
         version = register_adapter(client, workload, run_id, tags, description=f"trained on {trained.examples} examples")
-        alias = assign_initial_alias(client, workload, version.version)
-        if alias == CHAMPION:
-            record_bootstrap(client, workload, version.version, actor="train-adapter")
+        alias = set_initial_alias(client, workload, version.version)
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         client.set_terminated(run_id, "FAILED")

@@ -82,3 +82,48 @@ def test_cli_rejects_unknown_workload_and_missing_version(tiny_config):
     assert profile.exit_code == 2 and "unknown training profile 'huge'; this workload has: default, full" in profile.output
     missing = runner.invoke(app, ["predict", "banking-intent", "hi", "--version", "9", "--config", str(tiny_config)])
     assert missing.exit_code == 2 and "no version 9" in missing.output  # a registry mistake: one line, exit 2
+
+
+def test_two_trainings_registering_at_once_make_one_champion(tracking_uri, tmp_path, monkeypatch):
+    """Two trainings of a workload without a champion reach their alias at the same moment.
+
+    Each registration, having read the `champion` alias, waits for the other to read it too; only
+    a lock around the read and the write keeps the second out (its wait then gives up), so one
+    version becomes champion, the other challenger, and the history starts once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import slm_flywheel.models.registry as registry
+    from slm_flywheel.models.promotion import history
+    from slm_flywheel.tasks.training import set_initial_alias
+
+    client = MlflowClient(tracking_uri, tracking_uri)
+    experiment = client.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    versions = []
+    for marker in ("a", "b"):
+        run_id = client.create_run(experiment).info.run_id
+        folder = tmp_path / f"adapter-{marker}"
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text("{}")
+        client.log_artifacts(run_id, str(folder), "adapter")
+        versions.append(registry.register_adapter(client, "banking-intent", run_id, {}).version)
+
+    both_read = threading.Barrier(2)
+    real = registry.alias_version
+
+    def read_then_wait_for_the_other(client_, name, alias):
+        found = real(client_, name, alias)
+        if alias == registry.CHAMPION:
+            try:
+                both_read.wait(timeout=5)
+            except threading.BrokenBarrierError:  # the other one is kept out (or has given up)
+                pass
+        return found
+
+    monkeypatch.setattr(registry, "alias_version", read_then_wait_for_the_other)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        aliases = list(pool.map(lambda version: set_initial_alias(client, "banking-intent", version), versions))
+    assert sorted(aliases) == [registry.CHALLENGER, registry.CHAMPION]
+    champion = versions[aliases.index(registry.CHAMPION)]
+    assert int(client.get_model_version_by_alias("banking-intent", registry.CHAMPION).version) == champion
+    assert [(entry.action, entry.to_version) for entry in history(client, "banking-intent")] == [("bootstrap", champion)]
