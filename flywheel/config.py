@@ -349,6 +349,7 @@ class ServingConfig(_Strict):
     admin_token: str | None = None  # bearer token for load/unload/route; None = open (loopback dev)
     adapter_roots: list[Path] = []  # extra folders adapters may be loaded from (the state dir always is)
     max_batch: int = Field(32, gt=0)
+    # How long a batch waits for more requests while requests arrive together; a lone request never waits.
     batch_wait_ms: float = Field(5.0, ge=0)
     # Classification decodes the label trie in two packed forward passes (models/inference.py);
     # false: one token per pass over the whole vocabulary, the reference path bench/serve.py checks.

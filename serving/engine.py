@@ -205,6 +205,9 @@ class AdapterEngine:
 
     def _run(self) -> None:
         pending: list[_Job] = []
+        # Whether requests are arriving together (the last batch had batch-mates, or work queued
+        # behind it): only then is a batch held `batch_wait_s` for more. A lone request goes at once.
+        together = False
         while True:
             job = pending.pop(0) if pending else self._next_job()
             if job is None:
@@ -214,8 +217,9 @@ class AdapterEngine:
                 continue
             batch = [job]
             size = len(job.texts)
-            deadline = time.monotonic() + self.batch_wait_s
-            # Gather more requests for the same workload, up to the batch size, for a few ms.
+            deadline = time.monotonic() + (self.batch_wait_s if together else 0.0)
+            # Gather more requests for the same workload, up to the batch size: those queued, and
+            # while requests arrive together, those arriving within the window.
             while size < self.max_batch:
                 try:
                     nxt = self._jobs.get(timeout=max(deadline - time.monotonic(), 0))
@@ -228,6 +232,7 @@ class AdapterEngine:
                     pending.append(nxt)  # keep order: it runs right after this batch
                     break
             self._predict_batch(job.workload, job.adapter, batch)
+            together = len(batch) > 1 or bool(pending) or not self._jobs.empty()
 
     @staticmethod
     def _resolve(future: Future, fn: Callable[[], Any] | None) -> None:

@@ -171,3 +171,35 @@ def test_an_idle_engine_lets_its_worker_thread_go_and_the_next_request_starts_an
     assert _answers(engine, texts) == first  # a new worker, the same route and answers
     engine.close()
     assert not [thread for thread in set(workers()) - before if thread.is_alive()]
+
+
+def test_a_lone_request_is_not_held_for_batch_mates_and_queued_ones_share_a_batch(setup, tiny_model_dir, monkeypatch):
+    # The batching window holds a batch for more requests only while requests arrive together
+    # (bench/RESULTS.md: c=1 p50 -12 ms, c=8 unchanged). With an hour-long window, a lone request
+    # still comes back at once, and requests queued behind a busy engine go in one batch.
+    spec, texts, adapters = setup
+    engine = AdapterEngine(str(tiny_model_dir), {WORKLOAD: spec}, bf16=False, batch_wait_s=3600)
+    try:
+        engine.load_adapter(f"{WORKLOAD}@v1", adapters[1]).result(timeout=120)
+        engine.switch(WORKLOAD, f"{WORKLOAD}@v1").result(timeout=120)
+        assert len(engine.predict(WORKLOAD, texts[:1]).result(timeout=120)) == 1  # not an hour later
+        reference = _answers(engine, texts[:3])  # one request of three inputs: one batch, then no more together
+
+        batches: list[int] = []
+        real = engine._predict_batch
+
+        def counted(workload, adapter, batch):
+            batches.append(len(batch))
+            return real(workload, adapter, batch)
+
+        monkeypatch.setattr(engine, "_predict_batch", counted)
+        gate = threading.Event()
+        busy = engine._call(gate.wait)  # the engine works on something until the gate opens
+        queued = [engine.predict(WORKLOAD, [text]) for text in texts[:3]]
+        gate.set()
+        busy.result(timeout=120)
+        served = [future.result(timeout=120)[0] for future in queued]
+        assert batches == [3]
+        _same([(s.adapter, s.prediction.answer, s.prediction.valid, s.prediction.tokens, s.prediction.confidence, s.prediction.token_logprobs) for s in served], reference)
+    finally:
+        engine.close()
