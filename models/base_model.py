@@ -86,6 +86,8 @@ def resolve_base_model(spec: str, models_dir: Path, *, pull: bool = True) -> str
         with FileLock(str(models_dir / f"{DEFAULT_MODEL_ALIAS}.lock")):
             if (target / MARKER).exists():
                 return str(target)
+            for leftover in models_dir.glob(f"{DEFAULT_MODEL_ALIAS}.tmp*"):  # of a materialization that crashed
+                shutil.rmtree(leftover, ignore_errors=True)
             return str(materialize_gguf(find_gguf(), target))
     if Path(spec).expanduser().exists():
         return str(Path(spec).expanduser().resolve())

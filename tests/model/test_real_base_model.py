@@ -27,7 +27,8 @@ def base_path(real_base_model):
 
 def test_two_concurrent_resolutions_materialize_once(base_model_materialized):
     """Two flows resolving the default base model at once on a fresh machine: one materializes
-    under the lock, the other waits and takes its checkpoint; no temporary folder is left."""
+    under the lock, the other waits and takes its checkpoint; no temporary folder is left, not even
+    the one a crashed materialization left before them."""
     assert base_model_materialized.materializations == 1
     assert len(set(base_model_materialized.paths)) == 1
     leftovers = [p.name for p in base_model_materialized.models_dir.iterdir() if ".tmp" in p.name]
