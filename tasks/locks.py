@@ -4,6 +4,10 @@ Prefect global concurrency limits with one slot, named `flywheel-<kind>-<workloa
 its workload's slot for the whole critical section; a second run waits for it (visible in the
 Prefect UI under Concurrency). The limits are created on first use (and by `flywheel deploy`),
 so the same code guards an ephemeral local API and a shared Prefect server.
+
+Prefect takes the slots through one acquisition service per limit name and process, bound to the
+API it first talked to: a process that moves to another API (a test suite does) stops those
+services first (tests/conftest.py, `prefect_api`), or its locks would be taken on the old one.
 """
 
 from __future__ import annotations

@@ -27,16 +27,22 @@ def prefect_api(url: str) -> Iterator[None]:
     Prefect's log and event workers send in the background; left with a queue for a server a test
     has since stopped, they held the interpreter's exit for minutes (a module run on its own).
     """
+    from prefect.concurrency.services import ConcurrencySlotAcquisitionWithLeaseService
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    # Prefect acquires concurrency slots (tasks/locks.py) through one service per limit name and
+    # process, whose client stays bound to the API it first talked to: left running, it would take
+    # this server's locks from another one's (the flow tests' harness). Stopped, the next is new.
+    ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=30)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         try:
             yield
         finally:
             APILogWorker.drain_all(timeout=30)
             EventsWorker.drain_all(timeout=30)
+            ConcurrencySlotAcquisitionWithLeaseService.drain_all(timeout=30)
 
 
 @pytest.fixture(scope="session")
