@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,6 +123,17 @@ def base_model_materialized(tmp_path_factory: pytest.TempPathFactory) -> Materia
 def real_base_model(base_model_materialized: Materialized) -> str:
     """The materialized SmolLM2-135M-Instruct checkpoint's path."""
     return base_model_materialized.paths[0]
+
+
+def run_with_adapter(client: Any, tmp_path: Path, marker: str, experiment: str = "t") -> str:
+    """A finished MLflow run (in the existing `experiment`) with a stand-in adapter folder logged under `adapter`."""
+    run_id = client.create_run(client.get_experiment_by_name(experiment).experiment_id).info.run_id
+    folder = tmp_path / f"adapter-{marker}"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"marker": "%s"}' % marker)
+    client.log_artifacts(run_id, str(folder), "adapter")
+    client.set_terminated(run_id)
+    return run_id
 
 
 _SCHEMA = (

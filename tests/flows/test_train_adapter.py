@@ -96,17 +96,11 @@ def test_two_trainings_registering_at_once_make_one_champion(tracking_uri, tmp_p
     import slm_flywheel.models.registry as registry
     from slm_flywheel.models.promotion import history
     from slm_flywheel.tasks.training import set_initial_alias
+    from tests.conftest import run_with_adapter
 
     client = MlflowClient(tracking_uri, tracking_uri)
-    experiment = client.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
-    versions = []
-    for marker in ("a", "b"):
-        run_id = client.create_run(experiment).info.run_id
-        folder = tmp_path / f"adapter-{marker}"
-        folder.mkdir()
-        (folder / "adapter_config.json").write_text("{}")
-        client.log_artifacts(run_id, str(folder), "adapter")
-        versions.append(registry.register_adapter(client, "banking-intent", run_id, {}).version)
+    client.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    versions = [registry.register_adapter(client, "banking-intent", run_with_adapter(client, tmp_path, marker), {}).version for marker in ("a", "b")]
 
     both_read = threading.Barrier(2)
     real = registry.alias_version

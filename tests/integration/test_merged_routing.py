@@ -43,7 +43,10 @@ def setup(tiny_model_dir, data_dir, tmp_path_factory):
 
 
 def _answers(engine: AdapterEngine, texts: list[str], adapter: str | None = None) -> list[tuple]:
-    served = engine.predict(WORKLOAD, texts, adapter=adapter).result(timeout=120)
+    return _rows(engine.predict(WORKLOAD, texts, adapter=adapter).result(timeout=120))
+
+
+def _rows(served: list) -> list[tuple]:
     return [(s.adapter, s.prediction.answer, s.prediction.valid, s.prediction.tokens, s.prediction.confidence, s.prediction.token_logprobs) for s in served]
 
 
@@ -200,6 +203,6 @@ def test_a_lone_request_is_not_held_for_batch_mates_and_queued_ones_share_a_batc
         busy.result(timeout=120)
         served = [future.result(timeout=120)[0] for future in queued]
         assert batches == [3]
-        _same([(s.adapter, s.prediction.answer, s.prediction.valid, s.prediction.tokens, s.prediction.confidence, s.prediction.token_logprobs) for s in served], reference)
+        _same(_rows(served), reference)
     finally:
         engine.close()

@@ -13,7 +13,7 @@ from slm_flywheel.models.registry import (
     parse_model_ref,
     register_adapter,
 )
-from tests.conftest import BACKENDS, registry_uri
+from tests.conftest import BACKENDS, registry_uri, run_with_adapter
 
 
 @pytest.fixture(params=BACKENDS)
@@ -28,35 +28,24 @@ def client(tracking_uri, tmp_path):
     return client
 
 
-def _run_with_adapter(client, tmp_path, marker: str) -> str:
-    experiment = client.get_experiment_by_name("t").experiment_id
-    run_id = client.create_run(experiment).info.run_id
-    folder = tmp_path / f"adapter-{marker}"
-    folder.mkdir()
-    (folder / "adapter_config.json").write_text('{"marker": "%s"}' % marker)
-    client.log_artifacts(run_id, str(folder), "adapter")
-    client.set_terminated(run_id)
-    return run_id
-
-
 def test_first_version_becomes_champion_later_ones_challenger(client, tmp_path):
-    first = register_adapter(client, "banking-intent", _run_with_adapter(client, tmp_path, "1"), {"data_hash": "abc"})
+    first = register_adapter(client, "banking-intent", run_with_adapter(client, tmp_path, "1"), {"data_hash": "abc"})
     assert assign_initial_alias(client, "banking-intent", first.version) == CHAMPION
-    second = register_adapter(client, "banking-intent", _run_with_adapter(client, tmp_path, "2"), {"data_hash": "def"})
+    second = register_adapter(client, "banking-intent", run_with_adapter(client, tmp_path, "2"), {"data_hash": "def"})
     assert assign_initial_alias(client, "banking-intent", second.version) == CHALLENGER
-    third = register_adapter(client, "banking-intent", _run_with_adapter(client, tmp_path, "3"), {})
+    third = register_adapter(client, "banking-intent", run_with_adapter(client, tmp_path, "3"), {})
     assert assign_initial_alias(client, "banking-intent", third.version) == CHALLENGER
 
     assert get_version(client, "banking-intent").version == first.version == 1
     assert get_version(client, "banking-intent", alias=CHALLENGER).version == 3  # the alias moved on
     assert get_version(client, "banking-intent", version=2).tags["data_hash"] == "def"
     # another workload bootstraps independently
-    other = register_adapter(client, "restaurant-slots", _run_with_adapter(client, tmp_path, "r"), {})
+    other = register_adapter(client, "restaurant-slots", run_with_adapter(client, tmp_path, "r"), {})
     assert assign_initial_alias(client, "restaurant-slots", other.version) == CHAMPION
 
 
 def test_adapter_files_download_from_the_registered_version(client, tmp_path):
-    version = register_adapter(client, "w", _run_with_adapter(client, tmp_path, "x"), {})
+    version = register_adapter(client, "w", run_with_adapter(client, tmp_path, "x"), {})
     local = download_adapter(client, version, tmp_path / "cache")
     assert (local / "adapter_config.json").read_text() == '{"marker": "x"}'
     assert download_adapter(client, version, tmp_path / "cache") == local  # cached
@@ -65,7 +54,7 @@ def test_adapter_files_download_from_the_registered_version(client, tmp_path):
 def test_missing_versions_and_aliases_are_clear_errors(client, tmp_path):
     with pytest.raises(RegistryError, match="no alias @champion"):
         get_version(client, "nothing")
-    register_adapter(client, "w", _run_with_adapter(client, tmp_path, "x"), {})
+    register_adapter(client, "w", run_with_adapter(client, tmp_path, "x"), {})
     with pytest.raises(RegistryError, match="no version 7"):
         get_version(client, "w", version=7)
 
