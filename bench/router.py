@@ -25,9 +25,15 @@ and the served accuracy there:
 It also reports what the version's own threshold (fitted on validation for a small-model target
 equal to the row's) does on this traffic: its frontier share and served accuracy, and the
 expected calibration error before and after calibration on validation (cross-fitted), golden and
-the traffic. The champion and its answers are cached under `<home>/bench/router/<config hash>/`
+the traffic. And what a deployment with `router.live_threshold` (the default) gets: the requests
+in order through the router's own `LiveThreshold` (`models/calibration.py`), which starts at the
+version's threshold and raises it from the frontier's answers to the inputs it routed and to the
+`router.audit_share` it audits; its share and served accuracy count every request, the ones
+answered before it had labels enough included, and are the mean (and range) over `AUDIT_DRAWS`
+draws of which answers are audited. The champion and its answers are cached under `<home>/bench/router/<config hash>/`
 (`--fresh` redoes them). Last line: `frontier_share_vs_oracle=<share / oracle share at 0.90>`, the
-share the version's own threshold sends to the frontier (what a deployment gets), over the oracle's.
+share a deployment sends to the frontier (with the live threshold, or the version's own threshold
+where `router.live_threshold` is off), over the oracle's.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import numpy as np
 from bench import quiet_settings
 
 if TYPE_CHECKING:
-    from slm_flywheel.config import Settings
+    from slm_flywheel.config import RouterConfig, Settings
     from slm_flywheel.models.context import WorkloadContext
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,6 +66,7 @@ SIZES = {"full": {"traffic": 2000}, "quick": {"traffic": 600}}
 TARGETS = (0.85, 0.90, 0.95)
 FRONTIER_ERROR = 0.05
 HEADLINE_TARGET = 0.90
+AUDIT_DRAWS = 5  # draws of which answers the router audits, for the live threshold's rows
 
 
 def accuracy_by_share(order: np.ndarray, slm_correct: np.ndarray, frontier_correct: np.ndarray) -> np.ndarray:
@@ -87,6 +94,30 @@ def oracle_order(slm_correct: np.ndarray, frontier_correct: np.ndarray) -> np.nd
     """Requests the frontier fixes first (small model wrong, frontier right), those it breaks last."""
     gain = frontier_correct.astype(int) - slm_correct.astype(int)
     return np.argsort(-gain, kind="stable")
+
+
+def live_routing(
+    calibrated: np.ndarray, valid: np.ndarray, agreed: np.ndarray, version_threshold: float | None, target: float, router: RouterConfig, seed: int = 0,
+) -> np.ndarray:
+    """Which requests, in order, the router sends to the frontier with its live threshold.
+
+    `agreed`: whether the small model's answer equals the frontier's (the label the router gets
+    for a routed or audited request); audits are `router.audit_share` of the served requests."""
+    from slm_flywheel.models.calibration import LiveThreshold
+
+    live = LiveThreshold(target, router.frontier_accuracy, window=router.live_window, min_labels=router.live_min_labels)
+    audits = np.random.default_rng(seed).random(len(calibrated)) < router.audit_share
+    to_frontier = np.zeros(len(calibrated), dtype=bool)
+    for i, (confidence, ok) in enumerate(zip(calibrated, valid)):
+        if ok:
+            live.observe(confidence)
+        threshold = live.threshold(version_threshold)
+        to_frontier[i] = not ok or threshold is None or confidence < threshold
+        if ok and to_frontier[i]:
+            live.label(confidence, bool(agreed[i]))
+        elif ok and audits[i]:
+            live.label(confidence, bool(agreed[i]), 1.0 / router.audit_share)
+    return to_frontier
 
 
 def _workload(settings: Settings, quick: bool) -> WorkloadContext:
@@ -182,6 +213,8 @@ def main() -> None:
     frontier = SimulatedTeacher(spec, dict(zip(ids, (r.gold for r in requests))), error_rate=FRONTIER_ERROR, budget_usd=1e9, seed=0)
     run = frontier.label([TeacherItem(i, r.text) for i, r in zip(ids, requests)])
     frontier_correct = np.array([label.label == r.gold for label, r in zip(run.labels, requests)])
+    agreed = np.array([a is not None and label.label == a for label, a in zip(run.labels, answers["traffic"])])
+    valid = np.array([p.valid for p in answered["traffic"]])
     setup_s = time.perf_counter() - started
 
     slm_accuracy, frontier_accuracy = float(slm_correct.mean()), float(frontier_correct.mean())
@@ -202,17 +235,26 @@ def main() -> None:
             row[policy] = share
             served = accuracy_by_share(order, slm_correct, frontier_correct)
             row[f"{policy}_served_accuracy"] = None if share is None else float(served[round(share * len(order))])
+        # The live threshold depends on which answers were audited: the mean over AUDIT_DRAWS draws.
+        lives = [live_routing(calibrated, valid, agreed, calibration.threshold, target, config.router, seed) for seed in range(AUDIT_DRAWS)]
+        live_shares = [float(live.mean()) for live in lives]
+        live_served = [float(np.where(live, frontier_correct, slm_correct).mean()) for live in lives]
         row.update({
             "threshold": calibration.threshold,
             "threshold_share": float(to_frontier.mean()),
             "threshold_served_accuracy": float(np.where(to_frontier, frontier_correct, slm_correct).mean()),
             "validation_coverage": calibration.coverage,
+            "live_share": float(np.mean(live_shares)),
+            "live_served_accuracy": float(np.mean(live_served)),
+            "live_share_range": [min(live_shares), max(live_shares)],
+            "live_served_accuracy_range": [min(live_served), max(live_served)],
         })
         rows.append(row)
     headline = next(row for row in rows if row["target"] == HEADLINE_TARGET)
     # The headline is what a deployment gets: the version's own threshold (fitted on validation),
     # its frontier share on this traffic over the oracle's; the ranking's share is in the table.
-    ratio = headline["threshold_share"] / headline["oracle"] if headline["oracle"] else float("inf")
+    deployed = "live" if config.router.live_threshold else "threshold"
+    ratio = headline[f"{deployed}_share"] / headline["oracle"] if headline["oracle"] else float("inf")
     calibration = calibrations[HEADLINE_TARGET]
     ece = {"validation": (calibration.ece_before, calibration.ece_after)}  # "after" cross-fitted
     for name in ("golden", "traffic"):
@@ -226,7 +268,7 @@ def main() -> None:
     table = Table(title=title)
     for column in (
         "target", "calibrated (served acc)", "answer prob. (served acc)", "random", "oracle", "calibrated / oracle",
-        "version threshold", "its share", "its served acc",
+        "version threshold", "its share", "its served acc", "live threshold: share (served acc)", f"over {AUDIT_DRAWS} audit draws",
     ):
         table.add_column(column, justify="right")
     for row in rows:
@@ -236,6 +278,8 @@ def main() -> None:
             f"{row['target']:.2f}", _with_accuracy(row, "calibrated"), _with_accuracy(row, "probability"),
             _fmt(row["random"]), _fmt(row["oracle"]), over,
             threshold, f"{row['threshold_share']:.3f}", f"{row['threshold_served_accuracy']:.3f}",
+            f"{row['live_share']:.3f} ({row['live_served_accuracy']:.3f})",
+            "{:.3f}-{:.3f} ({:.3f}-{:.3f})".format(*row["live_share_range"], *row["live_served_accuracy_range"]),
         )
     Console(width=max(Console().width, 140)).print(table)
     offsets = len(calibration.calibrator.answer_offsets)
@@ -254,7 +298,10 @@ def main() -> None:
     print(
         f"at target {HEADLINE_TARGET:.2f} the version's threshold served {headline['threshold_served_accuracy']:.3f} with a frontier share of "
         f"{headline['threshold_share']:.3f} (oracle {_fmt(headline['oracle'])}, random {_fmt(headline['random'])}; "
-        f"threshold from the {config.router.threshold_confidence:.0%} lower bound on validation)"
+        f"threshold from the {config.router.threshold_confidence:.0%} lower bound on validation); raised by live labels "
+        f"(audit share {config.router.audit_share:g}, frontier taken at {config.router.frontier_accuracy:g}; mean of {AUDIT_DRAWS} audit draws): served "
+        f"{headline['live_served_accuracy']:.3f} with a share of {headline['live_share']:.3f}"
+        + ("" if config.router.live_threshold else " (router.live_threshold is off: the headline is the version's threshold)")
     )
     print(f"frontier_share_vs_oracle={ratio:.2f}")
 

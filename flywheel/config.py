@@ -269,6 +269,13 @@ class RouterConfig(_Strict):
     threshold_confidence: float = Field(0.95, ge=0, lt=1)
     audit_share: float = Field(0.02, ge=0, le=1)  # of small-model answers also asked of the frontier
     calibration: Literal["isotonic", "temperature"] = "isotonic"
+    # Raise the version's threshold when live labels (the frontier's answers to routed and audited
+    # inputs) show what callers get falling under `target_accuracy` (models/calibration.py
+    # `LiveThreshold`); it never lowers it. The frontier's accuracy is taken as `frontier_accuracy`.
+    live_threshold: bool = True
+    frontier_accuracy: float = Field(0.95, gt=0, le=1)
+    live_window: int = Field(2000, gt=1)  # recent inputs and labels the live threshold is fitted on
+    live_min_labels: int = Field(50, gt=1)  # labels before it acts
     # The frontier on the request path (fallback mode): never turns a request into an error.
     timeout_s: float = Field(5.0, gt=0)  # per request; past it the small model's answer is served, flagged
     max_concurrency: int = Field(8, gt=0)  # frontier calls in flight per workload

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -327,6 +328,95 @@ def calibrate(
         prior_strength=None if math.isinf(strength) else strength, bound_confidence=bound_confidence,
         confidence=list(map(float, p)), correct=list(map(bool, y)), answers=None if answers is None else list(answers),
     )
+
+
+def live_threshold(
+    labeled: Sequence[float] | np.ndarray,
+    agreed: Sequence[bool] | np.ndarray,
+    weights: Sequence[float] | np.ndarray,
+    traffic: Sequence[float] | np.ndarray,
+    target_accuracy: float,
+    frontier_accuracy: float,
+    min_labels: int = 50,
+) -> float | None:
+    """The lowest threshold at which what callers get on live traffic reaches `target_accuracy`.
+
+    `labeled`: calibrated confidences of small-model answers the frontier also answered (every
+    routed input, and the audited ones), `agreed` whether the two answers were the same, `weights`
+    the inverse of the chance each was asked (1 for a routed input, 1/`audit_share` for an audit);
+    `traffic`: the calibrated confidences of the recent inputs, labeled or not.
+
+    The chance the small model is right at a confidence is a logistic fit of agreement on the
+    log-odds of the confidence, divided by `frontier_accuracy` (agreement with a frontier that is
+    itself wrong at times understates it). What callers get at a threshold t: that chance over the
+    inputs at or above t, the frontier's accuracy over the rest. Which inputs were asked depends
+    on their confidence only, so the fit holds across the threshold. None with fewer than
+    `min_labels` labels or with only one outcome among them (nothing to fit); where no threshold
+    reaches the target, the one whose estimate comes closest.
+    """
+    c, y = _arrays(labeled, agreed)
+    w = np.asarray(weights, dtype=float)
+    recent = np.sort(np.clip(np.asarray(traffic, dtype=float), 0.0, 1.0))[::-1]
+    if not 0 < frontier_accuracy <= 1:
+        raise ValueError(f"frontier_accuracy must be within (0, 1], got {frontier_accuracy}")
+    if len(w) != len(c):
+        raise ValueError(f"{len(w)} weights for {len(c)} labels")
+    if len(c) < max(min_labels, 2) or y.all() or not y.any() or not len(recent):
+        return None
+    from sklearn.linear_model import LogisticRegression
+
+    fit = LogisticRegression(C=1e4).fit(_logit(c)[:, None], y, sample_weight=w)
+    right = np.clip(fit.predict_proba(_logit(recent)[:, None])[:, 1] / frontier_accuracy, 0.0, 1.0)
+    kept = np.arange(1, len(recent) + 1)
+    served = (np.cumsum(right) + (len(recent) - kept) * frontier_accuracy) / len(recent)
+    last = np.r_[np.nonzero(np.diff(recent))[0], len(recent) - 1]  # ties are kept or routed together
+    # Highest threshold first: infinity (the frontier answers everything), then each distinct confidence.
+    thresholds, estimates = np.r_[np.inf, recent[last]], np.r_[frontier_accuracy, served[last]]
+    reached = np.nonzero(estimates >= target_accuracy - 1e-12)[0]
+    return float(thresholds[reached[-1]] if len(reached) else thresholds[int(np.argmax(estimates))])
+
+
+class LiveThreshold:
+    """One version's routing threshold, raised from live labels when its answers fall short.
+
+    The router feeds it every small-model answer's calibrated confidence (`observe`) and every
+    answer the frontier also gave (`label`); every `refit_every` answers it re-fits
+    `live_threshold` over the last `window` of each. The threshold in force is the version's
+    (fitted on validation) or the live one, whichever is higher: live labels only ever send more
+    to the frontier, when the traffic has moved away from what validation showed (bench/RESULTS.md,
+    Router). Not thread-safe: the router calls it from its event loop.
+    """
+
+    def __init__(self, target_accuracy: float, frontier_accuracy: float, *, window: int = 2000, min_labels: int = 50, refit_every: int = 50):
+        self.target_accuracy, self.frontier_accuracy = target_accuracy, frontier_accuracy
+        self.min_labels, self.refit_every = min_labels, refit_every
+        self._traffic: deque[float] = deque(maxlen=window)
+        self._labels: deque[tuple[float, bool, float]] = deque(maxlen=window)
+        self._since_fit = 0
+        self.live: float | None = None  # the last re-fit's threshold (None: not enough labels yet)
+
+    def observe(self, calibrated_confidence: float) -> None:
+        self._traffic.append(float(calibrated_confidence))
+        self._since_fit += 1
+        if self._since_fit >= self.refit_every:
+            self._since_fit = 0
+            self.refit()
+
+    def label(self, calibrated_confidence: float, agreed: bool, weight: float = 1.0) -> None:
+        self._labels.append((float(calibrated_confidence), bool(agreed), float(weight)))
+
+    def refit(self) -> float | None:
+        if self._labels:
+            c, y, w = zip(*self._labels)
+            fitted = live_threshold(c, y, w, list(self._traffic), self.target_accuracy, self.frontier_accuracy, self.min_labels)
+            self.live = fitted if fitted is not None else self.live
+        return self.live
+
+    def threshold(self, version_threshold: float | None) -> float | None:
+        """The threshold in force: the version's, raised to the live one (None: the version serves nothing)."""
+        if version_threshold is None or self.live is None:
+            return version_threshold
+        return max(version_threshold, self.live)
 
 
 def plot_reliability(calibration: Calibration, path: Path, bins: int = 10) -> Path:

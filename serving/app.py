@@ -34,6 +34,7 @@ from slm_flywheel.serving import openai_api
 from slm_flywheel.serving.capture import Sample, SampleWriter, answer_to_text, now_utc
 from slm_flywheel.serving.engine import AdapterEngine, EngineError, ServedPrediction, workload_of
 from slm_flywheel.serving.openai_api import ApiError
+from slm_flywheel.models.calibration import Calibration
 from slm_flywheel.models.router_stats import FRONTIER, SLM
 from slm_flywheel.serving.router import Routed, Router
 
@@ -111,8 +112,13 @@ class Metrics:
             "flywheel_router_wrong_path_rate", "Audited small-model answers the frontier disagreed with, with the 95% Wilson interval",
             ["workload", "bound"], registry=self.registry,
         )
+        threshold = Gauge(
+            "flywheel_router_threshold", "Calibrated confidence under which inputs go to the frontier: the version's, or raised by live labels",
+            ["workload"], registry=self.registry,
+        )
         nan = float("nan")
         for workload, router in routers.items():
+            threshold.labels(workload).set_function(lambda router=router: _or_nan(router.stats.threshold))
             spend.labels(workload).set_function(lambda router=router: router.spend.spent_usd)
             breaker.labels(workload).set_function(lambda router=router: float(router.breaker.state != "closed"))
             share.labels(workload).set_function(lambda router=router: _or_nan(router.stats.frontier_share))
@@ -273,18 +279,22 @@ def create_app(state: ServerState) -> FastAPI:
         router = state.routers.get(workload)
         if router is None:
             return None
-        adapters, _ = state.engine.snapshot()
-        path = adapters.get(served[0].adapter)
-        try:
-            calibration = router.calibration(Path(path) if path is not None else None)
-        except ValueError:  # an unreadable calibration.json routes nothing, and says so in every row
-            calibration = None
+        calibration = _calibration(router, served)
         routed = await router.route(texts, [(item.prediction.answer, item.prediction.valid, item.prediction.confidence) for item in served], calibration, ids)
         for item in routed:
             metrics.routed.labels(workload, item.served_by).inc()
         if (asked := next((item.frontier_latency_ms for item in routed if item.frontier_latency_ms is not None), None)) is not None:
             metrics.frontier_latency.labels(workload).observe(asked / 1000)
         return routed
+
+    def _calibration(router: Router, served: list[ServedPrediction]) -> Calibration | None:
+        """The calibration of the version that answered (read once per adapter folder)."""
+        adapters, _ = state.engine.snapshot()
+        path = adapters.get(served[0].adapter)
+        try:
+            return router.calibration(Path(path) if path is not None else None)
+        except ValueError:  # an unreadable calibration.json routes nothing, and says so in every row
+            return None
 
     def _frontier_name(workload: str) -> str | None:
         """The frontier model a workload's router asks (SIMULATED in the demo and offline)."""
@@ -318,7 +328,9 @@ def create_app(state: ServerState) -> FastAPI:
         if audited:
             async def audit_then_capture() -> None:
                 answers = await router.audit([texts[i] for i in audited], [ids[i] for i in audited])
-                router.record_audit([routed[i].slm_answer for i in audited], answers)
+                router.record_audit(
+                    [routed[i].slm_answer for i in audited], answers, _calibration(router, served), [routed[i].calibrated_confidence for i in audited],
+                )
                 audits: list[Any] = [None] * len(texts)
                 for index, answer in zip(audited, answers):
                     audits[index] = answer

@@ -15,6 +15,11 @@ Per workload, `router.mode` (flywheel/config.py `RouterConfig`):
 In both, `router.audit_share` of the inputs the small model answers are also asked of the frontier
 off the request path (the caller has its answer first), for an honest wrong-path estimate.
 
+With `router.live_threshold`, the frontier's answers (to routed inputs, and the audits) are also
+labels: when they show what callers get falling under the target (traffic that has moved away
+from the validation split the threshold was fitted on), the version's threshold is raised
+(`models/calibration.py` `LiveThreshold`, per version; never lowered).
+
 The calibration (calibrator and threshold, `calibration.json`) travels with the adapter, and the
 version that answered an input decides its route, so a hot swap or a rollback switches both at
 once. A version without a calibration routes nothing (reason `uncalibrated`).
@@ -35,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from slm_flywheel.config import RouterConfig
-from slm_flywheel.models.calibration import Calibration, load_calibration
+from slm_flywheel.models.calibration import Calibration, LiveThreshold, load_calibration
 from slm_flywheel.models.router_stats import FRONTIER, SLM, UNAVAILABLE, wrong_path_rate
 from slm_flywheel.models.teacher import Teacher, TeacherItem, TeacherRun
 from slm_flywheel.models.workload import Answer, TaskSpec
@@ -172,6 +177,7 @@ class RouterStats:
     slm_calibrated: int = 0
     audited: int = 0  # small-model answers the frontier also answered
     audited_wrong: int = 0  # ... where the two differ: the small model was sure and (likely) wrong
+    threshold: float | None = None  # in force for the last routed request (the version's, or raised by live labels)
 
     @property
     def frontier_share(self) -> float | None:
@@ -210,6 +216,7 @@ class Router:
         self.stats = RouterStats(routed={SLM: 0, FRONTIER: 0, UNAVAILABLE: 0})
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._calibrations: dict[Path, Calibration | None] = {}
+        self._live: dict[int, tuple[Calibration, LiveThreshold]] = {}  # by calibration (one per version folder)
 
     def calibration(self, adapter_dir: Path | None) -> Calibration | None:
         """The calibration stored with an adapter (read once per adapter folder)."""
@@ -218,6 +225,17 @@ class Router:
         if adapter_dir not in self._calibrations:
             self._calibrations[adapter_dir] = load_calibration(adapter_dir)
         return self._calibrations[adapter_dir]
+
+    def live(self, calibration: Calibration | None) -> LiveThreshold | None:
+        """The live threshold of a version's calibration (None: `live_threshold` off, or no calibration)."""
+        if calibration is None or not self.config.live_threshold:
+            return None
+        held = self._live.get(id(calibration))
+        if held is None or held[0] is not calibration:
+            held = self._live[id(calibration)] = (calibration, LiveThreshold(
+                calibration.target_accuracy, self.config.frontier_accuracy, window=self.config.live_window, min_labels=self.config.live_min_labels,
+            ))
+        return held[1]
 
     async def route(
         self, texts: list[str], answers: list[tuple[Answer | None, bool, float]], calibration: Calibration | None, ids: list[str] | None = None
@@ -234,12 +252,20 @@ class Router:
         routed = [Routed(SLM, answer, valid, confidence, answer, reason) for (answer, valid, _), confidence in zip(answers, calibrated)]
         if self.config.mode == "off" or calibration is None:
             return self._count(routed)
+        live = self.live(calibration)
+        if live is not None:
+            for item in routed:
+                if item.valid:
+                    live.observe(item.calibrated_confidence or 0.0)
+        threshold = self.stats.threshold = calibration.threshold if live is None else live.threshold(calibration.threshold)
         # An invalid answer (the constraint could not finish it) always counts as unsure.
-        low = [i for i, item in enumerate(routed) if not item.valid or not calibration.serves(item.calibrated_confidence or 0.0)]
+        low = [i for i, item in enumerate(routed) if not item.valid or threshold is None or (item.calibrated_confidence or 0.0) < threshold]
         if self.config.mode == "shadow":
             return self._count([replace(r, reason=f"shadow:{FRONTIER if i in low else SLM}") for i, r in enumerate(routed)])
         if low:
             for index, result in zip(low, await self._ask([texts[i] for i in low], [routed[i] for i in low], [ids[i] for i in low])):
+                if live is not None and result.served_by == FRONTIER and routed[index].valid:
+                    live.label(routed[index].calibrated_confidence or 0.0, result.answer == routed[index].answer)  # asked for sure: weight 1
                 routed[index] = result
         return self._count(routed)
 
@@ -266,12 +292,21 @@ class Router:
         results = await self._ask(texts, placeholder, ids)
         return [result.answer if result.served_by == FRONTIER else None for result in results]
 
-    def record_audit(self, slm_answers: list[Answer | None], audit_answers: list[Answer | None]) -> None:
-        """Count the audits that came back: where the frontier disagrees, the small model took the wrong path."""
-        for slm, audit in zip(slm_answers, audit_answers):
+    def record_audit(
+        self, slm_answers: list[Answer | None], audit_answers: list[Answer | None], calibration: Calibration | None = None,
+        confidences: list[float | None] | None = None,
+    ) -> None:
+        """Count the audits that came back: where the frontier disagrees, the small model took the wrong path.
+
+        With the version's `calibration` and the answers' calibrated `confidences`, each is also a
+        label for its live threshold, weighted 1/`audit_share` (an audit asks that share of answers)."""
+        live = self.live(calibration)
+        for index, (slm, audit) in enumerate(zip(slm_answers, audit_answers)):
             if audit is not None:
                 self.stats.audited += 1
                 self.stats.audited_wrong += slm != audit
+                if live is not None and confidences is not None and confidences[index] is not None:
+                    live.label(confidences[index], slm == audit, 1.0 / self.config.audit_share)
 
     async def _ask(self, texts: list[str], slm: list[Routed], ids: list[str]) -> list[Routed]:
         """The frontier's answers for these inputs, or the small model's, flagged with why not."""

@@ -139,7 +139,9 @@ def test_spend_never_passes_the_daily_cap(serve, data_dir):
 def test_audits_ask_the_frontier_after_the_answer_and_land_in_capture(serve, data_dir):
     gold = _gold(data_dir, 6)
     provider = FakeProvider(gold)
-    client, state = serve(provider, threshold=0.0, audit_share=1.0)
+    # A cap far above the audits' reservations: a call reserves twice its worst case (~$2.8 here),
+    # so under the default $5 two audits in flight at once would leave one unasked (over_budget).
+    client, state = serve(provider, threshold=0.0, audit_share=1.0, daily_spend_usd=100.0)
     answers = [_ask(client, text) for text in gold]
     assert {a["served_by"] for a in answers} == {"slm"} and {a["route_reason"] for a in answers} == {"confident"}
     deadline = time.monotonic() + 30  # each row is captured once its audit has returned
@@ -156,6 +158,8 @@ def test_audits_ask_the_frontier_after_the_answer_and_land_in_capture(serve, dat
     estimate, low, high = (metrics[f'flywheel_router_wrong_path_rate{{bound="{bound}",workload="{WORKLOAD}"}}'] for bound in ("estimate", "low", "high"))
     assert estimate == pytest.approx(wrong) and low <= estimate <= high
     assert metrics[f'flywheel_router_label_free_accuracy{{workload="{WORKLOAD}"}}'] == pytest.approx(rows["calibrated_confidence"].mean())
+    # Six audits are under `live_min_labels`: the version's threshold is still the one in force.
+    assert metrics[f'flywheel_router_threshold{{workload="{WORKLOAD}"}}'] == 0.0
 
 
 def _flushed(state):

@@ -7,9 +7,11 @@ import pytest
 
 from slm_flywheel.models.calibration import (
     Calibration,
+    LiveThreshold,
     calibrate,
     expected_calibration_error,
     fit_calibrator,
+    live_threshold,
     load_calibration,
     plot_reliability,
     plot_risk_coverage,
@@ -183,3 +185,60 @@ def test_the_threshold_holds_the_target_at_the_bound_confidence():
     assert Calibration.from_dict(calibration.to_dict()).bound_confidence == 0.8
     with pytest.raises(ValueError, match="bound_confidence"):
         calibrate(confidence, correct, target_accuracy=0.9, bound_confidence=1.0)
+
+
+def _live_traffic(count: int, seed: int, power: float, version_threshold: float, audit_share: float):
+    """Drifted traffic: calibrated confidence c, the small model right with probability c ** power,
+    the frontier right 95% of the time; every input under the version's threshold labeled by the
+    frontier (weight 1), `audit_share` of the others (weight 1 / audit_share)."""
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0.5, 1.0, count)
+    slm_right, frontier_right = rng.random(count) < c**power, rng.random(count) < 0.95
+    labeled = (c < version_threshold) | (rng.random(count) < audit_share)
+    weights = np.where(c < version_threshold, 1.0, 1.0 / audit_share)[labeled]
+    return c, slm_right, frontier_right, c[labeled], (slm_right & frontier_right)[labeled], weights
+
+
+def _served(c, slm_right, frontier_right, threshold):
+    return float(np.where(c >= threshold, slm_right, frontier_right).mean())
+
+
+def test_live_labels_raise_the_threshold_to_what_holds_the_target_on_harder_traffic():
+    # Right with probability c ** 4: 0.9 confident is right 66% of the time. The version's
+    # threshold (0.6, from validation) serves ~0.63 here; the live one must hold 0.90 without
+    # sending everything to the frontier.
+    c, slm_right, frontier_right, labeled, agreed, weights = _live_traffic(6000, 0, 4.0, 0.6, 0.1)
+    threshold = live_threshold(labeled, agreed, weights, c, 0.90, 0.95)
+    assert _served(c, slm_right, frontier_right, 0.6) < 0.7
+    assert threshold is not None and 0.6 < threshold < 1.0
+    assert _served(c, slm_right, frontier_right, threshold) >= 0.89
+    # The truth's own lowest threshold for 0.90 (expected accuracies): the live one is near it.
+    grid = np.linspace(0.5, 1.0, 501)
+    expected = [float(np.where(c >= t, c**4, 0.95).mean()) for t in grid]
+    truth = grid[next(i for i, e in enumerate(expected) if e >= 0.90)]
+    assert abs(float((c < threshold).mean()) - float((c < truth).mean())) < 0.08
+
+
+def test_the_live_threshold_only_ever_raises_the_versions():
+    # Traffic easier than validation showed (right with probability c ** 0.25: a 0.6 answer 88% of
+    # the time): the live fit would serve more, but the threshold in force stays the version's.
+    c, _, _, labeled, agreed, weights = _live_traffic(3000, 1, 0.25, 0.6, 0.1)
+    live = LiveThreshold(0.90, 0.95, refit_every=100)
+    for confidence in c[:99]:
+        live.observe(confidence)
+    for item in zip(labeled, agreed, weights):
+        live.label(*item)
+    assert live.live is None and live.threshold(0.6) == 0.6  # no re-fit before `refit_every` answers
+    live.observe(c[99])
+    assert live.live is not None and live.live < 0.6 and live.threshold(0.6) == 0.6
+    assert live.threshold(None) is None  # a version that serves nothing stays so
+
+
+def test_the_live_fit_waits_for_labels_of_both_kinds_and_names_bad_input():
+    c = np.linspace(0.5, 1.0, 100)
+    assert live_threshold(c[:10], [True, False] * 5, [1.0] * 10, c, 0.9, 0.95, min_labels=50) is None
+    assert live_threshold(c, [True] * 100, [1.0] * 100, c, 0.9, 0.95) is None  # no disagreement: nothing to fit
+    with pytest.raises(ValueError, match="2 weights for 100 labels"):
+        live_threshold(c, [True, False] * 50, [1.0, 1.0], c, 0.9, 0.95)
+    with pytest.raises(ValueError, match="frontier_accuracy"):
+        live_threshold(c, [True, False] * 50, [1.0] * 100, c, 0.9, 0.0)

@@ -125,3 +125,35 @@ def test_the_rate_limit_and_the_breaker_flag_the_answer_instead_of_failing():
     clock.now = 7.0
     assert asyncio.run(router.route(["b"], ANSWERS[1:2], CALIBRATION))[0].served_by == FRONTIER
     assert router.breaker.state == "closed"
+
+
+def test_frontier_answers_and_audits_raise_the_threshold_when_confident_answers_go_wrong():
+    # Inputs at 0.4 go to the frontier; at 0.8 the small model serves (the version keeps >= 0.6),
+    # but on this traffic its 0.8 answers are wrong one time in two, so callers get ~0.74. The
+    # frontier's answers to both show it, and the router sends the 0.8 inputs to the frontier too.
+    labels = SPEC.labels
+    gold = {f"i{k}": labels[k % 3] for k in range(400)}
+    frontier = SimulatedTeacher(SPEC, gold, error_rate=0.0, price_per_item_usd=0.001, budget_usd=100)
+    clock = Clock()
+    router = Router(SPEC, RouterConfig(mode="fallback", audit_share=0.5, live_min_labels=40, daily_spend_usd=100), frontier, clock=clock)
+    seen = []
+    for k in range(400):
+        clock.now += 1.0  # the rate limit's bucket refills
+        right, confidence = gold[f"i{k}"], 0.4 if k % 2 else 0.8
+        answer = right if (k // 2) % 2 else labels[(k + 1) % 3]  # half of each kind wrong
+        routed = asyncio.run(router.route(["x"], [(answer, True, confidence)], CALIBRATION, [f"i{k}"]))[0]
+        seen.append((confidence, routed.served_by))
+        if routed.served_by == SLM:  # what serving/app.py does for an audited answer
+            router.record_audit([answer], [right], CALIBRATION, [routed.calibrated_confidence])
+    assert [by for c, by in seen[:40] if c == 0.8] == [SLM] * 20  # the version's threshold, until labels accrue
+    assert [by for c, by in seen[-100:] if c == 0.8] == [FRONTIER] * 50
+    assert router.stats.threshold > 0.8 and router.stats.audited > 0
+
+
+def test_with_the_live_threshold_off_the_versions_threshold_stands():
+    router, clock = _router(live_threshold=False, live_min_labels=2)
+    for k in range(60):
+        clock.now += 1.0
+        routed = asyncio.run(router.route(["a"], [("pin_blocked", True, 0.8)], CALIBRATION, ["0"]))[0]
+        router.record_audit(["pin_blocked"], ["card_arrival"], CALIBRATION, [0.8])  # always wrong, audited
+    assert routed.served_by == SLM and router.stats.threshold == 0.6
