@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export FLYWHEEL_DATA_DIR ?= $(abspath ../shared/datasets)
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-serial test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/flywheel demo
 
+# Two workers (pytest-xdist), a test file each at a time: about half the suite waits on servers
+# and subprocesses, so one worker left a core idle (`make test-serial` runs it in one process).
 test: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+test-serial: install
 	$(BIN)/python -m pytest -q
 
 test-fast: install

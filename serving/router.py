@@ -217,6 +217,10 @@ class Router:
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._calibrations: dict[Path, Calibration | None] = {}
         self._live: dict[int, tuple[Calibration, LiveThreshold]] = {}  # by calibration (one per version folder)
+        if config.mode != "off" and config.live_threshold:
+            # The live re-fit's scikit-learn, imported now (about a second) rather than on the
+            # event loop at the first re-fit, where it would hold every request that long.
+            import sklearn.linear_model  # noqa: F401
 
     def calibration(self, adapter_dir: Path | None) -> Calibration | None:
         """The calibration stored with an adapter (read once per adapter folder)."""

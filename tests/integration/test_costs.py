@@ -9,8 +9,10 @@ from datetime import datetime, timezone
 import pytest
 import yaml
 
+from rich.console import Console
 from typer.testing import CliRunner
 
+from slm_flywheel.app import cli
 from slm_flywheel.app.cli import app
 from slm_flywheel.config import load_settings
 from slm_flywheel.models.context import resolve_workload
@@ -112,7 +114,10 @@ def test_ledger_spend_equals_the_servers_usage_log_times_the_prices(tmp_path, sp
     printed = CliRunner().invoke(app, ["costs", WORKLOAD, "--config", config, "--json"])
     assert printed.exit_code == 0, printed.output
     assert json.loads(printed.output)["total"]["relabel_usd"] == pytest.approx(total.relabel_usd)
-    table = CliRunner().invoke(app, ["costs", WORKLOAD, "--config", config, "--since", datetime.now(timezone.utc).date().isoformat()], env={"COLUMNS": "250"})
+    # A console as wide as the table: the CLI's console fixed its width when it was made (from
+    # COLUMNS or the terminal then), which differs between a pytest process and an xdist worker.
+    monkeypatch.setattr(cli, "console", Console(width=250))
+    table = CliRunner().invoke(app, ["costs", WORKLOAD, "--config", config, "--since", datetime.now(timezone.utc).date().isoformat()])
     assert table.exit_code == 0, table.output
     assert "frontier-only" in table.output and f"${total.relabel_usd:,.2f}" in table.output and "Break-even" in table.output
     bad = CliRunner().invoke(app, ["costs", WORKLOAD, "--config", config, "--since", "yesterday"])
