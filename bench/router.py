@@ -103,7 +103,7 @@ def live_routing(
 
     `agreed`: whether the small model's answer equals the frontier's (the label the router gets
     for a routed or audited request); audits are `router.audit_share` of the served requests."""
-    from slm_flywheel.models.calibration import LiveThreshold
+    from slm_flywheel.models.calibration import LiveThreshold, keeps
 
     live = LiveThreshold(target, router.frontier_accuracy, window=router.live_window, min_labels=router.live_min_labels)
     audits = np.random.default_rng(seed).random(len(calibrated)) < router.audit_share
@@ -112,7 +112,7 @@ def live_routing(
         if ok:
             live.observe(confidence)
         threshold = live.threshold(version_threshold)
-        to_frontier[i] = not ok or threshold is None or confidence < threshold
+        to_frontier[i] = not ok or not keeps(threshold, confidence)
         if ok and to_frontier[i]:
             live.label(confidence, bool(agreed[i]))
         elif ok and audits[i]:
@@ -251,8 +251,9 @@ def main() -> None:
         })
         rows.append(row)
     headline = next(row for row in rows if row["target"] == HEADLINE_TARGET)
-    # The headline is what a deployment gets: the version's own threshold (fitted on validation),
-    # its frontier share on this traffic over the oracle's; the ranking's share is in the table.
+    # The headline is what a deployment gets: with `router.live_threshold` (the default) the live
+    # threshold's share, else the version's own threshold's (fitted on validation), on this traffic
+    # over the oracle's; the ranking's share is in the table.
     deployed = "live" if config.router.live_threshold else "threshold"
     ratio = headline[f"{deployed}_share"] / headline["oracle"] if headline["oracle"] else float("inf")
     calibration = calibrations[HEADLINE_TARGET]

@@ -133,7 +133,7 @@ class Calibration:
 
     def serves(self, calibrated_confidence: float) -> bool:
         """Whether the small model keeps an answer of this calibrated confidence."""
-        return self.threshold is not None and calibrated_confidence >= self.threshold
+        return keeps(self.threshold, calibrated_confidence)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -328,6 +328,12 @@ def calibrate(
         prior_strength=None if math.isinf(strength) else strength, bound_confidence=bound_confidence,
         confidence=list(map(float, p)), correct=list(map(bool, y)), answers=None if answers is None else list(answers),
     )
+
+
+def keeps(threshold: float | None, calibrated_confidence: float) -> bool:
+    """Whether the small model keeps an answer of this calibrated confidence under `threshold`
+    (None: no share of validation reached the target, so it keeps none)."""
+    return threshold is not None and calibrated_confidence >= threshold
 
 
 def live_threshold(

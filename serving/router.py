@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from slm_flywheel.config import RouterConfig
-from slm_flywheel.models.calibration import Calibration, LiveThreshold, load_calibration
+from slm_flywheel.models.calibration import Calibration, LiveThreshold, keeps, load_calibration
 from slm_flywheel.models.router_stats import FRONTIER, SLM, UNAVAILABLE, wrong_path_rate
 from slm_flywheel.models.teacher import Teacher, TeacherItem, TeacherRun
 from slm_flywheel.models.workload import Answer, TaskSpec
@@ -263,7 +263,7 @@ class Router:
                     live.observe(item.calibrated_confidence or 0.0)
         threshold = self.stats.threshold = calibration.threshold if live is None else live.threshold(calibration.threshold)
         # An invalid answer (the constraint could not finish it) always counts as unsure.
-        low = [i for i, item in enumerate(routed) if not item.valid or threshold is None or (item.calibrated_confidence or 0.0) < threshold]
+        low = [i for i, item in enumerate(routed) if not item.valid or not keeps(threshold, item.calibrated_confidence or 0.0)]
         if self.config.mode == "shadow":
             return self._count([replace(r, reason=f"shadow:{FRONTIER if i in low else SLM}") for i, r in enumerate(routed)])
         if low:
