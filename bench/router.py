@@ -66,7 +66,7 @@ SIZES = {"full": {"traffic": 2000}, "quick": {"traffic": 600}}
 TARGETS = (0.85, 0.90, 0.95)
 FRONTIER_ERROR = 0.05
 HEADLINE_TARGET = 0.90
-AUDIT_DRAWS = 5  # draws of which answers the router audits, for the live threshold's rows
+AUDIT_DRAWS = 50  # draws of which answers the router audits, for the live threshold's rows (the mean over 5 was 0.05 off the 100-draw mean share)
 
 
 def accuracy_by_share(order: np.ndarray, slm_correct: np.ndarray, frontier_correct: np.ndarray) -> np.ndarray:

@@ -44,6 +44,14 @@ import numpy as np
 CALIBRATION_FILE = "calibration.json"
 Method = Literal["isotonic", "temperature"]
 _EPS = 1e-6  # keeps logits finite for probabilities of exactly 0 or 1
+# The live fit's confidences are clipped to [_LIVE_EPS, 1 - _LIVE_EPS] before the log-odds. The
+# isotonic calibrator gives its top bin exactly 1.0: at _EPS those answers sit at log-odds 13.8, far
+# beyond every other label, and the two-parameter fit flattens to reach them. On bench/router's full
+# traffic it then put the small model at 0.52-0.68 where agreement showed 0.65-0.99 (confidence
+# 0.9-0.999), and the threshold it picked served 1.7 points over the target at a 1.51x-oracle share
+# (100 audit draws); clipped at 1e-3 (log-odds 6.9), 0.7 points over at 1.45x (bench/RESULTS.md,
+# Router). A window of a few thousand labels cannot tell a confidence of 0.9999 from 0.999 anyway.
+_LIVE_EPS = 1e-3
 # Pseudo-items an answer's validation record is shrunk with: from barely (1) to not at all (inf).
 PRIOR_STRENGTHS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, math.inf)
 
@@ -353,12 +361,13 @@ def live_threshold(
     `traffic`: the calibrated confidences of the recent inputs, labeled or not.
 
     The chance the small model is right at a confidence is a logistic fit of agreement on the
-    log-odds of the confidence, divided by `frontier_accuracy` (agreement with a frontier that is
-    itself wrong at times understates it). What callers get at a threshold t: that chance over the
-    inputs at or above t, the frontier's accuracy over the rest. Which inputs were asked depends
-    on their confidence only, so the fit holds across the threshold. None with fewer than
-    `min_labels` labels or with only one outcome among them (nothing to fit); where no threshold
-    reaches the target, the one whose estimate comes closest.
+    log-odds of the confidence (clipped 0.001 from 0 and 1: `_LIVE_EPS`), divided by
+    `frontier_accuracy` (agreement with a frontier that is itself wrong at times understates it).
+    What callers get at a threshold t: that chance over the inputs at or above t, the frontier's
+    accuracy over the rest. Which inputs were asked depends on their confidence only, so the fit
+    holds across the threshold. None with fewer than `min_labels` labels or with only one outcome
+    among them (nothing to fit); where no threshold reaches the target, the one whose estimate
+    comes closest.
     """
     c, y = _arrays(labeled, agreed)
     w = np.asarray(weights, dtype=float)
@@ -371,8 +380,8 @@ def live_threshold(
         return None
     from sklearn.linear_model import LogisticRegression
 
-    fit = LogisticRegression(C=1e4).fit(_logit(c)[:, None], y, sample_weight=w)
-    right = np.clip(fit.predict_proba(_logit(recent)[:, None])[:, 1] / frontier_accuracy, 0.0, 1.0)
+    fit = LogisticRegression(C=1e4).fit(_logit(c, _LIVE_EPS)[:, None], y, sample_weight=w)
+    right = np.clip(fit.predict_proba(_logit(recent, _LIVE_EPS)[:, None])[:, 1] / frontier_accuracy, 0.0, 1.0)
     kept = np.arange(1, len(recent) + 1)
     served = (np.cumsum(right) + (len(recent) - kept) * frontier_accuracy) / len(recent)
     last = np.r_[np.nonzero(np.diff(recent))[0], len(recent) - 1]  # ties are kept or routed together
@@ -508,8 +517,8 @@ def _log_loss(probability: np.ndarray, y: np.ndarray) -> float:
     return float(-(y * np.log(q) + (1 - y) * np.log(1 - q)).mean())
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, _EPS, 1 - _EPS)
+def _logit(p: np.ndarray, eps: float = _EPS) -> np.ndarray:
+    q = np.clip(p, eps, 1 - eps)
     return np.log(q) - np.log1p(-q)
 
 

@@ -242,3 +242,25 @@ def test_the_live_fit_waits_for_labels_of_both_kinds_and_names_bad_input():
         live_threshold(c, [True, False] * 50, [1.0, 1.0], c, 0.9, 0.95)
     with pytest.raises(ValueError, match="frontier_accuracy"):
         live_threshold(c, [True, False] * 50, [1.0] * 100, c, 0.9, 0.0)
+
+
+def test_answers_calibrated_to_exactly_one_do_not_flatten_the_live_fit():
+    # The isotonic calibrator gives its top bin exactly 1.0: here a fifth of the traffic, right 90%
+    # of the time; the rest is right with probability c ** 3. Unclipped, those answers sat at
+    # log-odds 13.8 and the fit, flattened to reach them, sent ~8 points more traffic to the
+    # frontier than the target needs; the threshold must come within 5 points of the truth's share.
+    excess = []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        top = rng.random(6000) < 0.2
+        c = np.where(top, 1.0, rng.uniform(0.3, 0.99, 6000))
+        p = np.where(top, 0.9, c**3)
+        slm_right, frontier_right = rng.random(6000) < p, rng.random(6000) < 0.95
+        labeled = (c < 0.6) | (rng.random(6000) < 0.05)
+        weights = np.where(c < 0.6, 1.0, 1 / 0.05)[labeled]
+        threshold = live_threshold(c[labeled], (slm_right & frontier_right)[labeled], weights, c, 0.90, 0.95)
+        grid = np.unique(c)
+        truth = grid[np.nonzero([np.where(c >= t, p, 0.95).mean() >= 0.90 for t in grid])[0][0]]
+        assert np.where(c >= threshold, p, 0.95).mean() >= 0.895  # expected served accuracy holds
+        excess.append(float((c < threshold).mean() - (c < truth).mean()))
+    assert np.mean(excess) < 0.05, excess
