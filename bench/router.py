@@ -105,7 +105,7 @@ def live_routing(
     for a routed or audited request); audits are `router.audit_share` of the served requests."""
     from slm_flywheel.models.calibration import LiveThreshold, keeps
 
-    live = LiveThreshold(target, router.frontier_accuracy, window=router.live_window, min_labels=router.live_min_labels)
+    live = LiveThreshold(target, router.frontier_accuracy, audit_share=router.audit_share, window=router.live_window, min_labels=router.live_min_labels)
     audits = np.random.default_rng(seed).random(len(calibrated)) < router.audit_share
     to_frontier = np.zeros(len(calibrated), dtype=bool)
     for i, (confidence, ok) in enumerate(zip(calibrated, valid)):
@@ -113,10 +113,8 @@ def live_routing(
             live.observe(confidence)
         threshold = live.threshold(version_threshold)
         to_frontier[i] = not ok or not keeps(threshold, confidence)
-        if ok and to_frontier[i]:
-            live.label(confidence, bool(agreed[i]))
-        elif ok and audits[i]:
-            live.label(confidence, bool(agreed[i]), 1.0 / router.audit_share)
+        if ok and (to_frontier[i] or audits[i]):
+            live.label(confidence, bool(agreed[i]), audited=not to_frontier[i])
     return to_frontier
 
 

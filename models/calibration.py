@@ -395,15 +395,18 @@ class LiveThreshold:
     """One version's routing threshold, raised from live labels when its answers fall short.
 
     The router feeds it every small-model answer's calibrated confidence (`observe`) and every
-    answer the frontier also gave (`label`); every `refit_every` answers it re-fits
+    answer the frontier also gave (`label`: to the inputs it routed, and to the audited ones); every `refit_every` answers it re-fits
     `live_threshold` over the last `window` of each. The threshold in force is the version's
     (fitted on validation) or the live one, whichever is higher: live labels only ever send more
     to the frontier, when the traffic has moved away from what validation showed (bench/RESULTS.md,
     Router). Not thread-safe: the router calls it from its event loop.
     """
 
-    def __init__(self, target_accuracy: float, frontier_accuracy: float, *, window: int = 2000, min_labels: int = 50, refit_every: int = 50):
-        self.target_accuracy, self.frontier_accuracy = target_accuracy, frontier_accuracy
+    def __init__(
+        self, target_accuracy: float, frontier_accuracy: float, *, audit_share: float = 0.0, window: int = 2000, min_labels: int = 50,
+        refit_every: int = 50,
+    ):
+        self.target_accuracy, self.frontier_accuracy, self.audit_share = target_accuracy, frontier_accuracy, audit_share
         self.min_labels, self.refit_every = min_labels, refit_every
         self._traffic: deque[float] = deque(maxlen=window)
         self._labels: deque[tuple[float, bool, float]] = deque(maxlen=window)
@@ -417,8 +420,14 @@ class LiveThreshold:
             self._since_fit = 0
             self.refit()
 
-    def label(self, calibrated_confidence: float, agreed: bool, weight: float = 1.0) -> None:
-        self._labels.append((float(calibrated_confidence), bool(agreed), float(weight)))
+    def label(self, calibrated_confidence: float, agreed: bool, *, audited: bool = False) -> None:
+        """The frontier's answer to an input the small model answered with this confidence: `agreed`
+        whether the two were the same. A routed input was asked for sure (weight 1); an `audited`
+        one with the chance `audit_share` (weight 1/`audit_share`), so the audits stand for all the
+        answers the small model kept."""
+        if audited and not 0 < self.audit_share <= 1:
+            raise ValueError(f"an audit label needs an audit_share within (0, 1], got {self.audit_share}")
+        self._labels.append((float(calibrated_confidence), bool(agreed), 1.0 / self.audit_share if audited else 1.0))
 
     def refit(self) -> float | None:
         if self._labels:

@@ -237,7 +237,8 @@ class Router:
         held = self._live.get(id(calibration))
         if held is None or held[0] is not calibration:
             held = self._live[id(calibration)] = (calibration, LiveThreshold(
-                calibration.target_accuracy, self.config.frontier_accuracy, window=self.config.live_window, min_labels=self.config.live_min_labels,
+                calibration.target_accuracy, self.config.frontier_accuracy, audit_share=self.config.audit_share,
+                window=self.config.live_window, min_labels=self.config.live_min_labels,
             ))
         return held[1]
 
@@ -269,7 +270,7 @@ class Router:
         if low:
             for index, result in zip(low, await self._ask([texts[i] for i in low], [routed[i] for i in low], [ids[i] for i in low])):
                 if live is not None and result.served_by == FRONTIER and routed[index].valid:
-                    live.label(routed[index].calibrated_confidence or 0.0, result.answer == routed[index].answer)  # asked for sure: weight 1
+                    live.label(routed[index].calibrated_confidence or 0.0, result.answer == routed[index].answer)
                 routed[index] = result
         return self._count(routed)
 
@@ -303,14 +304,14 @@ class Router:
         """Count the audits that came back: where the frontier disagrees, the small model took the wrong path.
 
         With the version's `calibration` and the answers' calibrated `confidences`, each is also a
-        label for its live threshold, weighted 1/`audit_share` (an audit asks that share of answers)."""
+        label for its live threshold (`LiveThreshold.label`, audited)."""
         live = self.live(calibration)
         for index, (slm, audit) in enumerate(zip(slm_answers, audit_answers)):
             if audit is not None:
                 self.stats.audited += 1
                 self.stats.audited_wrong += slm != audit
                 if live is not None and confidences is not None and confidences[index] is not None:
-                    live.label(confidences[index], slm == audit, 1.0 / self.config.audit_share)
+                    live.label(confidences[index], slm == audit, audited=True)
 
     async def _ask(self, texts: list[str], slm: list[Routed], ids: list[str]) -> list[Routed]:
         """The frontier's answers for these inputs, or the small model's, flagged with why not."""

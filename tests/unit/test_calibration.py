@@ -223,11 +223,11 @@ def test_the_live_threshold_only_ever_raises_the_versions():
     # Traffic easier than validation showed (right with probability c ** 0.25: a 0.6 answer 88% of
     # the time): the live fit would serve more, but the threshold in force stays the version's.
     c, _, _, labeled, agreed, weights = _live_traffic(3000, 1, 0.25, 0.6, 0.1)
-    live = LiveThreshold(0.90, 0.95, refit_every=100)
+    live = LiveThreshold(0.90, 0.95, audit_share=0.1, refit_every=100)
     for confidence in c[:99]:
         live.observe(confidence)
-    for item in zip(labeled, agreed, weights):
-        live.label(*item)
+    for confidence, agreed_, weight in zip(labeled, agreed, weights):
+        live.label(confidence, agreed_, audited=weight > 1)
     assert live.live is None and live.threshold(0.6) == 0.6  # no re-fit before `refit_every` answers
     live.observe(c[99])
     assert live.live is not None and live.live < 0.6 and live.threshold(0.6) == 0.6
@@ -242,6 +242,8 @@ def test_the_live_fit_waits_for_labels_of_both_kinds_and_names_bad_input():
         live_threshold(c, [True, False] * 50, [1.0, 1.0], c, 0.9, 0.95)
     with pytest.raises(ValueError, match="frontier_accuracy"):
         live_threshold(c, [True, False] * 50, [1.0] * 100, c, 0.9, 0.0)
+    with pytest.raises(ValueError, match="audit label needs an audit_share"):
+        LiveThreshold(0.9, 0.95).label(0.9, True, audited=True)  # audits without a share to weight them by
 
 
 def test_answers_calibrated_to_exactly_one_do_not_flatten_the_live_fit():
