@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,9 +333,9 @@ def _undecided_below(start: TrieNode, token: int) -> list[_Slot]:
     """The undecided nodes at and below `start` (reached by `token`, the row's first answer
     token), breadth first: the nodes whose logits the greedy walk may need."""
     slots: list[_Slot] = []
-    queue = [(start, token, 1, ())]
+    queue: deque[tuple[TrieNode, int, int, tuple[int, ...]]] = deque([(start, token, 1, ())])
     while queue:
-        node, token, depth, above = queue.pop(0)
+        node, token, depth, above = queue.popleft()
         if node.decided is not None:
             continue
         sees = (*above, len(slots))
