@@ -336,9 +336,19 @@ def _usd(value: Any) -> str:
 
 
 def _cost_summary(report: DemoReport) -> str:
+    """The ledger's totals, and the volume they hold at: a demo day is a few thousand requests,
+    where the fixed costs (serving, training) dwarf what a frontier API would charge, so the
+    break-even volume says what the savings figure means."""
     if report.cost_usd is None:
         return NA
-    return f"{_usd(report.cost_usd)} vs {_usd(report.frontier_only_cost_usd)} (savings {_pct(report.savings_pct)})"
+    text = f"{_usd(report.cost_usd)} vs {_usd(report.frontier_only_cost_usd)} (savings {_pct(report.savings_pct)})"
+    ledger = report.costs
+    if ledger is None or ledger.frontier_usd_per_request is None:
+        return text
+    text = f"{text} at {ledger.total.requests:,} requests"
+    if ledger.break_even_requests_per_day is None:
+        return f"{text}; never cheaper than frontier-only at these prices"
+    return f"{text}; cheaper than frontier-only above {ledger.break_even_requests_per_day:,.0f} requests a day"
 
 
 def _pct(value: float | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from datetime import datetime, timezone
@@ -193,7 +194,14 @@ def test_cost_section_shows_the_ledger_against_frontier_only_with_its_chart(tmp_
     # $0.85333 a day of fixed costs over $0.0000060 saved per request.
     assert "**Break-even:** 142,222 requests a day, at $0.0000060 per frontier request" in section
     assert "](plots/costs.png)" in section  # the chart sits beside its table
-    assert "| cost vs frontier-only | $0.85 vs $0.0078 (savings -10840.2%) |" in md
+    # The summary row says the volume the savings figure holds at, and where it turns.
+    assert "| cost vs frontier-only | $0.85 vs $0.0078 (savings -10840.2%) at 1,300 requests; cheaper than frontier-only above 142,222 requests a day |" in md
+
+
+def test_cost_summary_says_when_the_small_model_never_pays_off(tmp_path):
+    never = dataclasses.replace(FULL, costs=dataclasses.replace(COSTS, break_even_requests_per_day=None))
+    md = write_reports(never, tmp_path)["markdown"].read_text(encoding="utf-8")
+    assert "(savings -10840.2%) at 1,300 requests; never cheaper than frontier-only at these prices |" in md
 
 
 def test_cost_section_says_na_without_a_ledger(tmp_path):
