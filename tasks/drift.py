@@ -26,6 +26,7 @@ from slm_flywheel.models.drift import (
     WindowEmbeddings,
     detect_drift,
     embed_window,
+    label_mix_sample,
 )
 from slm_flywheel.models.registry import AdapterVersion
 from slm_flywheel.tasks.samples import SampleWindow
@@ -60,7 +61,8 @@ def embedder(settings: Settings) -> Embedder:
 # after a promotion (a client holding a lock cannot be hashed at all: no cache).
 @task(cache_policy=NONE)  # measured: the per-(model, texts) embedding cache above does better
 def build_reference(context: WorkloadContext, client: Any, base_path: str) -> ChampionReference:
-    """The champion's training-input embeddings and its answers on validation (cached per version)."""
+    """The champion's training-input embeddings and its answers on validation (cached per version;
+    for classification, at the training set's label mix)."""
     from slm_flywheel.models.evaluation import evaluate_model
     from slm_flywheel.models.registry import download_adapter, get_version
 
@@ -85,8 +87,17 @@ def build_reference(context: WorkloadContext, client: Any, base_path: str) -> Ch
         stored = {"answers": answers, "confidences": scored.confidences}
         answers_path.parent.mkdir(parents=True, exist_ok=True)
         answers_path.write_text(json.dumps(stored))
-    reference = DriftReference(embeddings=embeddings, answers=stored["answers"], confidences=np.asarray(stored["confidences"], dtype=np.float64))
-    get_run_logger().info("%s reference: champion v%d, %d training inputs, %d validation answers", spec.name, version.version, len(embeddings), len(stored["answers"]))
+    answers, confidences = stored["answers"], np.asarray(stored["confidences"], dtype=np.float64)
+    if spec.task == "classification":
+        # Validation at the training set's label mix: the priors the champion was trained, and
+        # deployed, at (`label_mix_sample`); slot extraction has no label to match.
+        keep = label_mix_sample(list(context.splits["validation"]["label"]), list(training_set["label"]))
+        answers, confidences = [answers[i] for i in keep], confidences[keep]
+    reference = DriftReference(embeddings=embeddings, answers=answers, confidences=confidences)
+    get_run_logger().info(
+        "%s reference: champion v%d, %d training inputs, %d validation answers (at the training set's label mix for classification)",
+        spec.name, version.version, len(embeddings), len(answers),
+    )
     return ChampionReference(version, adapter_dir, reference, training_set)
 
 

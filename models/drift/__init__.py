@@ -20,7 +20,16 @@ The package by job: `records` (reference, window, test outcomes, report and its 
 
 from slm_flywheel.models.drift.decision import detect_drift
 from slm_flywheel.models.drift.embedding import Embedder, embed_window, embedding_cache_key
-from slm_flywheel.models.drift.records import EMBEDDING_DIM, INVALID, DriftReference, DriftReport, DriftTest, DriftWindow, WindowEmbeddings
+from slm_flywheel.models.drift.records import (
+    EMBEDDING_DIM,
+    INVALID,
+    DriftReference,
+    DriftReport,
+    DriftTest,
+    DriftWindow,
+    WindowEmbeddings,
+    label_mix_sample,
+)
 from slm_flywheel.models.drift.stat_tests import (
     confidence_ks_test,
     holm_bonferroni,
@@ -45,6 +54,7 @@ __all__ = [
     "embedding_cache_key",
     "holm_bonferroni",
     "label_drift_test",
+    "label_mix_sample",
     "low_confidence_share_test",
     "mmd_test",
     "slot_fill_test",

@@ -23,6 +23,7 @@ from slm_flywheel.models.drift import (
     detect_drift,
     embed_window,
     holm_bonferroni,
+    label_mix_sample,
 )
 
 DIM = 384
@@ -196,6 +197,47 @@ def test_window_below_min_window_is_insufficient_not_drifted() -> None:
     at_min = world.window(rng, config.min_window, label_probs=only_one)
     enough = detect_drift(reference, at_min, config, "classification")
     assert not enough.insufficient and enough.drifted
+
+
+def test_label_mix_sample_takes_the_training_sets_mix_from_validations_own_items() -> None:
+    validation = ["a"] * 50 + ["b"] * 30 + ["late"] * 20
+    training = ["a"] * 600 + ["b"] * 380 + ["late"] * 20 + ["unseen"] * 100  # "unseen": none in validation
+    keep = label_mix_sample(validation, training, seed=1)
+    picked = [validation[i] for i in keep]
+    assert len(keep) == len(validation) and list(keep) == sorted(keep)
+    # 600 : 380 : 20 of 100 items ("unseen" drops out): a has 50 items, so 10 of them come twice.
+    assert (picked.count("a"), picked.count("b"), picked.count("late")) == (60, 38, 2)
+    assert sorted(set(keep[np.asarray(picked) == "a"])) == list(range(50))  # every a item before any repeat
+    assert list(label_mix_sample(validation, [], seed=1)) == list(range(100))  # no target: as it is
+    assert np.array_equal(label_mix_sample(validation, training, seed=1), keep)  # seeded
+
+
+def test_steady_traffic_is_quiet_against_validation_at_the_training_mix() -> None:
+    # A champion trained with 12 late intents as 2% of its rows, validated on a split holding them
+    # at 25%, where its answers are unsure. Steady traffic follows the training mix: against the
+    # raw validation answers it reads as a confidence shift; at the training mix it is quiet.
+    world, config = World.make(), DriftConfig()
+    late = np.arange(12)
+    def mix(late_share: float) -> np.ndarray:
+        probs = world.label_probs.copy()
+        probs[late] *= late_share / probs[late].sum()
+        rest = np.setdiff1d(np.arange(len(probs)), late)
+        probs[rest] *= (1 - late_share) / probs[rest].sum()
+        return probs
+    def draw(rng: np.random.Generator, n: int, late_share: float) -> tuple[np.ndarray, list[str], np.ndarray]:
+        embeddings, labels, _ = world.draw(rng, n, label_probs=mix(late_share))
+        unsure = np.isin(labels, [world.labels[i] for i in late])
+        return embeddings, labels, np.where(unsure, rng.beta(1.5, 6.0, n), rng.beta(5.0, 2.0, n))
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        training_inputs, training_labels, _ = draw(rng, 1500, 0.02)
+        _, validation_labels, validation_confidence = draw(rng, 600, 0.25)  # the answers are the gold labels here
+        steady = DriftWindow(*draw(rng, 400, 0.02))
+        raw = DriftReference(training_inputs, validation_labels, validation_confidence)
+        keep = label_mix_sample(validation_labels, training_labels, seed=seed)
+        matched = DriftReference(training_inputs, [validation_labels[i] for i in keep], validation_confidence[keep])
+        assert detect_drift(raw, steady, config, "classification").drifted
+        assert not detect_drift(matched, steady, config, "classification").drifted
 
 
 def test_window_embedded_on_a_subsample_is_tested_on_it() -> None:
