@@ -58,8 +58,9 @@ def _density(embeddings: np.ndarray, sample: np.ndarray, chunk: int = 4096) -> n
     return out
 
 
-def _quotas(mass: np.ndarray, budget: int) -> np.ndarray:
-    """`budget` split across clusters in proportion to `mass` (largest remainders round up)."""
+def proportional_quotas(mass: np.ndarray, budget: int) -> np.ndarray:
+    """`budget` split in proportion to `mass` (largest remainders round up; ties in `mass`'s order).
+    Also `models/drift` `label_mix_sample`'s per-label counts."""
     share = budget * mass / mass.sum() if mass.sum() > 0 else np.full(len(mass), budget / len(mass))
     quota = np.floor(share).astype(int)
     quota[np.argsort(-(share - quota), kind="stable")[: budget - quota.sum()]] += 1
@@ -105,7 +106,7 @@ def select_informative(
     else:
         labels = np.zeros(len(region), dtype=int)
     mass = np.bincount(labels, weights=score, minlength=n_clusters)
-    quota = _quotas(mass, budget)
+    quota = proportional_quotas(mass, budget)
     density = _density(emb, emb[fit])
     queues = {c: [int(p) for p in np.flatnonzero(labels == c)[np.argsort(-density[labels == c], kind="stable")]] for c in range(n_clusters)}
     order = [int(c) for c in np.argsort(-mass, kind="stable")]

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from slm_flywheel.models.selection import proportional_quotas
+
 Answer = str | dict[str, str]
 INVALID = "<invalid>"  # the answer bucket for no schema-valid answer (or one outside the schema)
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
@@ -60,11 +62,8 @@ def label_mix_sample(labels: Sequence[str], target_labels: Sequence[str], seed: 
     target = {label: count for label, count in Counter(target_labels).items() if label in items}
     if not target:
         return np.arange(len(labels))
-    total = sum(target.values())
-    quota = {label: len(labels) * count / total for label, count in sorted(target.items())}
-    counts = {label: int(share) for label, share in quota.items()}
-    for label in sorted(quota, key=lambda label: counts[label] - quota[label])[: len(labels) - sum(counts.values())]:
-        counts[label] += 1
+    names = sorted(target)
+    counts = dict(zip(names, proportional_quotas(np.asarray([target[name] for name in names], dtype=float), len(labels)).tolist(), strict=True))
     rng = np.random.default_rng(seed)
     chosen = []
     for label, count in counts.items():
