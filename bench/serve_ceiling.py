@@ -40,7 +40,7 @@ def main() -> None:
     import torch.nn.functional as F
 
     from slm_flywheel.models.context import load_workload
-    from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
+    from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer, pack_prompts
 
     context = load_workload("banking-intent")
     texts = context.golden_texts(64)
@@ -59,21 +59,14 @@ def main() -> None:
         for group in groups:
             before = predictor.tokens_run
             batch_ms.append(_median_ms(lambda group=group: predictor.predict(group), 3))
-            width = sum(len(ids) for ids in predictor._token_ids(group))
+            width = sum(len(ids) for ids in predictor.token_ids(group))
             trie_rows.append((predictor.tokens_run - before) / 4 - width)  # 4 calls: warm-up + 3
-        prompts = predictor._token_ids(groups[0])
-        lengths = torch.tensor([len(ids) for ids in prompts])
-        ends = lengths.cumsum(0)
-        starts = ends - lengths
-        width = int(ends[-1])
-        block = torch.repeat_interleave(torch.arange(len(prompts)), lengths)
-        index = torch.arange(width)
-        causal = (block[:, None] == block[None, :]) & (index[None, :] <= index[:, None])
-        input_ids = torch.tensor([[token for ids in prompts for token in ids]])
+        packed = pack_prompts(predictor.token_ids(groups[0]))
+        width = packed.width
         trie = max(1, round(statistics.mean(trie_rows)))
         with torch.inference_mode():
             prompt_ms = _median_ms(
-                lambda: decoder(input_ids=input_ids, attention_mask=causal[None, None], position_ids=(index - starts[block])[None], use_cache=True), 5
+                lambda: decoder(input_ids=packed.input_ids, attention_mask=packed.mask[None, None], position_ids=packed.positions, use_cache=True), 5
             )
             prompt_linears_ms, trie_linears_ms = linears_ms(width), linears_ms(trie)
         flops = 2 * width * sum(m.weight.numel() for m in linears)

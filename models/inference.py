@@ -24,6 +24,33 @@ PACKED_ROWS = 16
 
 
 @dataclass(frozen=True)
+class PackedPrompts:
+    """Prompts packed into one sequence, no padding: each token attends to earlier tokens of its own prompt."""
+
+    input_ids: torch.Tensor  # (1, width)
+    mask: torch.Tensor  # (width, width) bool, block-diagonal causal
+    positions: torch.Tensor  # (1, width), each prompt counting from 0
+    starts: torch.Tensor  # (prompts,) where each prompt begins in the packed sequence
+    ends: torch.Tensor  # (prompts,) one past where it ends
+
+    @property
+    def width(self) -> int:
+        return int(self.ends[-1])
+
+
+def pack_prompts(prompts: list[list[int]]) -> PackedPrompts:
+    """Pack token-id prompts into one sequence with a block-diagonal causal mask (see `PackedPrompts`)."""
+    lengths = torch.tensor([len(ids) for ids in prompts])
+    ends = lengths.cumsum(0)
+    starts = ends - lengths
+    block = torch.repeat_interleave(torch.arange(len(prompts)), lengths)  # the prompt of each packed token
+    index = torch.arange(int(ends[-1]))
+    causal = (block[:, None] == block[None, :]) & (index[None, :] <= index[:, None])
+    input_ids = torch.tensor([[token for ids in prompts for token in ids]])
+    return PackedPrompts(input_ids, causal, (index - starts[block])[None], starts, ends)
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One answer: `answer` is None (and `valid` False) when no schema-valid answer was produced."""
 
@@ -142,13 +169,13 @@ class Predictor:
         """Whether batches decode by the packed two-pass label trie (`_predict_labels`), not stepwise."""
         return self.tree and self.spec.task == "classification" and _plain_projection(self.model)
 
-    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each input's prompt, tokenized as in training."""
         return [self.tokenizer(self.spec.prompt(text), add_special_tokens=False).input_ids for text in texts]
 
     def _prompts(self, texts: list[str]) -> tuple[list[list[int]], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids per prompt, and the left-padded batch: ids, attention mask, positions."""
-        prompts = self._token_ids(texts)
+        prompts = self.token_ids(texts)
         width = max(len(ids) for ids in prompts)
         pad = self.tokenizer.pad_token_id
         # Left padding so every row's next token sits in the last column.
@@ -224,22 +251,14 @@ class Predictor:
         seeing its own prompt and its own ancestors. Compute follows the tokens there are.
         """
         started = time.perf_counter()
-        prompts = self._token_ids(texts)
+        prompts = self.token_ids(texts)
         trie = self._constraint(texts[0])
         assert isinstance(trie, LabelConstraint)
         decoder, weight = self.model.get_decoder(), self.model.get_output_embeddings().weight
-        lengths = torch.tensor([len(ids) for ids in prompts])
-        ends = lengths.cumsum(0)
-        starts = ends - lengths
-        width = int(ends[-1])
-        block = torch.repeat_interleave(torch.arange(len(texts)), lengths)  # the row of each packed token
-        index = torch.arange(width)
-        causal = (block[:, None] == block[None, :]) & (index[None, :] <= index[:, None])
+        packed = pack_prompts(prompts)
+        starts, ends, width = packed.starts, packed.ends, packed.width
         self.tokens_run += width
-        out = decoder(
-            input_ids=torch.tensor([[token for ids in prompts for token in ids]]),
-            attention_mask=causal[None, None], position_ids=(index - starts[block])[None], use_cache=True,
-        )
+        out = decoder(input_ids=packed.input_ids, attention_mask=packed.mask[None, None], position_ids=packed.positions, use_cache=True)
         # Step one for every row at once: the root's children, from each prompt's last position.
         root_tokens = list(trie.root.children)
         root_logits = out.last_hidden_state[0, ends - 1].float() @ weight[root_tokens].float().T
