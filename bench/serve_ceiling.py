@@ -66,7 +66,7 @@ def main() -> None:
         trie = max(1, round(statistics.mean(trie_rows)))
         with torch.inference_mode():
             prompt_ms = _median_ms(
-                lambda: decoder(input_ids=packed.input_ids, attention_mask=packed.mask[None, None], position_ids=packed.positions, use_cache=True), 5
+                lambda: decoder(**packed.decoder_inputs(), use_cache=True), 5
             )
             prompt_linears_ms, trie_linears_ms = linears_ms(width), linears_ms(trie)
         flops = 2 * width * sum(m.weight.numel() for m in linears)

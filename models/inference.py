@@ -37,6 +37,10 @@ class PackedPrompts:
     def width(self) -> int:
         return int(self.ends[-1])
 
+    def decoder_inputs(self) -> dict[str, torch.Tensor]:
+        """The decoder's keyword arguments for the packed pass (the mask as a 4-D boolean attention mask)."""
+        return {"input_ids": self.input_ids, "attention_mask": self.mask[None, None], "position_ids": self.positions}
+
 
 def pack_prompts(prompts: list[list[int]]) -> PackedPrompts:
     """Pack token-id prompts into one sequence with a block-diagonal causal mask (see `PackedPrompts`)."""
@@ -258,7 +262,7 @@ class Predictor:
         packed = pack_prompts(prompts)
         starts, ends, width = packed.starts, packed.ends, packed.width
         self.tokens_run += width
-        out = decoder(input_ids=packed.input_ids, attention_mask=packed.mask[None, None], position_ids=packed.positions, use_cache=True)
+        out = decoder(**packed.decoder_inputs(), use_cache=True)
         # Step one for every row at once: the root's children, from each prompt's last position.
         root_tokens = list(trie.root.children)
         root_logits = out.last_hidden_state[0, ends - 1].float() @ weight[root_tokens].float().T
