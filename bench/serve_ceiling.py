@@ -59,7 +59,7 @@ def main() -> None:
         for group in groups:
             before = predictor.tokens_run
             batch_ms.append(_median_ms(lambda group=group: predictor.predict(group), 3))
-            width = sum(len(ids) for ids in predictor.token_ids(group))
+            width = pack_prompts(predictor.token_ids(group)).width  # the template's shared opening once
             trie_rows.append((predictor.tokens_run - before) / 4 - width)  # 4 calls: warm-up + 3
         packed = pack_prompts(predictor.token_ids(groups[0]))
         width = packed.width

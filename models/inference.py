@@ -25,13 +25,16 @@ PACKED_ROWS = 16
 
 @dataclass(frozen=True)
 class PackedPrompts:
-    """Prompts packed into one sequence, no padding: each token attends to earlier tokens of its own prompt."""
+    """Prompts packed into one sequence, no padding. The tokens every prompt starts with (the
+    template's opening, as "Banking message:") are packed once, first; each prompt's own tokens
+    follow as a block that attends to that shared prefix and, causally, to itself only."""
 
     input_ids: torch.Tensor  # (1, width)
-    mask: torch.Tensor  # (width, width) bool, block-diagonal causal
-    positions: torch.Tensor  # (1, width), each prompt counting from 0
-    starts: torch.Tensor  # (prompts,) where each prompt begins in the packed sequence
+    mask: torch.Tensor  # (width, width) bool: the shared prefix causal, then block-diagonal causal blocks
+    positions: torch.Tensor  # (1, width): the prefix from 0, each block from the prefix's length
+    starts: torch.Tensor  # (prompts,) where each prompt's own block begins in the packed sequence
     ends: torch.Tensor  # (prompts,) one past where it ends
+    shared: int = 0  # the shared prefix's tokens, at the front of the sequence
 
     @property
     def width(self) -> int:
@@ -43,15 +46,24 @@ class PackedPrompts:
 
 
 def pack_prompts(prompts: list[list[int]]) -> PackedPrompts:
-    """Pack token-id prompts into one sequence with a block-diagonal causal mask (see `PackedPrompts`)."""
-    lengths = torch.tensor([len(ids) for ids in prompts])
-    ends = lengths.cumsum(0)
+    """Pack token-id prompts into one sequence (see `PackedPrompts`). Two or more prompts share
+    their longest common token prefix, cut so every prompt keeps at least its last token in its
+    own block (that position chooses the prompt's first answer token)."""
+    shared = 0
+    if len(prompts) > 1:
+        limit = min(len(ids) for ids in prompts) - 1
+        while shared < limit and all(ids[shared] == prompts[0][shared] for ids in prompts):
+            shared += 1
+    lengths = torch.tensor([len(ids) - shared for ids in prompts])
+    ends = shared + lengths.cumsum(0)
     starts = ends - lengths
-    block = torch.repeat_interleave(torch.arange(len(prompts)), lengths)  # the prompt of each packed token
+    # The block of each packed token: -1 for the shared prefix, else its prompt's index.
+    block = torch.cat([torch.full((shared,), -1), torch.repeat_interleave(torch.arange(len(prompts)), lengths)])
     index = torch.arange(int(ends[-1]))
-    causal = (block[:, None] == block[None, :]) & (index[None, :] <= index[:, None])
-    input_ids = torch.tensor([[token for ids in prompts for token in ids]])
-    return PackedPrompts(input_ids, causal, (index - starts[block])[None], starts, ends)
+    causal = ((block[:, None] == block[None, :]) | (block[None, :] == -1)) & (index[None, :] <= index[:, None])
+    input_ids = torch.tensor([prompts[0][:shared] + [token for ids in prompts for token in ids[shared:]]])
+    positions = torch.where(block < 0, index, index - starts[block.clamp(min=0)] + shared)
+    return PackedPrompts(input_ids, causal, positions[None], starts, ends, shared)
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,7 @@ class Predictor:
         self.batch_size = batch_size
         self.tree = tree
         self.tokens_run = 0  # tokens this predictor has run through the model (padding included)
+        self.tree_tokens_run = 0  # of them, the label trie's nodes in tree passes (`_predict_labels`)
         self.eos_id = tokenizer.eos_token_id
         self._label_constraint: LabelConstraint | None = None
         self._label_ids: dict[str, list[int]] = {}
@@ -141,7 +154,7 @@ class Predictor:
         """The same predictor over another model (a merged copy of the same base): the tables built
         from the tokenizer (the label trie; for extraction the 49k token strings, 0.7 s) are shared."""
         other = copy.copy(self)
-        other.model, other.tokens_run = model, 0
+        other.model, other.tokens_run, other.tree_tokens_run = model, 0, 0
         return other
 
     def _constraint(self, text: str) -> Constraint:
@@ -251,18 +264,19 @@ class Predictor:
         """Classification in two forward passes over the label trie (see the class docstring).
 
         Both passes are packed: the batch's prompts are one sequence with a block-diagonal causal
-        mask (no padding), and the tree pass is one sequence of every row's undecided nodes, each
-        seeing its own prompt and its own ancestors. Compute follows the tokens there are.
+        mask (no padding; the template's opening, which every prompt shares, runs once), and the
+        tree pass is one sequence of every row's undecided nodes, each seeing its own prompt and
+        its own ancestors. Compute follows the tokens there are.
         """
         started = time.perf_counter()
         prompts = self.token_ids(texts)
         trie = self._constraint(texts[0])
         assert isinstance(trie, LabelConstraint)
         decoder, weight = self.model.get_decoder(), self.model.get_output_embeddings().weight
-        packed = pack_prompts(prompts)
-        starts, ends, width = packed.starts, packed.ends, packed.width
+        packed_prompts = pack_prompts(prompts)
+        starts, ends, width = packed_prompts.starts, packed_prompts.ends, packed_prompts.width
         self.tokens_run += width
-        out = decoder(**packed.decoder_inputs(), use_cache=True)
+        out = decoder(**packed_prompts.decoder_inputs(), use_cache=True)
         # Step one for every row at once: the root's children, from each prompt's last position.
         root_tokens = list(trie.root.children)
         root_logits = out.last_hidden_state[0, ends - 1].float() @ weight[root_tokens].float().T
@@ -281,9 +295,11 @@ class Predictor:
                 slots.extend((row, found) for found in _undecided_below(walks[row].node, walks[row].tokens[-1]))
             mask = torch.zeros((len(slots), width + len(slots)), dtype=torch.bool)
             for packed, (row, found) in enumerate(slots):
+                mask[packed, : packed_prompts.shared] = True
                 mask[packed, int(starts[row]) : int(ends[row])] = True
                 mask[packed, [width + first_slot[row] + seen for seen in found.sees]] = True
             self.tokens_run += len(slots)
+            self.tree_tokens_run += len(slots)
             hidden = decoder(
                 input_ids=torch.tensor([[found.token for _, found in slots]]),
                 attention_mask=mask[None, None],

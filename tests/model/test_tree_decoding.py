@@ -1,5 +1,6 @@
 """Classification's two-pass trie decoding gives the stepwise decoder's answers, tokens and
-confidences (fp32), whatever else shares the batch, in at most two forward passes."""
+confidences (fp32), whatever else shares the batch, in at most two forward passes; packing runs
+the prompts' shared opening once."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from slm_flywheel.config import load_settings
-from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer
+from slm_flywheel.models.inference import Predictor, load_model, load_tokenizer, pack_prompts
 from slm_flywheel.models.workload import build_task_spec, load_splits
 from tests.conftest import REPO
 
@@ -77,8 +78,27 @@ def test_tree_decoding_takes_two_forward_passes_per_batch(served, tiny_model_dir
     slow = Predictor(served, tokenizer, spec, 16, tree=False)
     slow.predict(texts[:16])
     assert calls[0] > 2  # the label trie is deeper than two tokens somewhere it goes
-    # Packed, the tree path runs each prompt's tokens once (no padding) plus the trie nodes.
-    assert prompt_tokens < fast.tokens_run < slow.tokens_run
+    # Packed, the tree path runs each prompt's tokens once (no padding; the template's opening
+    # once for the batch) plus the trie nodes.
+    shared = pack_prompts(fast.token_ids(texts[:16])).shared
+    assert shared >= 3  # "Banking message:"
+    assert prompt_tokens - 15 * shared < fast.tokens_run < slow.tokens_run
+
+
+def test_packing_shares_the_common_opening_once():
+    packed = pack_prompts([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7]])
+    assert packed.shared == 2 and packed.input_ids.tolist() == [[5, 6, 7, 8, 9, 7]]
+    assert packed.starts.tolist() == [2, 4, 5] and packed.ends.tolist() == [4, 5, 6]
+    assert packed.positions.tolist() == [[0, 1, 2, 3, 2, 2]]  # each prompt's tokens where they sit alone
+    seen = [row.nonzero().flatten().tolist() for row in packed.mask]
+    assert seen == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3], [0, 1, 4], [0, 1, 5]]
+    # Every prompt keeps its last token in its own block (it chooses that prompt's first answer token).
+    same = pack_prompts([[1, 2, 3], [1, 2, 3]])
+    assert same.shared == 2 and same.input_ids.tolist() == [[1, 2, 3, 3]]
+    assert same.positions.tolist() == [[0, 1, 2, 2]]
+    # Nothing in common, or one prompt alone: plain block-diagonal packing.
+    for prompts in ([[1, 2], [3, 4]], [[1, 2, 3]]):
+        assert pack_prompts(prompts).shared == 0
 
 
 def test_a_large_batch_is_packed_a_few_rows_a_pass(served, tiny_model_dir, banking):
