@@ -57,10 +57,9 @@ def main() -> None:
         groups = [texts[i : i + batch] for i in range(0, 8 * batch, batch)]
         batch_ms, trie_rows = [], []
         for group in groups:
-            before = predictor.tokens_run
+            before = predictor.tree_tokens_run
             batch_ms.append(_median_ms(lambda group=group: predictor.predict(group), 3))
-            width = pack_prompts(predictor.token_ids(group)).width  # the template's shared opening once
-            trie_rows.append((predictor.tokens_run - before) / 4 - width)  # 4 calls: warm-up + 3
+            trie_rows.append((predictor.tree_tokens_run - before) / 4)  # 4 calls: warm-up + 3
         packed = pack_prompts(predictor.token_ids(groups[0]))
         width = packed.width
         trie = max(1, round(statistics.mean(trie_rows)))

@@ -274,7 +274,7 @@ class Predictor:
         assert isinstance(trie, LabelConstraint)
         decoder, weight = self.model.get_decoder(), self.model.get_output_embeddings().weight
         packed_prompts = pack_prompts(prompts)
-        starts, ends, width = packed_prompts.starts, packed_prompts.ends, packed_prompts.width
+        ends, width = packed_prompts.ends, packed_prompts.width
         self.tokens_run += width
         out = decoder(**packed_prompts.decoder_inputs(), use_cache=True)
         # Step one for every row at once: the root's children, from each prompt's last position.
@@ -295,8 +295,8 @@ class Predictor:
                 slots.extend((row, found) for found in _undecided_below(walks[row].node, walks[row].tokens[-1]))
             mask = torch.zeros((len(slots), width + len(slots)), dtype=torch.bool)
             for packed, (row, found) in enumerate(slots):
-                mask[packed, : packed_prompts.shared] = True
-                mask[packed, int(starts[row]) : int(ends[row])] = True
+                # The row's whole prompt (the shared opening and its block): what its last token sees.
+                mask[packed, :width] = packed_prompts.mask[int(ends[row]) - 1]
                 mask[packed, [width + first_slot[row] + seen for seen in found.sees]] = True
             self.tokens_run += len(slots)
             self.tree_tokens_run += len(slots)
